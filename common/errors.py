@@ -1,0 +1,120 @@
+"""The one error tree of minicdn.
+
+::
+
+    MinicdnError                      code            (HTTP status, see common.http)
+    ├── BadRequest                    bad_request     400
+    │   ├── InvalidId                 invalid_id
+    │   ├── InvalidName               invalid_name    (app id, version, channel)
+    │   ├── BadArchive                bad_archive     (not an archive, corrupt)
+    │   └── UnsafeArchive             unsafe_archive  (.., absolute, links, devices)
+    ├── Unauthorized                  unauthorized    401
+    ├── NotFound                      not_found       404
+    ├── Conflict                      conflict        409
+    ├── TooLarge                      too_large       413 (upload, bomb, batch)
+    ├── IntegrityError                integrity       (bytes do not match their id)
+    ├── SignatureError                bad_signature   (envelope fails to verify)
+    ├── RefRejected                   ref_rejected    (expired or rolled back)
+    │   ├── ExpiredRef                expired
+    │   └── RollbackRef               rollback
+    ├── UpstreamError                 upstream        502
+    └── ConfigError                   config          (names the offending key)
+
+Third-party errors are translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadArchive",
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "ExpiredRef",
+    "IntegrityError",
+    "InvalidId",
+    "InvalidName",
+    "MinicdnError",
+    "NotFound",
+    "RefRejected",
+    "RollbackRef",
+    "SignatureError",
+    "TooLarge",
+    "Unauthorized",
+    "UnsafeArchive",
+    "UpstreamError",
+]
+
+
+class MinicdnError(Exception):
+    """Base of every error minicdn raises on purpose; ``code`` is stable and machine-readable."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(MinicdnError):
+    code = "bad_request"
+
+
+class InvalidId(BadRequest):
+    code = "invalid_id"
+
+
+class InvalidName(BadRequest):
+    code = "invalid_name"
+
+
+class BadArchive(BadRequest):
+    code = "bad_archive"
+
+
+class UnsafeArchive(BadRequest):
+    code = "unsafe_archive"
+
+
+class Unauthorized(MinicdnError):
+    code = "unauthorized"
+
+
+class NotFound(MinicdnError):
+    code = "not_found"
+
+
+class Conflict(MinicdnError):
+    code = "conflict"
+
+
+class TooLarge(MinicdnError):
+    code = "too_large"
+
+
+class IntegrityError(MinicdnError):
+    code = "integrity"
+
+
+class SignatureError(MinicdnError):
+    code = "bad_signature"
+
+
+class RefRejected(MinicdnError):
+    code = "ref_rejected"
+
+
+class ExpiredRef(RefRejected):
+    code = "expired"
+
+
+class RollbackRef(RefRejected):
+    code = "rollback"
+
+
+class UpstreamError(MinicdnError):
+    code = "upstream"
+
+
+class ConfigError(MinicdnError):
+    code = "config"

@@ -1,0 +1,88 @@
+"""The one crash-safe write recipe, used everywhere a file is written.
+
+reserve a unique temp name beside the target → write → fsync → rename over the target →
+fsync the directory.  A crash at any step leaves either the old file or the new one, plus
+at most a ``.tmp-*`` file that start-up sweeps remove (``sweep_temp``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["TEMP_PREFIX", "atomic_write", "fsync_dir", "open_atomic", "sweep_temp"]
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f"{TEMP_PREFIX}{target.name}.{secrets.token_hex(6)}")
+
+
+@contextlib.contextmanager
+def open_atomic(
+    target: str | os.PathLike[str], *, mode: int = 0o644, replace: bool = True
+) -> Iterator[IO[bytes]]:
+    """Yield a binary file that becomes ``target`` only if the block completes.
+
+    With ``replace=False`` an existing target is kept (first writer wins): content-addressed
+    objects are immutable, so a second write of the same id is a successful no-op.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, target)
+        else:
+            # link() fails if the target exists, which makes "put if absent" atomic.
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                pass
+            os.unlink(tmp)
+        fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(
+    target: str | os.PathLike[str],
+    data: bytes | memoryview,
+    *,
+    mode: int = 0o644,
+    replace: bool = True,
+) -> None:
+    with open_atomic(target, mode=mode, replace=replace) as f:
+        f.write(data)
+
+
+def sweep_temp(root: str | os.PathLike[str]) -> int:
+    """Remove temp files left by a crash under ``root``; returns how many were removed."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
