@@ -30,7 +30,9 @@ class _Size(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
-            return parse_size(value, key=f"--{param.name.replace('_', '-')}" if param and param.name else "size")
+            return parse_size(
+                value, key=f"--{param.name.replace('_', '-')}" if param and param.name else "size"
+            )
         except ConfigError as exc:
             self.fail(exc.message, param, ctx)
 
@@ -48,7 +50,9 @@ class _Duration(click.ParamType):
 class _Listen(click.ParamType):
     name = "host:port"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
         if isinstance(value, tuple):
             return value
         try:
@@ -111,7 +115,13 @@ class _Group(click.Group):
         if not self._loaded:
             self._loaded = True
             for ep in entry_points(group="minicdn.commands"):
-                self.add_command(ep.load(), ep.name)
+                try:
+                    cmd = ep.load()
+                except ImportError as exc:
+                    # One broken command must not take the others down; it fails loudly
+                    # when it is the one invoked.
+                    cmd = _broken(ep.name, exc)
+                self.add_command(cmd, ep.name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self.load_entry_points()
@@ -127,6 +137,13 @@ class _Group(click.Group):
         except MinicdnError as exc:
             click.echo(f"minicdn: {exc.code}: {exc.message}", err=True)
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+def _broken(name: str, exc: ImportError) -> click.Command:
+    def run() -> None:
+        raise click.ClickException(f"command {name} cannot load: {exc}")
+
+    return click.Command(name, callback=run, help=f"(unavailable: {exc})")
 
 
 def _on_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -149,4 +166,3 @@ def _on_config(ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.version_option(package_name="minicdn")
 def main() -> None:
     """minicdn: a content delivery network for mini-program packages."""
-

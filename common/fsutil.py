@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TEMP_PREFIX", "atomic_write", "fsync_dir", "open_atomic", "sweep_temp"]
+__all__ = ["TEMP_PREFIX", "AtomicFile", "atomic_write", "fsync_dir", "open_atomic", "sweep_temp"]
 
 TEMP_PREFIX = ".tmp-"
 
@@ -31,11 +31,23 @@ def _temp_path(target: Path) -> Path:
     return target.with_name(f"{TEMP_PREFIX}{target.name}.{secrets.token_hex(6)}")
 
 
+class AtomicFile:
+    """What ``open_atomic`` yields: the temp file to write, and afterwards whether the
+    target was created (always True with replace=True)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.file = f
+        self.created = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.file.write(data)
+
+
 @contextlib.contextmanager
 def open_atomic(
     target: str | os.PathLike[str], *, mode: int = 0o644, replace: bool = True
-) -> Iterator[IO[bytes]]:
-    """Yield a binary file that becomes ``target`` only if the block completes.
+) -> Iterator[AtomicFile]:
+    """Yield a file that becomes ``target`` only if the block completes.
 
     With ``replace=False`` an existing target is kept (first writer wins): content-addressed
     objects are immutable, so a second write of the same id is a successful no-op.
@@ -46,15 +58,18 @@ def open_atomic(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            handle = AtomicFile(f)
+            yield handle
             f.flush()
             os.fsync(f.fileno())
         if replace:
             os.replace(tmp, target)
+            handle.created = True
         else:
             # link() fails if the target exists, which makes "put if absent" atomic.
             try:
                 os.link(tmp, target)
+                handle.created = True
             except FileExistsError:
                 pass
             os.unlink(tmp)
@@ -71,9 +86,12 @@ def atomic_write(
     *,
     mode: int = 0o644,
     replace: bool = True,
-) -> None:
+) -> bool:
+    """Write ``data`` to ``target`` crash-safely; returns whether ``target`` now holds it
+    (False only with replace=False when the target already existed)."""
     with open_atomic(target, mode=mode, replace=replace) as f:
         f.write(data)
+    return f.created
 
 
 def sweep_temp(root: str | os.PathLike[str]) -> int:

@@ -53,7 +53,9 @@ def status_of(exc: errors.MinicdnError) -> int:
     return 500
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         body=json.dumps({"error": code, "message": message}).encode(),
@@ -146,11 +148,11 @@ def parse_range(header: str, size: int) -> ByteRange | None:
             raise Unsatisfiable
         return ByteRange(max(0, size - suffix), size - 1)
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # invalid syntax (RFC 9110 §14.1.1): ignore the header
     if start >= size:
         raise Unsatisfiable
+    end = int(last) if last else size - 1
     return ByteRange(start, min(end, size - 1))
 
 

@@ -261,7 +261,8 @@ def decode_ref(body: Any) -> Ref:
         if not 0 <= percent <= 100:
             raise BadRequest("ref: rollout percent outside 0..100")
         rollout = Rollout(
-            check_version(_get(r, "version", str, "rollout")), _id(r.get("manifest"), "rollout"),
+            check_version(_get(r, "version", str, "rollout")),
+            _id(r.get("manifest"), "rollout"),
             percent,
         )
     return Ref(

@@ -73,9 +73,7 @@ class PublicKey:
 class SigningKey:
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public = PublicKey(raw)
 
     @property

@@ -1,0 +1,40 @@
+# minicdn — every target creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test data bench bench-publish lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "minicdn needs Python >= 3.11"'
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: a local origin on :8080 (plus edges on :8081, :8082) with the sample app published as `demo`
+run: $(STAMP)
+	$(PY) deploy/run_local.py
+
+## make test: the whole suite (bounded versions of the slow runs)
+test: $(STAMP) data
+	$(PY) -m pytest -q -p no:cacheprovider
+
+## make data: the real npm packages benchmarks and realistic tests use (SHA-256 checked)
+data: $(STAMP)
+	$(PY) -m loadtests.data fetch
+
+bench-publish: $(STAMP) data
+	$(PY) -m loadtests.bench_publish
+
+bench: $(STAMP) data bench-publish
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check common origin edge client
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache

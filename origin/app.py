@@ -1,0 +1,257 @@
+"""The origin's HTTP API (aiohttp): DESIGN.md's table, the rows an origin serves.
+
+Handlers parse, call one method of ``Origin``, and map the result; errors become JSON
+through common.http's middleware and status table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgpack
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from common import codec
+from common.errors import BadRequest, TooLarge, Unauthorized
+from common.http import accepts_zstd, error_middleware, serve_immutable
+from common.ids import check_app, check_channel, check_version, parse_hex_id
+from origin.channels import Channels, RolloutSpec
+from origin.service import Origin, new_upload_path
+
+__all__ = ["ORIGIN", "make_app"]
+
+ORIGIN = web.AppKey("origin", Origin)
+MAX_BATCH = 1024
+BATCH_WINDOW = 32  # chunk reads in flight per batch request
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    resp = await handler(request)
+    route = request.match_info.route.name or "other"
+    request.app[ORIGIN].metrics.requests.labels(route, str(resp.status)).inc()
+    return resp
+
+
+def require_token(request: web.Request) -> None:
+    expected = request.app[ORIGIN].settings.token
+    got = request.headers.get("Authorization", "")
+    scheme, _, token = got.partition(" ")
+    if not expected:
+        raise Unauthorized("this origin has no MINICDN_TOKEN configured; writes are disabled")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+def _id(request: web.Request) -> bytes:
+    return parse_hex_id(request.match_info["id"])
+
+
+# -- read API --------------------------------------------------------------------------------
+
+
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    cid = _id(request)
+    origin = request.app[ORIGIN]
+    frame = await origin.chunk(cid)
+    if accepts_zstd(request):
+        return serve_immutable(
+            request, frame, etag=f'"{cid.hex()}"', content_encoding="zstd", vary="Accept-Encoding"
+        )
+    raw = await asyncio.get_running_loop().run_in_executor(None, codec.decode_chunk, cid, frame)
+    return serve_immutable(request, raw, etag=f'"{cid.hex()}"', vary="Accept-Encoding")
+
+
+async def _batch_ids(request: web.Request) -> list[str]:
+    if request.content_length is not None and request.content_length > MAX_BATCH * 80:
+        raise TooLarge(f"a batch names at most {MAX_BATCH} ids")
+    body = await request.content.read(MAX_BATCH * 80 + 1)
+    if len(body) > MAX_BATCH * 80:
+        raise TooLarge(f"a batch names at most {MAX_BATCH} ids")
+    try:
+        ids = msgpack.unpackb(body, raw=False, max_array_len=MAX_BATCH + 1)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise BadRequest(f"batch body must be a msgpack list of hex ids: {exc}") from exc
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("batch body must be a msgpack list of hex ids")
+    if len(ids) > MAX_BATCH:
+        raise TooLarge(f"a batch names at most {MAX_BATCH} ids, got {len(ids)}")
+    for i in ids:
+        parse_hex_id(i)
+    return ids
+
+
+async def post_batch(request: web.Request) -> web.StreamResponse:
+    ids = await _batch_ids(request)
+    origin = request.app[ORIGIN]
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
+    await resp.prepare(request)
+    # Reads run ahead in a bounded window; answers leave strictly in request order, each
+    # as soon as it and those before it are ready.
+    tasks: list[asyncio.Task[bytes | None]] = []
+    try:
+        for n, hexid in enumerate(ids):
+            while len(tasks) < min(len(ids), n + BATCH_WINDOW):
+                tasks.append(asyncio.ensure_future(origin.chunk_or_none(bytes.fromhex(ids[len(tasks)]))))
+            frame = await tasks[n]
+            await resp.write(msgpack.packb([hexid, frame], use_bin_type=True))
+    finally:
+        for t in tasks:
+            t.cancel()
+    await resp.write_eof()
+    return resp
+
+
+async def get_bundle(request: web.Request) -> web.StreamResponse:
+    bid = _id(request)
+    body = await request.app[ORIGIN].bundle(bid)
+    return serve_immutable(request, body, etag=f'"{bid.hex()}"')
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    mid = _id(request)
+    origin = request.app[ORIGIN]
+    etag = f'"{mid.hex()}"'
+    if accepts_zstd(request):
+        body = await origin.manifest_zstd(mid)
+        return serve_immutable(
+            request,
+            body,
+            etag=etag,
+            content_type="application/x-msgpack",
+            content_encoding="zstd",
+            vary="Accept-Encoding",
+        )
+    body = await origin.manifest(mid)
+    return serve_immutable(
+        request, body, etag=etag, content_type="application/x-msgpack", vary="Accept-Encoding"
+    )
+
+
+async def get_ref(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    envelope = await origin.ref(request.match_info["app"], request.match_info["channel"])
+    cache = f"public, max-age={origin.settings.ref_max_age}"
+    return serve_immutable(
+        request,
+        envelope,
+        etag=Channels.etag(envelope),
+        cache_control=cache,
+        content_type="application/x-msgpack",
+    )
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    return web.json_response({"apps": await request.app[ORIGIN].apps()})
+
+
+async def get_app(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[ORIGIN].app_info(request.match_info["app"]))
+
+
+# -- write API -------------------------------------------------------------------------------
+
+
+async def post_version(request: web.Request) -> web.Response:
+    require_token(request)
+    app = check_app(request.match_info["app"])
+    version = check_version(request.match_info["version"])
+    origin = request.app[ORIGIN]
+    limit = origin.settings.limits.max_upload
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"upload of {request.content_length} bytes exceeds the {limit}-byte limit")
+    upload = new_upload_path(origin.tmp_dir)
+    try:
+        await _spool(request, upload, limit)
+        result = await origin.publish(app, version, upload)
+    finally:
+        upload.unlink(missing_ok=True)
+    return web.json_response(result.to_json(), status=201 if result.created else 200)
+
+
+async def _spool(request: web.Request, dest: Path, limit: int) -> None:
+    """Stream the request body to ``dest`` (never whole in memory), refusing past ``limit``."""
+    loop = asyncio.get_running_loop()
+    received = 0
+    with open(dest, "wb") as f:
+        async for piece in request.content.iter_chunked(256 * 1024):
+            received += len(piece)
+            if received > limit:
+                raise TooLarge(f"upload exceeds the {limit}-byte limit")
+            await loop.run_in_executor(None, f.write, piece)
+
+
+async def put_channel(request: web.Request) -> web.Response:
+    require_token(request)
+    app = check_app(request.match_info["app"])
+    channel = check_channel(request.match_info["channel"])
+    try:
+        body = json.loads(await request.content.read(64 * 1024))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body must be JSON {{version, rollout?}}: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+        raise BadRequest('body must be JSON {"version": str, "rollout"?: {"version", "percent"}}')
+    rollout = None
+    if body.get("rollout") is not None:
+        r = body["rollout"]
+        if not isinstance(r, dict) or not isinstance(r.get("version"), str):
+            raise BadRequest('rollout must be {"version": str, "percent": int}')
+        rollout = RolloutSpec(r["version"], r.get("percent"))  # type: ignore[arg-type]
+    envelope = await request.app[ORIGIN].set_channel(app, channel, body["version"], rollout)
+    return web.Response(
+        body=envelope,
+        content_type="application/x-msgpack",
+        headers={"ETag": Channels.etag(envelope), "Cache-Control": "no-store"},
+    )
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[ORIGIN].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[ORIGIN].resign_loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.get_running_loop().run_in_executor(None, app[ORIGIN].close)
+
+
+def make_app(origin: Origin) -> web.Application:
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=1 << 20)
+    app[ORIGIN] = origin
+    r = app.router
+    r.add_get("/v1/chunks/{id}", get_chunk, name="chunk")  # GET also answers HEAD
+    r.add_post("/v1/chunks:batch", post_batch, name="batch")
+    r.add_get("/v1/bundles/{id}", get_bundle, name="bundle")
+    r.add_get("/v1/manifests/{id}", get_manifest, name="manifest")
+    r.add_get("/v1/apps", list_apps, name="apps")
+    r.add_get("/v1/apps/{app}", get_app, name="app")
+    r.add_get("/v1/apps/{app}/channels/{channel}", get_ref, name="ref")
+    r.add_put("/v1/apps/{app}/channels/{channel}", put_channel, name="channel_set")
+    r.add_post("/v1/apps/{app}/versions/{version}", post_version, name="publish")
+    r.add_get("/metrics", metrics, name="metrics")
+    r.add_get("/healthz", healthz, name="healthz")
+    r.add_get("/readyz", healthz, name="readyz")
+    app.cleanup_ctx.append(_background)
+    return app

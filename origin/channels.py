@@ -1,0 +1,142 @@
+"""Channels: signed refs that point an app's channel at a version, with gradual rollout.
+
+Every move raises the serial by one and is atomic (one lock; the new envelope replaces
+the old with the crash-safe write).  Re-signing a live ref before it expires refreshes
+``issued``/``expires`` and keeps the serial: the ref's meaning is unchanged, and a client's
+rollback check (serial lower than one seen) still holds.
+
+The origin is a single writer per storage (DESIGN.md: one origin, many edges); several
+origin processes on one storage would need conditional writes in the storage backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common import wire
+from common.errors import BadRequest, NotFound
+from common.ids import check_channel, check_version, sha256
+from common.manifest import Ref, Rollout, open_ref
+from common.signing import SigningKey
+from origin import paths
+from origin.storage import Storage
+
+__all__ = ["Channels", "RolloutSpec"]
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    version: str
+    percent: int
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+        if (
+            isinstance(self.percent, bool)
+            or not isinstance(self.percent, int)
+            or not 0 <= self.percent <= 100
+        ):
+            raise BadRequest("rollout percent must be an integer from 0 to 100")
+
+
+class Channels:
+    def __init__(
+        self,
+        storage: Storage,
+        key: SigningKey,
+        *,
+        ttl: float = 7 * DAY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.key = key
+        self.ttl = int(ttl)
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def envelope(self, app: str, channel: str) -> bytes:
+        key = paths.channel_key(app, channel)
+        if self.storage.stat(key) is None:
+            raise NotFound(f"app {app} has no channel {channel}")
+        return self.storage.get(key)
+
+    def current(self, app: str, channel: str) -> Ref | None:
+        try:
+            return open_ref(self.envelope(app, channel), [self.key.public])
+        except NotFound:
+            return None
+
+    def move(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
+        """Point ``channel`` at ``version`` (and optionally roll ``rollout`` out); returns the
+        new signed ref."""
+        check_channel(channel)
+        manifest = self._manifest_of(app, version)
+        roll = None
+        if rollout is not None:
+            roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
+        with self._lock:
+            old = self.current(app, channel)
+            now = int(self.clock())
+            ref = Ref(
+                app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll
+            )
+            envelope = ref.seal(self.key)
+            self.storage.put(paths.channel_key(app, channel), envelope)
+            self._remember(app, channel, now, version, old)
+        return envelope
+
+    def resign_due(self) -> int:
+        """Re-sign every ref with less than half its lifetime left; returns how many."""
+        count = 0
+        for app in self.apps():
+            for channel in self.channel_names(app):
+                with self._lock:
+                    ref = self.current(app, channel)
+                    now = int(self.clock())
+                    if ref is None or ref.expires - now > self.ttl // 2:
+                        continue
+                    fresh = Ref(
+                        ref.app,
+                        ref.channel,
+                        ref.serial,
+                        now,
+                        now + self.ttl,
+                        ref.version,
+                        ref.manifest,
+                        ref.rollout,
+                    )
+                    self.storage.put(paths.channel_key(app, channel), fresh.seal(self.key))
+                    count += 1
+        return count
+
+    def _manifest_of(self, app: str, version: str) -> bytes:
+        key = paths.version_key(app, version)
+        if self.storage.stat(key) is None:
+            raise NotFound(f"app {app} has no version {version}")
+        rec = wire.unpack(self.storage.get(key), what="version record")
+        mid: bytes = rec["manifest"]
+        return mid
+
+    def _remember(self, app: str, channel: str, now: int, version: str, old: Ref | None) -> None:
+        """Append to the channel's history (delta bases: versions a channel pointed at)."""
+        key = paths.history_key(app, channel)
+        hist = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
+        if old is None or old.version != version:
+            hist.append([now, version])
+        self.storage.put(key, wire.pack(hist[-1000:]))
+
+    def apps(self) -> list[str]:
+        return sorted({k.split("/")[1] for k in self.storage.list(paths.APPS)})
+
+    def channel_names(self, app: str) -> list[str]:
+        prefix = paths.channels_prefix(app)
+        return [k[len(prefix) :] for k in self.storage.list(prefix)]
+
+    @staticmethod
+    def etag(envelope: bytes) -> str:
+        return f'"{sha256(envelope).hex()}"'

@@ -1,0 +1,287 @@
+"""``minicdn origin``, ``minicdn publish`` and ``minicdn channel set``."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+from aiohttp import web
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from common.chunking import ChunkParams
+from common.cli import DURATION, LISTEN, SIZE, option
+from common.errors import ConfigError, UpstreamError
+from common.ids import check_app, check_channel, check_version
+from common.signing import SigningKey
+from origin.app import make_app
+from origin.ingest import Limits
+from origin.service import Origin, OriginSettings
+from origin.storage import FileStorage
+
+__all__ = ["channel", "origin", "publish"]
+
+
+@click.command()
+@option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Storage directory.")
+@option("--listen", type=LISTEN, default="127.0.0.1:8080", help="HOST:PORT to serve on.")
+@option(
+    "--signing-key",
+    type=click.Path(dir_okay=False),
+    help="PKCS#8 PEM Ed25519 key [default: DATA/signing.key].",
+)
+@option("--token", help="Bearer token for publishing and channel moves (prefer the environment).")
+@option("--level", type=click.IntRange(1, 22), default=19, help="zstd level for chunks.")
+@option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1, help="Compression processes.")
+@option("--max-upload", type=SIZE, default="64MiB", help="Largest archive accepted.")
+@option("--max-unpacked", type=SIZE, default="256MiB", help="Largest total unpacked size.")
+@option("--max-files", type=click.IntRange(1), default=20000, help="Most files in one archive.")
+@option("--max-ratio", type=click.FloatRange(1), default=200.0, help="Largest compression ratio of an entry.")
+@option("--chunk-min", type=SIZE, default="4KiB", help="FastCDC minimum chunk size.")
+@option("--chunk-avg", type=SIZE, default="16KiB", help="FastCDC average chunk size.")
+@option("--chunk-max", type=SIZE, default="64KiB", help="FastCDC maximum chunk size.")
+@option("--ref-ttl", type=DURATION, default="7d", help="Lifetime of a signed channel ref.")
+@option("--ref-max-age", type=click.IntRange(0), default=30, help="Cache-Control max-age of refs, seconds.")
+def origin(
+    data_dir: str,
+    listen: tuple[str, int],
+    signing_key: str | None,
+    token: str | None,
+    level: int,
+    workers: int,
+    max_upload: int,
+    max_unpacked: int,
+    max_files: int,
+    max_ratio: float,
+    chunk_min: int,
+    chunk_avg: int,
+    chunk_max: int,
+    ref_ttl: float,
+    ref_max_age: int,
+) -> None:
+    """Serve the origin: publish, sign and serve app versions."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = Path(data_dir)
+    key_path = Path(signing_key) if signing_key else data / "signing.key"
+    if not key_path.exists():
+        raise ConfigError(f"signing_key: {key_path} does not exist (run: minicdn keygen --out {data})")
+    if ref_ttl < 3600:
+        raise ConfigError("ref_ttl: must be at least 1h")
+    settings = OriginSettings(
+        token=token or None,
+        level=level,
+        workers=workers,
+        limits=Limits(max_upload, max_unpacked, max_files, max_ratio),
+        chunking=ChunkParams(chunk_min, chunk_avg, chunk_max),
+        ref_ttl=ref_ttl,
+        ref_max_age=ref_max_age,
+        resign_interval=min(3600.0, ref_ttl / 8),
+    )
+    if not settings.token:
+        logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")
+    service = Origin(FileStorage(data / "store"), SigningKey.load(key_path), data / "tmp", settings)
+    _install_uvloop()
+    host, port = listen
+    web.run_app(make_app(service), host=host, port=port, print=None, shutdown_timeout=10, access_log=None)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return
+    uvloop.install()
+
+
+# -- publisher side --------------------------------------------------------------------------
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    if not token:
+        raise ConfigError("token: set MINICDN_TOKEN (or --token) to the origin's token")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _check(resp: aiohttp.ClientResponse) -> bytes:
+    body = await resp.read()
+    if resp.status >= 400:
+        try:
+            err = json.loads(body)
+            msg = f"{err['error']}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            msg = body[:200].decode(errors="replace")
+        raise UpstreamError(f"{resp.method} {resp.url.path} answered {resp.status} ({msg})")
+    return body
+
+
+def pack_folder(folder: Path, out: io.BufferedWriter) -> None:
+    """A deterministic tar.gz of a folder (sorted, zeroed owners and times)."""
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tf:
+        for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix().encode()):
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                raise ConfigError(f"path: {rel} is a symlink; the origin refuses links")
+            if not path.is_file():
+                continue
+            info = tarfile.TarInfo(rel)
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with open(path, "rb") as f:
+                tf.addfile(info, f)
+
+
+async def _upload(url: str, archive: Path, headers: dict[str, str], quiet: bool) -> dict[str, Any]:
+    size = archive.stat().st_size
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("upload", total=size)
+
+        async def body() -> AsyncIterator[bytes]:
+            with open(archive, "rb") as f:
+                while piece := f.read(256 * 1024):
+                    progress.advance(task, len(piece))
+                    yield piece
+
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                url,
+                data=body(),
+                headers={**headers, "Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            ) as resp,
+        ):
+            result: dict[str, Any] = json.loads(await _check(resp))
+            result["status"] = resp.status
+            return result
+
+
+async def _move(
+    origin_url: str,
+    app: str,
+    channel: str,
+    version: str,
+    rollout: dict[str, Any] | None,
+    headers: dict[str, str],
+) -> None:
+    body: dict[str, Any] = {"version": version}
+    if rollout:
+        body["rollout"] = rollout
+    async with (
+        aiohttp.ClientSession() as s,
+        s.put(f"{origin_url}/v1/apps/{app}/channels/{channel}", json=body, headers=headers) as resp,
+    ):
+        await _check(resp)
+
+
+async def _current_version(origin_url: str, app: str, channel: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{origin_url}/v1/apps/{app}") as resp:
+        info = json.loads(await _check(resp))
+    current = info.get("channels", {}).get(channel)
+    if not current:
+        raise ConfigError(f"rollout: channel {channel} has no version yet; publish without --rollout first")
+    return str(current["version"])
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@option("--origin", "origin_url", required=True, help="Origin base URL.")
+@option("--app", required=True, help="App id.")
+@option("--version", required=True, help="Version to publish.")
+@option("--channel", help="Then point this channel at the version.")
+@option("--rollout", type=click.IntRange(0, 100), help="With --channel: roll out to this percent of users.")
+@option("--token", help="Bearer token (prefer MINICDN_TOKEN).")
+@option("--quiet", is_flag=True, help="No progress bar.")
+def publish(
+    path: str,
+    origin_url: str,
+    app: str,
+    version: str,
+    channel: str | None,
+    rollout: int | None,
+    token: str | None,
+    quiet: bool,
+) -> None:
+    """Publish PATH (a folder, zip, tar or tar.gz) as APP@VERSION."""
+    check_app(app)
+    check_version(version)
+    if channel:
+        check_channel(channel)
+    if rollout is not None and not channel:
+        raise ConfigError("rollout: --rollout needs --channel")
+    headers = _headers(token)
+    origin_url = origin_url.rstrip("/")
+    src = Path(path)
+    with tempfile.TemporaryDirectory(prefix="minicdn-publish-") as tmp:
+        archive = src
+        if src.is_dir():
+            archive = Path(tmp) / "upload.tar.gz"
+            with open(archive, "wb") as out:
+                pack_folder(src, out)
+        result = asyncio.run(
+            _upload(f"{origin_url}/v1/apps/{app}/versions/{version}", archive, headers, quiet)
+        )
+    what = "published" if result["status"] == 201 else "already published (same content)"
+    click.echo(
+        f"{app}@{version} {what}: manifest {result['manifest']}\n"
+        f"  chunks {result['chunks']} ({result['new_chunks']} new), raw {result['raw_bytes']} B, "
+        f"stored {result['stored_bytes']} B ({result['new_bytes']} B new)"
+    )
+    if channel:
+        if rollout is None:
+            asyncio.run(_move(origin_url, app, channel, version, None, headers))
+            click.echo(f"  channel {channel} → {version}")
+        else:
+            base = asyncio.run(_current_version(origin_url, app, channel))
+            asyncio.run(
+                _move(origin_url, app, channel, base, {"version": version, "percent": rollout}, headers)
+            )
+            click.echo(f"  channel {channel}: {base}, rolling out {version} to {rollout}%")
+
+
+@click.group()
+def channel() -> None:
+    """Channel moves."""
+
+
+@channel.command("set")
+@option("--origin", "origin_url", required=True, help="Origin base URL.")
+@option("--app", required=True, help="App id.")
+@option("--channel", "channel_name", required=True, help="Channel name.")
+@option("--version", required=True, help="Version the channel serves.")
+@option("--rollout-version", help="Version to roll out gradually.")
+@option("--percent", type=click.IntRange(0, 100), help="Percent of users on --rollout-version.")
+@option("--token", help="Bearer token (prefer MINICDN_TOKEN).")
+def channel_set(
+    origin_url: str,
+    app: str,
+    channel_name: str,
+    version: str,
+    rollout_version: str | None,
+    percent: int | None,
+    token: str | None,
+) -> None:
+    """Point APP's CHANNEL at VERSION, optionally rolling another version out."""
+    check_app(app)
+    check_channel(channel_name)
+    check_version(version)
+    if (rollout_version is None) != (percent is None):
+        raise ConfigError("rollout: --rollout-version and --percent go together")
+    rollout = {"version": check_version(rollout_version), "percent": percent} if rollout_version else None
+    asyncio.run(_move(origin_url.rstrip("/"), app, channel_name, version, rollout, _headers(token)))
+    extra = f", rolling out {rollout_version} to {percent}%" if rollout else ""
+    click.echo(f"{app} channel {channel_name} → {version}{extra}")

@@ -1,0 +1,74 @@
+"""Every storage key the origin uses, and only here.  The tree (a key is a path under
+the storage root; the filesystem backend maps it 1:1, an object store uses it as the key):
+
+::
+
+    objects/
+      chunks/<h0h1>/<h2h3>/<hex>     one zstd frame per chunk (id = sha256 of raw bytes)
+      bundles/<h0h1>/<h2h3>/<hex>    a bundle or delta (id = sha256 of stored bytes)
+      manifests/<h0h1>/<hex>         a signed manifest envelope (id = sha256 of it)
+    apps/<app>/
+      versions/<version>             msgpack {manifest, digest, created}: the version
+                                     exists once this record does (written last)
+      channels/<channel>             the current signed ref envelope
+      history/<channel>              msgpack [[unix time, version], ...]: what the
+                                     channel pointed at, for delta bases (later issue)
+    tmp/                             uploads and extraction in progress (swept at start)
+
+Two-level fan-out keeps directories small (65,536 leaves) for millions of chunks.
+"""
+
+from __future__ import annotations
+
+from common.ids import check_app, check_channel, check_version
+
+__all__ = [
+    "APPS",
+    "app_prefix",
+    "bundle_key",
+    "channel_key",
+    "channels_prefix",
+    "chunk_key",
+    "history_key",
+    "manifest_key",
+    "version_key",
+    "versions_prefix",
+]
+
+APPS = "apps/"
+
+
+def chunk_key(hexid: str) -> str:
+    return f"objects/chunks/{hexid[:2]}/{hexid[2:4]}/{hexid}"
+
+
+def bundle_key(hexid: str) -> str:
+    return f"objects/bundles/{hexid[:2]}/{hexid[2:4]}/{hexid}"
+
+
+def manifest_key(hexid: str) -> str:
+    return f"objects/manifests/{hexid[:2]}/{hexid}"
+
+
+def app_prefix(app: str) -> str:
+    return f"apps/{check_app(app)}/"
+
+
+def versions_prefix(app: str) -> str:
+    return app_prefix(app) + "versions/"
+
+
+def version_key(app: str, version: str) -> str:
+    return versions_prefix(app) + check_version(version)
+
+
+def channels_prefix(app: str) -> str:
+    return app_prefix(app) + "channels/"
+
+
+def channel_key(app: str, channel: str) -> str:
+    return channels_prefix(app) + check_channel(channel)
+
+
+def history_key(app: str, channel: str) -> str:
+    return app_prefix(app) + "history/" + check_channel(channel)

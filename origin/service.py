@@ -1,0 +1,215 @@
+"""The origin as one object: storage, publisher and channels behind async methods.
+
+Everything that blocks (files, hashing, signing, extraction) runs in the default thread
+executor; compression runs in the process pool owned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common import codec
+from common.chunking import ChunkParams
+from common.errors import NotFound
+from common.ids import check_app, check_channel, check_version
+from common.signing import SigningKey
+from origin import paths
+from origin.channels import Channels, RolloutSpec
+from origin.ingest import Limits, extract
+from origin.metrics import OriginMetrics
+from origin.publish import Publisher, PublishResult, VersionRecord
+from origin.storage import Storage
+
+__all__ = ["Origin", "OriginSettings"]
+
+log = logging.getLogger("minicdn.origin")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OriginSettings:
+    token: str | None = None
+    level: int = 19
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    limits: Limits = field(default_factory=Limits)
+    chunking: ChunkParams = field(default_factory=ChunkParams)
+    ref_ttl: float = 7 * 86400
+    ref_max_age: int = 30
+    resign_interval: float = 3600.0
+
+
+class Origin:
+    def __init__(
+        self,
+        storage: Storage,
+        key: SigningKey,
+        tmp_dir: Path,
+        settings: OriginSettings,
+        metrics: OriginMetrics | None = None,
+    ) -> None:
+        self.storage = storage
+        self.key = key
+        self.settings = settings
+        self.metrics = metrics or OriginMetrics.create()
+        self.tmp_dir = tmp_dir
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        for stale in tmp_dir.iterdir():  # uploads a crash interrupted
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        self.channels = Channels(storage, key, ttl=settings.ref_ttl)
+        self._pool: ProcessPoolExecutor | None = None
+        self._publish_lock = asyncio.Lock()
+        self._zstd_manifests: OrderedDict[bytes, bytes] = OrderedDict()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # "spawn": forking a process that runs threads and an event loop is unsafe.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+    # -- read API -----------------------------------------------------------------------------
+
+    async def chunk(self, cid: bytes) -> bytes:
+        self.metrics.chunk_requests.inc()
+        return await self._run(self.storage.get, paths.chunk_key(cid.hex()))
+
+    async def chunk_or_none(self, cid: bytes) -> bytes | None:
+        try:
+            return await self.chunk(cid)
+        except NotFound:
+            return None
+
+    @staticmethod
+    def decoded(cid: bytes, frame: bytes) -> bytes:
+        return codec.decode_chunk(cid, frame)
+
+    async def bundle(self, bid: bytes) -> bytes:
+        return await self._run(self.storage.get, paths.bundle_key(bid.hex()))
+
+    async def manifest(self, mid: bytes) -> bytes:
+        return await self._run(self.storage.get, paths.manifest_key(mid.hex()))
+
+    async def manifest_zstd(self, mid: bytes) -> bytes:
+        """The envelope as one zstd-19 frame, compressed once per manifest (bounded LRU)."""
+        frame = self._zstd_manifests.get(mid)
+        if frame is None:
+            envelope = await self.manifest(mid)
+            frame = await self._run(codec.compress, envelope, 19)
+            self._zstd_manifests[mid] = frame
+            if len(self._zstd_manifests) > 256:
+                self._zstd_manifests.popitem(last=False)
+        else:
+            self._zstd_manifests.move_to_end(mid)
+        return frame
+
+    async def ref(self, app: str, channel: str) -> bytes:
+        check_app(app)
+        check_channel(channel)
+        return await self._run(self.channels.envelope, app, channel)
+
+    async def apps(self) -> list[str]:
+        return await self._run(self.channels.apps)
+
+    async def app_info(self, app: str) -> dict[str, Any]:
+        return await self._run(self._app_info, check_app(app))
+
+    def _app_info(self, app: str) -> dict[str, Any]:
+        vprefix = paths.versions_prefix(app)
+        versions = []
+        for key in self.storage.list(vprefix):
+            rec = VersionRecord.unpack(self.storage.get(key))
+            versions.append(
+                {"version": key[len(vprefix) :], "manifest": rec.manifest.hex(), "created": rec.created}
+            )
+        if not versions:
+            raise NotFound(f"no app {app}")
+        versions.sort(key=lambda v: v["created"])
+        channels = {}
+        for name in self.channels.channel_names(app):
+            ref = self.channels.current(app, name)
+            if ref is None:
+                continue
+            channels[name] = {
+                "version": ref.version,
+                "serial": ref.serial,
+                "expires": ref.expires,
+                "rollout": None
+                if ref.rollout is None
+                else {"version": ref.rollout.version, "percent": ref.rollout.percent},
+            }
+        return {"app": app, "versions": versions, "channels": channels}
+
+    # -- write API ----------------------------------------------------------------------------
+
+    async def publish(self, app: str, version: str, archive: Path) -> PublishResult:
+        check_app(app)
+        check_version(version)
+        work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="publish-"))
+        try:
+            files = await self._run(extract, archive, work / "files", self.settings.limits)
+            publisher = Publisher(
+                self.storage,
+                self.key,
+                self.pool(),
+                workers=self.settings.workers,
+                level=self.settings.level,
+                params=self.settings.chunking,
+                tmp_dir=work,
+            )
+            # One publish at a time: each already uses every core, and two publishes of one
+            # version must see each other's version record.
+            async with self._publish_lock:
+                t0 = time.perf_counter()
+                result = await self._run(publisher.publish, app, version, files)
+                self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+            if result.created:
+                self.metrics.published_bytes.inc(result.raw_bytes)
+            return result
+        finally:
+            await self._run(shutil.rmtree, work, True)
+
+    async def set_channel(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
+        check_app(app)
+        check_channel(channel)
+        check_version(version)
+        return await self._run(self.channels.move, app, channel, version, rollout)
+
+    async def resign_loop(self) -> None:
+        """Re-sign live refs well before they expire (owned by the app's cleanup_ctx)."""
+        while True:
+            try:
+                n = await self._run(self.channels.resign_due)
+                if n:
+                    log.info("re-signed %d refs", n)
+            except Exception:  # keep the loop alive; the next round retries
+                log.exception("re-signing refs failed")
+            await asyncio.sleep(self.settings.resign_interval)
+
+
+def new_upload_path(tmp_dir: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+    os.close(fd)
+    return Path(name)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real origin process per test module, its public key, and helpers to
+talk to it over HTTP using only the wire format of DESIGN.md."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from common.signing import PublicKey
+from tests.procs import Service, origin_service
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "demo"
+TOKEN = "test-token"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> Reply:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def tar_gz_of(folder: Path) -> bytes:
+    from origin.cli import pack_folder
+
+    buf = io.BytesIO()
+    pack_folder(folder, buf)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def publish(base: str, app: str, version: str, archive: bytes, token: str = TOKEN) -> Reply:
+    return http("POST", f"{base}/v1/apps/{app}/versions/{version}", archive, auth(token))
+
+
+def set_channel(base: str, app: str, channel: str, body: dict[str, object], token: str = TOKEN) -> Reply:
+    return http("PUT", f"{base}/v1/apps/{app}/channels/{channel}", json.dumps(body).encode(),
+                {**auth(token), "Content-Type": "application/json"})
+
+
+def batch(base: str, ids: list[str]) -> list[list[object]]:
+    r = http("POST", f"{base}/v1/chunks:batch", msgpack.packb(ids))
+    assert r.status == 200, r.body
+    return list(msgpack.Unpacker(io.BytesIO(r.body), raw=False))
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("origin")
+    svc = origin_service(tmp, TOKEN)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def origin_key(origin: Service) -> PublicKey:
+    return PublicKey.load(Path(origin.args[origin.args.index("--signing-key") + 1]).parent / "public.key")

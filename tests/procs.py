@@ -1,0 +1,111 @@
+"""Real processes for tests: start a minicdn service on a free loopback port, wait until
+it answers /healthz, and always stop it by PID (SIGTERM, then SIGKILL)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MINICDN = [sys.executable, "-m", "common"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout}s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Service:
+    args: list[str]
+    port: int
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Service:
+        env = {**os.environ, **self.env}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([*MINICDN, *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_http(self.url + "/healthz", timeout, self.proc)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[Service]:
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service:
+    """An origin on a free port with a fresh key under tmp/keys (public key: tmp/keys/public.key)."""
+    keys = tmp / "keys"
+    if not (keys / "signing.key").exists():
+        from common.signing import generate_keypair
+
+        generate_keypair(keys)
+    port = free_port()
+    return Service(
+        ["origin", "--data", str(tmp / "origin"), "--listen", f"127.0.0.1:{port}",
+         "--signing-key", str(keys / "signing.key"), "--workers", "2", *extra],
+        port, tmp / f"origin-{port}.log", env={"MINICDN_TOKEN": token},
+    )

@@ -1,0 +1,110 @@
+"""Hostile publisher input: every case is a JSON 4xx and leaves nothing stored."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests import hostile
+from tests.conftest import auth, publish
+from tests.procs import Service
+
+
+def _stored(origin: Service) -> list[str]:
+    data = Path(origin.args[origin.args.index("--data") + 1])
+    return sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.name != "signing.key")
+
+
+def _peak_rss_kib(origin: Service) -> int:
+    assert origin.proc is not None
+    status = Path(f"/proc/{origin.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+
+
+CASES = {
+    "dotdot": (hostile.tar_ok_plus(hostile.member("../evil.js")), 400, "unsafe_archive"),
+    "dotdot-inside": (hostile.tar_ok_plus(hostile.member("pages/../../evil.js")), 400, "unsafe_archive"),
+    "absolute": (hostile.tar_ok_plus(hostile.member("/etc/evil.js")), 400, "unsafe_archive"),
+    "symlink": (hostile.tar_ok_plus(hostile.member("link.js", tarfile.SYMTYPE, "/etc/passwd"), None), 400,
+                "unsafe_archive"),
+    "hardlink": (hostile.tar_ok_plus(hostile.member("hard.js", tarfile.LNKTYPE, "app.json"), None), 400,
+                 "unsafe_archive"),
+    "chardev": (hostile.tar_ok_plus(hostile.member("dev.js", tarfile.CHRTYPE), None), 400, "unsafe_archive"),
+    "fifo": (hostile.tar_ok_plus(hostile.member("fifo.js", tarfile.FIFOTYPE), None), 400, "unsafe_archive"),
+    "zip-dotdot": (hostile.zip_with({**hostile.ok_files(), "../x.js": b"1"}), 400, "unsafe_archive"),
+    "zip-absolute": (hostile.zip_with({**hostile.ok_files(), "/x.js": b"1"}), 400, "unsafe_archive"),
+    "zip-symlink": (hostile.zip_with(hostile.ok_files(), {"link.js": "/etc/passwd"}), 400, "unsafe_archive"),
+    "duplicate": (hostile.tar_with([hostile.member("a.js"), hostile.member("a.js")], {"a.js": b"1"}), 400,
+                  "unsafe_archive"),
+    "not-an-archive": (b"hello, this is not an archive" * 40, 400, "bad_archive"),
+    "truncated-tar-gz": (hostile.tar_with([hostile.member("a.js")], {"a.js": os.urandom(50000)})[:3000], 400,
+                         "bad_archive"),
+    "corrupt-zip": (b"PK\x03\x04" + os.urandom(2000), 400, "bad_archive"),
+    "empty": (hostile.tar_with([]), 400, "bad_archive"),
+    "tar-gz-ratio-bomb": (hostile.tar_gz_bomb(64 << 20), 413, "too_large"),
+    "zip-ratio-bomb": (hostile.zip_bomb(64 << 20), 413, "too_large"),
+    "too-many-files": (hostile.zip_many(20_001), 413, "too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_archive_is_refused_and_nothing_is_stored(origin: Service, case: str) -> None:
+    archive, status, code = CASES[case]
+    before = _stored(origin)
+    r = publish(origin.url, "evil", "1.0.0", archive)
+    assert r.status == status, r.body
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"] == code  # type: ignore[index]
+    assert _stored(origin) == before
+
+
+def test_bomb_is_refused_with_bounded_memory(origin: Service) -> None:
+    """A 1 GiB bomb (~1 MiB of gzip): refused, and the origin's peak RSS barely moves."""
+    archive = hostile.tar_gz_bomb(1 << 30)
+    assert len(archive) < 2 << 20
+    peak = _peak_rss_kib(origin)
+    r = publish(origin.url, "evil", "1.0.0", archive)
+    assert r.status == 413
+    assert _peak_rss_kib(origin) - peak < 64 * 1024
+
+
+def test_oversized_upload_is_refused_before_it_is_read(origin: Service) -> None:
+    """Content-Length past the 64 MiB limit: 413 after sending only a few bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/apps/evil/versions/1.0.0")
+        for k, v in {**auth(), "Content-Length": str(65 << 20)}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        conn.send(b"\x1f\x8b" + bytes(1000))
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert b"too_large" in resp.read()
+    finally:
+        conn.close()
+
+
+def test_chunked_upload_past_the_limit_is_refused(origin: Service) -> None:
+    """Without a Content-Length the origin counts while streaming and stops at the limit."""
+    before = _stored(origin)
+
+    def body():  # type: ignore[no-untyped-def]  # 65 MiB in 1 MiB pieces, generated, never held whole
+        for _ in range(65):
+            yield bytes(1 << 20)
+
+    conn = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=60)
+    try:
+        try:
+            conn.request("POST", "/v1/apps/evil/versions/1.0.0", body=body(), headers=auth(),
+                         encode_chunked=True)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the origin may close as soon as it has answered
+        resp = conn.getresponse()
+        assert resp.status == 413
+    finally:
+        conn.close()
+    assert _stored(origin) == before
