@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from common import errors
 
@@ -23,6 +23,7 @@ __all__ = [
     "error_response",
     "etag_matches",
     "parse_range",
+    "read_limited",
     "serve_immutable",
     "status_of",
 ]
@@ -83,6 +84,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http")
         return error_response(exc.status, code, exc.reason, dict(exc.headers) if exc.status == 405 else None)
+
+
+async def read_limited(stream: StreamReader, limit: int, what: str = "body") -> bytes:
+    """Read a whole body, refusing (TooLarge) one longer than ``limit`` bytes without
+    reading past ``limit + 1``.  (StreamReader.read(n) returns what is available, not n.)"""
+    buf = bytearray()
+    while True:
+        piece = await stream.read(limit + 1 - len(buf))
+        if not piece:
+            return bytes(buf)
+        buf += piece
+        if len(buf) > limit:
+            raise errors.TooLarge(f"{what} is larger than {limit} bytes")
 
 
 def accepts_zstd(request: web.Request) -> bool:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import codec
 from common.errors import BadRequest, TooLarge, Unauthorized
-from common.http import accepts_zstd, error_middleware, serve_immutable
+from common.http import accepts_zstd, error_middleware, read_limited, serve_immutable
 from common.ids import check_app, check_channel, check_version, parse_hex_id
 from origin.channels import Channels, RolloutSpec
 from origin.service import Origin, new_upload_path
@@ -74,11 +74,10 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 
 
 async def _batch_ids(request: web.Request) -> list[str]:
-    if request.content_length is not None and request.content_length > MAX_BATCH * 80:
+    limit = MAX_BATCH * 80  # 1024 msgpack-encoded 64-digit strings fit with room to spare
+    if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"a batch names at most {MAX_BATCH} ids")
-    body = await request.content.read(MAX_BATCH * 80 + 1)
-    if len(body) > MAX_BATCH * 80:
-        raise TooLarge(f"a batch names at most {MAX_BATCH} ids")
+    body = await read_limited(request.content, limit, "batch body")
     try:
         ids = msgpack.unpackb(body, raw=False, max_array_len=MAX_BATCH + 1)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
@@ -197,7 +196,7 @@ async def put_channel(request: web.Request) -> web.Response:
     app = check_app(request.match_info["app"])
     channel = check_channel(request.match_info["channel"])
     try:
-        body = json.loads(await request.content.read(64 * 1024))
+        body = json.loads(await read_limited(request.content, 64 * 1024, "channel body"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body must be JSON {{version, rollout?}}: {exc}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("version"), str):
