@@ -138,7 +138,8 @@ def main() -> int:
         print(f"try: curl -s {origin}/v1/apps/demo")
         if edges:
             print(
-                f"     minicdn fetch demo --edge {edges[0]} --public-key {keys / 'public.key'} --out /tmp/demo"
+                f"     minicdn fetch demo --edge {edges[0]} --public-key {keys / 'public.key'} "
+                "--out /tmp/demo"
             )
         print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in procs):

@@ -109,3 +109,28 @@ def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service
          "--signing-key", str(keys / "signing.key"), "--workers", "2", *extra],
         port, tmp / f"origin-{port}.log", env={"MINICDN_TOKEN": token},
     )
+
+
+def edge_service(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge") -> Service:
+    """An edge on a free port in front of ``upstreams``, caching under tmp/<name>-<port>."""
+    port = free_port()
+    args = ["edge", "--cache-dir", str(tmp / f"{name}-{port}"), "--listen", f"127.0.0.1:{port}", *extra]
+    for u in upstreams:
+        args += ["--upstream", u]
+    return Service(args, port, tmp / f"{name}-{port}.log", env={"MINICDN_TOKEN": "test-token"})
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """The sum of a Prometheus metric's samples whose labels contain ``labels``
+    (e.g. metric(u, "minicdn_edge_hits_total", 'tier="disk"')); 0 if absent."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        metric_name, _, label_text = key.partition("{")
+        if metric_name == name and labels in label_text:
+            total += float(value)
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from common.chunking import ChunkParams, cut
@@ -26,7 +27,7 @@ def test_chunks_cover_the_input_in_order_within_bounds() -> None:
     data = _text(1 << 20, 1)
     pieces = list(cut(data))
     assert pieces[0][0] == 0
-    assert all(a[0] + a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(pieces))
     assert sum(n for _, n in pieces) == len(data)
     p = ChunkParams()
     assert all(p.min_size <= n <= p.max_size for _, n in pieces[:-1])

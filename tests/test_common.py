@@ -15,13 +15,30 @@ import zstandard
 from common import codec, wire
 from common.config import parse_duration, parse_listen, parse_size
 from common.errors import (
-    BadArchive, ConfigError, ExpiredRef, IntegrityError, InvalidId, InvalidName, RollbackRef, SignatureError,
-    TooLarge, UnsafeArchive,
+    BadArchive,
+    ConfigError,
+    ExpiredRef,
+    IntegrityError,
+    InvalidId,
+    InvalidName,
+    RollbackRef,
+    SignatureError,
+    TooLarge,
+    UnsafeArchive,
 )
 from common.fsutil import atomic_write, open_atomic, sweep_temp
 from common.http import Unsatisfiable, accepts_zstd, etag_matches, parse_range
 from common.ids import check_app, check_version, parse_hex_id, sha256
-from common.manifest import ChunkEntry, Manifest, PackageEntry, Ref, Rollout, in_rollout, open_manifest, open_ref
+from common.manifest import (
+    ChunkEntry,
+    Manifest,
+    PackageEntry,
+    Ref,
+    Rollout,
+    in_rollout,
+    open_manifest,
+    open_ref,
+)
 from common.package import layout
 from common.paths import check_relpath
 from common.signing import PublicKey, SigningKey, generate_keypair, seal

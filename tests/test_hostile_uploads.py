@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import tarfile
@@ -98,11 +99,10 @@ def test_chunked_upload_past_the_limit_is_refused(origin: Service) -> None:
 
     conn = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=60)
     try:
-        try:
+        # the origin may close as soon as it has answered
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             conn.request("POST", "/v1/apps/evil/versions/1.0.0", body=body(), headers=auth(),
                          encode_chunked=True)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the origin may close as soon as it has answered
         resp = conn.getresponse()
         assert resp.status == 413
     finally:

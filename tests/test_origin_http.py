@@ -192,7 +192,7 @@ def test_bad_writes(origin: Service, demo: Reply) -> None:
     archive = tar_gz_of(DEMO)
     assert publish(origin.url, "Not-Valid", "1.0.0", archive).status == 400
     assert publish(origin.url, "demo", "..", archive).status in (400, 404)
-    assert publish(origin.url, "demo", "bad version!", archive).status == 400
+    assert publish(origin.url, "demo", "bad%20version!", archive).status == 400
     r = set_channel(origin.url, "demo", "release", {"version": "7.7.7"})
     assert r.status == 404
     r = set_channel(origin.url, "demo", "release", {"version": "1.0.0", "rollout": {"version": "1.0.0", "percent": 101}})

@@ -1,0 +1,132 @@
+"""``minicdn fetch``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from client.client import Client, ClientConfig, FetchSummary
+from common.cli import DURATION, SIZE, option
+from common.errors import IntegrityError, MinicdnError, RefRejected, SignatureError, UpstreamError
+from common.signing import PublicKey
+
+__all__ = ["fetch"]
+
+
+# What failed, in the words of the issue: signature, hash, expiry, rollback, network.
+def _what(exc: MinicdnError) -> str:
+    if isinstance(exc, SignatureError):
+        return "signature"
+    if isinstance(exc, IntegrityError):
+        return "hash"
+    if isinstance(exc, RefRejected):
+        return "expiry" if exc.code == "expired" else "rollback"
+    if isinstance(exc, UpstreamError):
+        return "network"
+    return exc.code
+
+
+@click.command()
+@click.argument("app")
+@option("--edge", "edges", multiple=True, required=True, help="Edge base URL (repeat for failover).")
+@option(
+    "--public-key",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Pinned publisher key (64 hex).",
+)
+@option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Install directory.")
+@option("--channel", default="release", help="Channel to follow.")
+@option("--user", help="User id (places the user in or out of a rollout).")
+@option(
+    "--store",
+    "store_dir",
+    type=click.Path(file_okay=False),
+    help="Chunk store and state [default: OUT/../.minicdn-store].",
+)
+@option("--store-size", type=SIZE, default="1GiB", help="Bound of the chunk store.")
+@option("--package", "packages", multiple=True, help="Also install this subpackage (repeatable).")
+@option("--open", "open_page", help="Install what opening PAGE needs (its package and its preloadRule).")
+@option("--timeout", type=DURATION, default="15s", help="Per-request timeout.")
+@option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def fetch(
+    app: str,
+    edges: tuple[str, ...],
+    public_key: str,
+    out_dir: str,
+    channel: str,
+    user: str | None,
+    store_dir: str | None,
+    store_size: int,
+    packages: tuple[str, ...],
+    open_page: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Install APP from edges: verified, only missing chunks, swapped in atomically."""
+    out = Path(out_dir)
+    store = Path(store_dir) if store_dir else out.absolute().parent / ".minicdn-store"
+    config = ClientConfig(
+        edges=edges,
+        public_keys=(PublicKey.load(public_key),),
+        store_dir=store,
+        store_size=store_size,
+        timeout=timeout,
+    )
+    console = Console(stderr=True)
+    try:
+        summary = asyncio.run(
+            _run(config, app, out, channel, user, list(packages), open_page, console, as_json)
+        )
+    except MinicdnError as exc:
+        raise click.ClickException(
+            f"{_what(exc)}: {exc.message} (previous install, if any, left as it was)"
+        ) from exc
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=1))
+    else:
+        s = summary
+        pct = 100 * s.bytes_downloaded / s.package_bytes if s.package_bytes else 0
+        click.echo(
+            f"{s.app}@{s.version} ({s.channel}, serial {s.serial}) → {out}\n"
+            f"  packages {', '.join(s.packages)}; plan {s.plan}\n"
+            f"  downloaded {s.bytes_downloaded} B for {s.package_bytes} B of files ({pct:.1f}%), "
+            f"{s.chunks_downloaded} of {s.chunks} chunks, {s.requests} requests, {s.seconds:.2f}s"
+        )
+
+
+async def _run(
+    config: ClientConfig,
+    app: str,
+    out: Path,
+    channel: str,
+    user: str | None,
+    packages: list[str],
+    open_page: str | None,
+    console: Console,
+    quiet: bool,
+) -> FetchSummary:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[chunks]} chunks"),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(f"fetch {app}", total=None, chunks=0)
+
+        def on_progress(received: int, chunks: int, expected: int, expected_chunks: int) -> None:
+            progress.update(task, completed=received, total=expected, chunks=f"{chunks}/{expected_chunks}")
+
+        async with Client(config, progress=on_progress) as client:
+            return await client.install(
+                app, out, channel=channel, user=user, packages=packages, open_page=open_page
+            )

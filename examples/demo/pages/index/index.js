@@ -1,0 +1,34 @@
+const { request } = require('../../utils/request');
+const { relativeDay, formatDistance } = require('../../utils/format');
+
+Page({
+  data: { store: null, banners: [], news: [], loading: true },
+
+  onLoad() {
+    this.refresh();
+  },
+
+  onPullDownRefresh() {
+    this.refresh().then(() => wx.stopPullDownRefresh());
+  },
+
+  refresh() {
+    this.setData({ loading: true });
+    return Promise.all([
+      request({ path: '/banners' }).catch(() => []),
+      request({ path: '/news', query: { limit: 5 } }).catch(() => []),
+    ]).then(([banners, news]) => {
+      const store = getApp().globalData.store;
+      this.setData({
+        loading: false,
+        banners,
+        store: store && { ...store, distanceText: formatDistance(store.distance || 0) },
+        news: news.map((n) => ({ ...n, when: relativeDay(n.publishedAt) })),
+      });
+    });
+  },
+
+  goMenu() { wx.switchTab({ url: '/pages/menu/menu' }); },
+  goCoupons() { wx.navigateTo({ url: '/moduleCoupon/pages/claim/claim' }); },
+  goHistory() { wx.navigateTo({ url: '/packageOrder/pages/history/history' }); },
+});
