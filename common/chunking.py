@@ -6,6 +6,7 @@ We use the compiled FastCDC of the ``fastcdc`` package (measured in docs/decisio
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,7 +31,10 @@ class ChunkParams:
             )
 
 
-def cut(data: bytes | memoryview, params: ChunkParams = ChunkParams()) -> Iterator[tuple[int, int]]:
+DEFAULT = ChunkParams()
+
+
+def cut(data: bytes | memoryview | mmap.mmap, params: ChunkParams = DEFAULT) -> Iterator[tuple[int, int]]:
     """Yield ``(offset, length)`` of each chunk of ``data``, covering it exactly, in order."""
     if len(data) == 0:
         return

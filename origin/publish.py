@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ from origin.storage import Storage
 
 __all__ = ["PublishResult", "Publisher", "compress_many"]
 
-BATCH_RAW = 1 << 20  # raw bytes per pool task: big enough to amortise pickling
+MIN_BATCH_RAW = 64 << 10  # raw bytes per pool task: big enough to amortise pickling,
+MAX_BATCH_RAW = 1 << 20  # small enough that a small app still keeps every worker busy
+STORE_THREADS = 8  # concurrent chunk writes (each ends in fsync, which releases the GIL)
 
 
 def compress_many(chunks: list[bytes], level: int) -> list[bytes]:
@@ -98,76 +101,82 @@ class Publisher:
         check_version(version)
         app_json = files["app.json"].read_bytes() if "app.json" in files else None
         lay: Layout = layout(list(files), app_json)
-        stats = _Stats()
-        packages = tuple(self._package(spec, files, stats) for spec in lay.packages)
+        total = sum(f.stat().st_size for f in files.values())
+        # Enough tasks to keep every worker busy, each big enough to amortise pickling.
+        work = _Work(batch_target=min(MAX_BATCH_RAW, max(MIN_BATCH_RAW, total // (4 * self.workers))))
+        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as io:
+            work.io = io
+            try:
+                cut_packages = [self._cut(spec, files, work) for spec in lay.packages]
+                work.flush(self)
+                while work.pending:
+                    self._drain(work)
+                for fut in work.writes:
+                    if fut.result():
+                        work.new_chunks += 1
+                        work.new_bytes += work.stored[work.writes[fut]]
+            finally:
+                for _, fut in work.pending:
+                    fut.cancel()
+        packages = tuple(
+            PackageEntry(
+                spec.name, spec.independent, sizes, tuple(ChunkEntry(c, n, work.stored[c]) for c, n in ids)
+            )
+            for spec, sizes, ids in cut_packages
+        )
         manifest = Manifest(app, version, int(time.time()), packages, dict(lay.preload))
-        return self._commit(manifest, stats)
+        return self._commit(manifest, work)
 
-    # -- one package: stream → chunks → frames ---------------------------------------------
+    # -- stream → chunks → frames, for every package, pipelined through the pool -------------
 
-    def _package(self, spec: PackageSpec, files: dict[str, Path], stats: _Stats) -> PackageEntry:
-        sizes = [(p, files[p].stat().st_size) for p in spec.files]
+    def _cut(
+        self, spec: PackageSpec, files: dict[str, Path], work: _Work
+    ) -> tuple[PackageSpec, tuple[tuple[str, int], ...], list[tuple[bytes, int]]]:
+        sizes = tuple((p, files[p].stat().st_size) for p in spec.files)
+        ids: list[tuple[bytes, int]] = []
         with tempfile.TemporaryFile(dir=self.tmp_dir) as stream:
             for p in spec.files:
                 with open(files[p], "rb") as f:
-                    while piece := f.read(1 << 20):
-                        stream.write(piece)
+                    shutil.copyfileobj(f, stream, 1 << 20)
             stream.flush()
             total = stream.tell()
             if total == 0:
-                return PackageEntry(spec.name, spec.independent, tuple(sizes), ())
+                return spec, sizes, ids
             with mmap.mmap(stream.fileno(), total, access=mmap.ACCESS_READ) as mm:
-                chunks = self._chunks(memoryview(mm), stats)
-        return PackageEntry(spec.name, spec.independent, tuple(sizes), chunks)
+                for off, length in cut(mm, self.params):
+                    piece = mm[off : off + length]  # a copy: nothing keeps the map exported
+                    cid = sha256(piece)
+                    ids.append((cid, length))
+                    self._queue(cid, piece, work)
+        return spec, sizes, ids
 
-    def _chunks(self, data: memoryview, stats: _Stats) -> tuple[ChunkEntry, ...]:
-        ids: list[tuple[bytes, int]] = []
-        batch: list[tuple[bytes, bytes]] = []
-        batch_raw = 0
-        pending: deque[tuple[list[bytes], Future[list[bytes]]]] = deque()
-        try:
-            for off, length in cut(data, self.params):
-                piece = data[off : off + length]
-                cid = sha256(piece)
-                ids.append((cid, length))
-                if cid in stats.stored or cid in stats.queued:
-                    continue
-                size = self.storage.stat(paths.chunk_key(cid.hex()))
-                if size is not None:
-                    stats.stored[cid] = size
-                    continue
-                stats.queued.add(cid)
-                batch.append((cid, bytes(piece)))
-                batch_raw += length
-                if batch_raw >= BATCH_RAW:
-                    pending.append(self._submit(batch))
-                    batch, batch_raw = [], 0
-                    while len(pending) > 2 * self.workers:
-                        self._store(*pending.popleft(), stats)
-            if batch:
-                pending.append(self._submit(batch))
-            while pending:
-                self._store(*pending.popleft(), stats)
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-        return tuple(ChunkEntry(cid, n, stats.stored[cid]) for cid, n in ids)
+    def _queue(self, cid: bytes, piece: bytes, work: _Work) -> None:
+        if cid in work.stored or cid in work.queued:
+            return
+        size = self.storage.stat(paths.chunk_key(cid.hex()))
+        if size is not None:
+            work.stored[cid] = size
+            return
+        work.queued.add(cid)
+        work.batch.append((cid, piece))
+        work.batch_raw += len(piece)
+        if work.batch_raw >= work.batch_target:
+            work.flush(self)
+            while len(work.pending) > 2 * self.workers:
+                self._drain(work)
 
-    def _submit(self, batch: list[tuple[bytes, bytes]]) -> tuple[list[bytes], Future[list[bytes]]]:
-        ids = [cid for cid, _ in batch]
-        return ids, self.pool.submit(compress_many, [raw for _, raw in batch], self.level)
-
-    def _store(self, ids: list[bytes], fut: Future[list[bytes]], stats: _Stats) -> None:
+    def _drain(self, work: _Work) -> None:
+        """Take the oldest compression task's frames and hand each to a store thread
+        (fsyncs overlap each other and the compression still running)."""
+        ids, fut = work.pending.popleft()
+        assert work.io is not None
         for cid, frame in zip(ids, fut.result(), strict=True):
-            if self.storage.put_if_absent(paths.chunk_key(cid.hex()), frame):
-                stats.new_chunks += 1
-                stats.new_bytes += len(frame)
-            stats.stored[cid] = len(frame)
-            stats.queued.discard(cid)
+            work.stored[cid] = len(frame)
+            work.writes[work.io.submit(self.storage.put_if_absent, paths.chunk_key(cid.hex()), frame)] = cid
 
     # -- make it visible -------------------------------------------------------------------
 
-    def _commit(self, manifest: Manifest, stats: _Stats) -> PublishResult:
+    def _commit(self, manifest: Manifest, stats: _Work) -> PublishResult:
         digest = manifest.content_digest()
         vkey = paths.version_key(manifest.app, manifest.version)
         existing = self._existing(vkey, digest)
@@ -194,7 +203,7 @@ class Publisher:
         return rec
 
     @staticmethod
-    def _result(m: Manifest, mid: bytes, stats: _Stats, *, created: bool) -> PublishResult:
+    def _result(m: Manifest, mid: bytes, stats: _Work, *, created: bool) -> PublishResult:
         unique = {c.id: c.stored_size for p in m.packages for c in p.chunks}
         return PublishResult(
             manifest=mid,
@@ -207,12 +216,29 @@ class Publisher:
         )
 
 
-class _Stats:
-    def __init__(self) -> None:
+class _Work:
+    """One publish's bookkeeping: chunk sizes known so far, compression tasks in flight,
+    store writes in flight."""
+
+    def __init__(self, batch_target: int) -> None:
+        self.batch_target = batch_target
         self.stored: dict[bytes, int] = {}
         self.queued: set[bytes] = set()
+        self.batch: list[tuple[bytes, bytes]] = []
+        self.batch_raw = 0
+        self.pending: deque[tuple[list[bytes], Future[list[bytes]]]] = deque()
+        self.writes: dict[Future[bool], bytes] = {}
+        self.io: ThreadPoolExecutor | None = None
         self.new_chunks = 0
         self.new_bytes = 0
+
+    def flush(self, pub: Publisher) -> None:
+        if self.batch:
+            ids = [cid for cid, _ in self.batch]
+            self.pending.append(
+                (ids, pub.pool.submit(compress_many, [raw for _, raw in self.batch], pub.level))
+            )
+            self.batch, self.batch_raw = [], 0
 
 
 def tree_files(root: Path) -> dict[str, Path]:
