@@ -7,6 +7,7 @@ publish token (``var/token``), the origin's storage and each edge's cache.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import signal
@@ -51,7 +52,7 @@ def _token() -> str:
 
 
 def _edge_available() -> bool:
-    return subprocess.run([*CLI, "edge", "--help"], capture_output=True).returncode == 0
+    return importlib.util.find_spec("edge.cli") is not None
 
 
 def main() -> int:
