@@ -25,7 +25,7 @@ __all__ = ["DURATION", "LISTEN", "SIZE", "main", "option"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Size(click.ParamType):
+class _Size(click.ParamType):  # type: ignore[type-arg]
     name = "size"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -37,7 +37,7 @@ class _Size(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
-class _Duration(click.ParamType):
+class _Duration(click.ParamType):  # type: ignore[type-arg]
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
@@ -47,7 +47,7 @@ class _Duration(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
-class _Listen(click.ParamType):
+class _Listen(click.ParamType):  # type: ignore[type-arg]
     name = "host:port"
 
     def convert(

@@ -111,10 +111,10 @@ class Publisher:
                 work.flush(self)
                 while work.pending:
                     self._drain(work)
-                for fut in work.writes:
-                    if fut.result():
+                for wfut in work.writes:
+                    if wfut.result():
                         work.new_chunks += 1
-                        work.new_bytes += work.stored[work.writes[fut]]
+                        work.new_bytes += work.stored[work.writes[wfut]]
             finally:
                 for _, fut in work.pending:
                     fut.cancel()

@@ -146,7 +146,7 @@ class Origin:
             )
         if not versions:
             raise NotFound(f"no app {app}")
-        versions.sort(key=lambda v: v["created"])
+        versions.sort(key=lambda v: int(v["created"]))  # type: ignore[call-overload]
         channels = {}
         for name in self.channels.channel_names(app):
             ref = self.channels.current(app, name)
