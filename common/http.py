@@ -11,9 +11,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgpack
 from aiohttp import StreamReader, web
 
 from common import errors
+from common.ids import parse_hex_id
 
 __all__ = [
     "IMMUTABLE",
@@ -23,6 +25,7 @@ __all__ = [
     "error_response",
     "etag_matches",
     "parse_range",
+    "read_batch_ids",
     "read_limited",
     "serve_immutable",
     "status_of",
@@ -97,6 +100,29 @@ async def read_limited(stream: StreamReader, limit: int, what: str = "body") -> 
         buf += piece
         if len(buf) > limit:
             raise errors.TooLarge(f"{what} is larger than {limit} bytes")
+
+
+MAX_BATCH = 1024  # ids per POST /v1/chunks:batch (DESIGN.md)
+
+
+async def read_batch_ids(request: web.Request, max_ids: int = MAX_BATCH) -> list[str]:
+    """The body of ``POST /v1/chunks:batch``: a msgpack list of at most ``max_ids`` valid
+    hex ids (BadRequest otherwise, TooLarge past the bound, read no further than needed)."""
+    limit = max_ids * 80  # msgpack-encoded 64-digit strings fit with room to spare
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.TooLarge(f"a batch names at most {max_ids} ids")
+    body = await read_limited(request.content, limit, "batch body")
+    try:
+        ids = msgpack.unpackb(body, raw=False, max_array_len=max_ids + 1)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise errors.BadRequest(f"batch body must be a msgpack list of hex ids: {exc}") from exc
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise errors.BadRequest("batch body must be a msgpack list of hex ids")
+    if len(ids) > max_ids:
+        raise errors.TooLarge(f"a batch names at most {max_ids} ids, got {len(ids)}")
+    for i in ids:
+        parse_hex_id(i)
+    return ids
 
 
 def accepts_zstd(request: web.Request) -> bool:

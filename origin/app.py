@@ -19,7 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import codec
 from common.errors import BadRequest, TooLarge, Unauthorized
-from common.http import accepts_zstd, error_middleware, read_limited, serve_immutable
+from common.http import (
+    MAX_BATCH,
+    accepts_zstd,
+    error_middleware,
+    read_batch_ids,
+    read_limited,
+    serve_immutable,
+)
 from common.ids import check_app, check_channel, check_version, parse_hex_id
 from origin.channels import Channels, RolloutSpec
 from origin.service import Origin, new_upload_path
@@ -27,7 +34,6 @@ from origin.service import Origin, new_upload_path
 __all__ = ["ORIGIN", "make_app"]
 
 ORIGIN = web.AppKey("origin", Origin)
-MAX_BATCH = 1024
 BATCH_WINDOW = 32  # chunk reads in flight per batch request
 
 
@@ -73,26 +79,8 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     return serve_immutable(request, raw, etag=f'"{cid.hex()}"', vary="Accept-Encoding")
 
 
-async def _batch_ids(request: web.Request) -> list[str]:
-    limit = MAX_BATCH * 80  # 1024 msgpack-encoded 64-digit strings fit with room to spare
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"a batch names at most {MAX_BATCH} ids")
-    body = await read_limited(request.content, limit, "batch body")
-    try:
-        ids = msgpack.unpackb(body, raw=False, max_array_len=MAX_BATCH + 1)
-    except (ValueError, msgpack.UnpackException, TypeError) as exc:
-        raise BadRequest(f"batch body must be a msgpack list of hex ids: {exc}") from exc
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise BadRequest("batch body must be a msgpack list of hex ids")
-    if len(ids) > MAX_BATCH:
-        raise TooLarge(f"a batch names at most {MAX_BATCH} ids, got {len(ids)}")
-    for i in ids:
-        parse_hex_id(i)
-    return ids
-
-
 async def post_batch(request: web.Request) -> web.StreamResponse:
-    ids = await _batch_ids(request)
+    ids = await read_batch_ids(request, MAX_BATCH)
     origin = request.app[ORIGIN]
     resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
     await resp.prepare(request)

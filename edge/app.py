@@ -1,0 +1,90 @@
+"""The edge's aiohttp application: routes (DESIGN.md's table, the rows an edge serves),
+one observing middleware (metrics, timing, access log) around the shared error
+middleware, and the ``Edge``'s lifecycle in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from common.http import error_middleware
+from edge import handlers as h
+from edge.handlers import EDGE, SENT
+from edge.service import Edge
+
+__all__ = ["make_app"]
+
+# Scrapes and probes are not deliveries: their bodies stay out of sent_bytes.
+OPERATIONS = frozenset({"metrics", "healthz", "readyz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    edge = request.app[EDGE]
+    start = time.perf_counter()
+    resp: web.StreamResponse | None = None
+    try:
+        resp = await handler(request)
+        return resp
+    finally:
+        elapsed = time.perf_counter() - start
+        status = resp.status if resp is not None else 500  # None: a bug, or the client left
+        route = request.match_info.route.name or "other"
+        sent = 0 if route in OPERATIONS else _body_bytes(request, resp)
+        m = edge.metrics
+        m.requests.labels(route, str(status)).inc()
+        m.request_seconds.observe(elapsed)
+        m.sent_bytes.inc(sent)
+        if edge.access_log is not None:
+            edge.access_log.write(
+                {
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "remote": request.remote,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "bytes": sent,
+                    "ms": round(elapsed * 1000, 3),
+                    "ua": request.headers.get("User-Agent", ""),
+                }
+            )
+
+
+def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
+    if SENT in request:
+        return int(request[SENT])
+    if resp is None or request.method == "HEAD" or resp.status in (204, 304):
+        return 0
+    body = getattr(resp, "body", None)
+    return len(body) if isinstance(body, bytes | bytearray) else 0
+
+
+def make_app(edge: Edge) -> web.Application:
+    app = web.Application(middlewares=[observe, error_middleware], client_max_size=1 << 20)
+    app[EDGE] = edge
+    r = app.router
+    r.add_get("/v1/chunks/{id}", h.get_chunk, name="chunk")  # GET also answers HEAD
+    r.add_post("/v1/chunks:batch", h.post_batch, name="batch")
+    r.add_get("/v1/bundles/{id}", h.get_bundle, name="bundle")
+    r.add_get("/v1/manifests/{id}", h.get_manifest, name="manifest")
+    r.add_get("/v1/apps", h.list_apps, name="apps")
+    r.add_get("/v1/apps/{app}", h.get_app, name="app")
+    r.add_get("/v1/apps/{app}/channels/{channel}", h.get_ref, name="ref")
+    r.add_post("/v1/admin/prefetch", h.admin_prefetch, name="prefetch")
+    r.add_post("/v1/admin/purge", h.admin_purge, name="purge")
+    r.add_get("/metrics", h.metrics, name="metrics")
+    r.add_get("/healthz", h.healthz, name="healthz")
+    r.add_get("/readyz", h.readyz, name="readyz")
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    await app[EDGE].start()
+    yield
+    await app[EDGE].close()

@@ -1,0 +1,199 @@
+"""The edge's HTTP handlers: each parses, calls one thing of ``Edge``, maps the result.
+
+Conditionals and ranges are common.http's ``serve_immutable`` (RFC 9110 §13, §14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+
+import msgpack
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from common import codec
+from common.errors import BadRequest, MinicdnError, Unauthorized
+from common.http import MAX_BATCH, accepts_zstd, etag_matches, read_batch_ids, read_limited, serve_immutable
+from common.ids import check_app, check_channel, check_version, parse_hex_id
+from edge.objects import Entry, Obj
+from edge.service import Edge
+from edge.upstream import Answer
+
+__all__ = ["EDGE", "MAX_BATCH", "SENT"]
+
+EDGE = web.AppKey("edge", Edge)
+SENT = "minicdn.sent"  # request key: body bytes a streaming handler wrote
+BATCH_WINDOW = 32  # fills in flight per batch request
+MSGPACK = "application/x-msgpack"
+
+
+def _obj(request: web.Request, kind: str) -> Obj:
+    return Obj(kind, parse_hex_id(request.match_info["id"]))
+
+
+def _not_modified(request: web.Request, obj: Obj) -> web.Response | None:
+    """The id is the content's hash: a client naming it in If-None-Match already has it,
+    wherever it is cached (RFC 9110 §13.1.2), so no lookup is needed."""
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and etag_matches(inm, obj.etag):
+        return serve_immutable(request, b"", etag=obj.etag, vary="Accept-Encoding")
+    return None
+
+
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    obj = _obj(request, "chunk")
+    if (early := _not_modified(request, obj)) is not None:
+        return early
+    entry = await request.app[EDGE].objects.load(obj)
+    if accepts_zstd(request):
+        return serve_immutable(
+            request, entry.body, etag=obj.etag, content_encoding="zstd", vary="Accept-Encoding"
+        )
+    raw = await asyncio.get_running_loop().run_in_executor(None, codec.decode_chunk, obj.id, entry.body)
+    return serve_immutable(request, raw, etag=obj.etag, vary="Accept-Encoding")
+
+
+async def get_bundle(request: web.Request) -> web.StreamResponse:
+    obj = _obj(request, "bundle")
+    entry = await request.app[EDGE].objects.load(obj)
+    return serve_immutable(request, entry.body, etag=obj.etag)
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    obj = _obj(request, "manifest")
+    if (early := _not_modified(request, obj)) is not None:
+        return early
+    entry = await request.app[EDGE].objects.load(obj)
+    if accepts_zstd(request):
+        if entry.encoded is None:
+            loop = asyncio.get_running_loop()
+            entry.encoded = await loop.run_in_executor(None, codec.compress, entry.body, 19)
+        return serve_immutable(
+            request,
+            entry.encoded,
+            etag=obj.etag,
+            content_type=MSGPACK,
+            content_encoding="zstd",
+            vary="Accept-Encoding",
+        )
+    return serve_immutable(request, entry.body, etag=obj.etag, content_type=MSGPACK, vary="Accept-Encoding")
+
+
+async def get_ref(request: web.Request) -> web.StreamResponse:
+    app = check_app(request.match_info["app"])
+    channel = check_channel(request.match_info["channel"])
+    served = await request.app[EDGE].refs.get(app, channel)
+    entry = served.entry
+    remaining = 0 if served.state == "stale" else max(0, int(entry.max_age - served.age))
+    resp = serve_immutable(
+        request,
+        entry.body,
+        etag=entry.etag,
+        content_type=MSGPACK,
+        cache_control=f"public, max-age={remaining}",
+    )
+    resp.headers["Age"] = str(int(served.age))
+    resp.headers["X-Cache"] = served.state
+    return resp
+
+
+async def post_batch(request: web.Request) -> web.StreamResponse:
+    ids = await read_batch_ids(request, MAX_BATCH)
+    objects = request.app[EDGE].objects
+    resp = web.StreamResponse(headers={"Content-Type": MSGPACK})
+    await resp.prepare(request)
+    request[SENT] = 0
+    # Fills run ahead in a bounded window; answers leave strictly in request order, each
+    # as soon as it and those before it are ready.
+    tasks: list[asyncio.Task[Entry | None]] = []
+    n = 0
+    try:
+        for n, hexid in enumerate(ids):
+            while len(tasks) < min(len(ids), n + BATCH_WINDOW):
+                obj = Obj("chunk", bytes.fromhex(ids[len(tasks)]))
+                tasks.append(asyncio.ensure_future(objects.load_or_none(obj)))
+            entry = await tasks[n]
+            piece = msgpack.packb([hexid, None if entry is None else entry.body], use_bin_type=True)
+            await resp.write(piece)
+            request[SENT] += len(piece)
+    except MinicdnError as exc:
+        # The status line has left: the only honest signal is a broken stream, which the
+        # client's batch reader reports and re-asks for what it did not get.
+        raise ConnectionResetError(f"batch aborted after {n} answers: {exc.message}") from exc
+    finally:
+        for t in tasks:
+            t.cancel()
+    await resp.write_eof()
+    return resp
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    return _json_passthrough(await request.app[EDGE].passthrough("/v1/apps"))
+
+
+async def get_app(request: web.Request) -> web.Response:
+    app = check_app(request.match_info["app"])
+    return _json_passthrough(await request.app[EDGE].passthrough(f"/v1/apps/{app}"))
+
+
+def _json_passthrough(answer: Answer) -> web.Response:
+    return web.Response(
+        body=answer.body, content_type="application/json", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def require_token(request: web.Request) -> None:
+    expected = request.app[EDGE].settings.token
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if not expected:
+        raise Unauthorized("this edge has no MINICDN_TOKEN configured; admin calls are disabled")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+async def _json_body(request: web.Request) -> dict[str, object]:
+    try:
+        body = json.loads(await read_limited(request.content, 64 * 1024, "admin body"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body must be JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("app"), str):
+        raise BadRequest('body must be JSON {"app": str, ...}')
+    check_app(body["app"])
+    return body
+
+
+async def admin_prefetch(request: web.Request) -> web.Response:
+    require_token(request)
+    body = await _json_body(request)
+    channel, version = body.get("channel"), body.get("version")
+    if isinstance(channel, str) == isinstance(version, str):
+        raise BadRequest('prefetch names exactly one of "channel" or "version"')
+    if isinstance(channel, str):
+        check_channel(channel)
+    if isinstance(version, str):
+        check_version(version)
+    counts = await request.app[EDGE].prefetch(str(body["app"]), channel, version)  # type: ignore[arg-type]
+    return web.json_response(counts)
+
+
+async def admin_purge(request: web.Request) -> web.Response:
+    require_token(request)
+    body = await _json_body(request)
+    return web.json_response({"purged": await request.app[EDGE].purge(str(body["app"]))})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[EDGE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    edge = request.app[EDGE]
+    body = {"ready": edge.ready, "draining": edge.draining, "index_loaded": edge.disk.loaded}
+    return web.json_response(body, status=200 if edge.ready else 503)

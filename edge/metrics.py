@@ -1,0 +1,77 @@
+"""The edge's Prometheus metrics: DESIGN.md's names, on an injected registry.
+
+Every label comes from a small fixed set (routes, status codes, tiers, kinds, reasons);
+never an id or an app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
+
+TIERS = ("memory", "disk")
+UPSTREAM_ERRORS = ("connect", "timeout", "status", "integrity")
+
+
+@dataclass
+class EdgeMetrics:
+    registry: CollectorRegistry
+    requests: Counter  # HTTP requests answered, by route name and status code
+    hits: Counter  # objects served from a tier without asking anyone (each id of a batch counts)
+    misses: Counter  # objects that were in no tier and had to be filled
+    sent_bytes: Counter  # response body bytes sent to clients (HEAD and 304 send none)
+    upstream_requests: Counter  # requests made to fill a miss, by kind: peer or upstream
+    coalesced: Counter  # callers that joined a fill already in flight instead of starting one
+    cache_bytes: Gauge  # bytes held now, by tier
+    cache_limit: Gauge  # the configured limit, by tier
+    evicted_bytes: Counter  # bytes evicted, by tier
+    request_seconds: Histogram  # wall time of one request, from routing to the last byte
+    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, integrity
+    disk_full: Counter  # disk admissions refused because the disk was full (ENOSPC)
+    corrupt: Counter  # cache files that failed verification and were dropped
+    stale: Counter  # refs served stale because every upstream failed
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> EdgeMetrics:
+        r = registry or CollectorRegistry()
+        m = cls(
+            registry=r,
+            requests=Counter("minicdn_edge_requests", "HTTP requests", ["route", "code"], registry=r),
+            hits=Counter("minicdn_edge_hits", "Cache hits", ["tier"], registry=r),
+            misses=Counter("minicdn_edge_misses", "Cache misses", registry=r),
+            sent_bytes=Counter("minicdn_edge_sent_bytes", "Response body bytes sent", registry=r),
+            upstream_requests=Counter(
+                "minicdn_edge_upstream_requests", "Requests to peers and upstreams", ["kind"], registry=r
+            ),
+            coalesced=Counter("minicdn_edge_coalesced", "Requests that joined a fill in flight", registry=r),
+            cache_bytes=Gauge("minicdn_edge_cache_bytes", "Bytes cached", ["tier"], registry=r),
+            cache_limit=Gauge("minicdn_edge_cache_limit_bytes", "Cache limit", ["tier"], registry=r),
+            evicted_bytes=Counter("minicdn_edge_evicted_bytes", "Bytes evicted", ["tier"], registry=r),
+            request_seconds=Histogram(
+                "minicdn_edge_request_seconds",
+                "Request duration",
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=r,
+            ),
+            upstream_errors=Counter(
+                "minicdn_edge_upstream_errors", "Failed upstream attempts", ["reason"], registry=r
+            ),
+            disk_full=Counter("minicdn_edge_disk_full", "Disk admissions refused: disk full", registry=r),
+            corrupt=Counter(
+                "minicdn_edge_corrupt", "Cache files dropped for failing verification", registry=r
+            ),
+            stale=Counter("minicdn_edge_stale", "Refs served stale (stale-if-error)", registry=r),
+        )
+        # Counters start at zero for every label of their fixed sets.
+        for tier in TIERS:
+            m.hits.labels(tier)
+            m.evicted_bytes.labels(tier)
+            m.cache_bytes.labels(tier)
+        for kind in ("peer", "upstream"):
+            m.upstream_requests.labels(kind)
+        for reason in UPSTREAM_ERRORS:
+            m.upstream_errors.labels(reason)
+        return m

@@ -1,0 +1,181 @@
+"""The edge node assembled: tiers, sources, single-flights and the two caches (immutable
+objects through ``Filler``, refs through ``RefCache``), with their lifecycle.
+
+``start`` and ``close`` are the only places that create or end anything long-lived: the
+HTTP client session, the disk index rebuild, the background disk writes, the flights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common import wire
+from common.errors import BadRequest, IntegrityError, NotFound
+from common.manifest import decode_manifest
+from edge.accesslog import AccessLog
+from edge.disk import DiskTier
+from edge.fill import Filler
+from edge.memory import MemoryTier
+from edge.metrics import EdgeMetrics
+from edge.objects import Entry, Obj
+from edge.policy import make_policy
+from edge.refs import RefCache, RefSettings, Served
+from edge.singleflight import Flights
+from edge.tasks import TaskOwner
+from edge.upstream import Answer, HttpSource, NoPeers, PeerPicker, Sources
+
+__all__ = ["Edge", "EdgeSettings"]
+
+log = logging.getLogger("minicdn.edge")
+
+PREFETCH_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    upstreams: Sequence[str]
+    cache_dir: Path
+    memory_size: int = 256 << 20
+    disk_size: int = 10 << 30
+    policy: str = "s3fifo"
+    upstream_timeout: float = 10.0
+    coalesce_timeout: float = 5.0
+    refs: RefSettings = field(default_factory=RefSettings)
+    max_object: int = 64 << 20
+    token: str | None = None
+    access_log: str | None = None
+    full_backoff: float = 5.0
+    drain_timeout: float = 10.0
+    drain_delay: float = 0.0
+
+
+class Edge:
+    def __init__(
+        self, settings: EdgeSettings, metrics: EdgeMetrics | None = None, peers: PeerPicker | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = m = metrics or EdgeMetrics.create()
+        self.peers = peers or NoPeers()
+        self.memory = MemoryTier(
+            make_policy(settings.policy, settings.memory_size), m.evicted_bytes.labels("memory").inc
+        )
+        self.disk = DiskTier(
+            settings.cache_dir,
+            make_policy(settings.policy, settings.disk_size),
+            on_evict=m.evicted_bytes.labels("disk").inc,
+            on_full=m.disk_full.inc,
+            on_corrupt=m.corrupt.inc,
+            full_backoff=settings.full_backoff,
+        )
+        for tier, obj in (("memory", self.memory), ("disk", self.disk)):
+            m.cache_bytes.labels(tier).set_function(lambda o=obj: o.used)  # type: ignore[misc]
+            m.cache_limit.labels(tier).set(obj.limit)
+        self.writes = TaskOwner("disk write", limit=4096)
+        self.background = TaskOwner("background")
+        self.object_flights: Flights[Entry] = Flights(settings.coalesce_timeout)
+        self.ref_flights: Flights[Served] = Flights()
+        self.session: aiohttp.ClientSession | None = None
+        self.access_log: AccessLog | None = None
+        self.draining = False
+        self.upstreams = Sources([], m)
+        self.objects = Filler(
+            self.memory, self.disk, self.upstreams, self.peers, self.object_flights, self.writes, m
+        )
+        self.refs = RefCache(
+            self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.disk.loaded and not self.draining
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            headers={"User-Agent": "minicdn-edge"},
+        )
+        self.upstreams.sources[:] = [
+            HttpSource(u, self.session, s.upstream_timeout, s.max_object) for u in s.upstreams
+        ]
+        if s.access_log:
+            self.access_log = AccessLog(s.access_log)
+        self.background.spawn(self.disk.open())
+
+    async def close(self) -> None:
+        await self.background.close()
+        await self.object_flights.close()
+        await self.ref_flights.close()
+        await self.writes.close(grace=self.settings.drain_timeout)
+        if self.session is not None:
+            await self.session.close()
+        if self.access_log is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
+
+    # -- pass-through and admin ------------------------------------------------------------
+
+    async def passthrough(self, path: str) -> Answer:
+        async def accept(answer: Answer) -> Answer:
+            return answer
+
+        return await self.upstreams.fetch(path, accept, {"Accept": "application/json"})
+
+    async def purge(self, app: str) -> int:
+        return await self.refs.purge(app)
+
+    async def prefetch(self, app: str, channel: str | None, version: str | None) -> dict[str, int]:
+        """Warm every manifest and chunk of a channel's versions (or of one version)."""
+        manifests = await self._manifest_ids(app, channel, version)
+        chunk_ids: list[bytes] = []
+        for mid in manifests:
+            entry = await self.objects.load(Obj("manifest", mid))
+            body = _payload(entry.body, "manifest")
+            try:
+                manifest = decode_manifest(body)
+            except BadRequest as exc:
+                raise IntegrityError(f"manifest {mid.hex()}: {exc.message}") from exc
+            chunk_ids += [c.id for p in manifest.packages for c in p.chunks]
+        unique = list(dict.fromkeys(chunk_ids))
+        cached = sum(1 for c in unique if self._holds(Obj("chunk", c).key))
+        sem = asyncio.Semaphore(PREFETCH_WINDOW)
+
+        async def one(cid: bytes) -> None:
+            async with sem:
+                await self.objects.load(Obj("chunk", cid))
+
+        await asyncio.gather(*(one(c) for c in unique))
+        return {"manifests": len(manifests), "chunks": len(unique), "cached": cached}
+
+    def _holds(self, key: str) -> bool:
+        return key in self.memory.policy or key in self.disk.policy
+
+    async def _manifest_ids(self, app: str, channel: str | None, version: str | None) -> list[bytes]:
+        if channel:
+            ref = _payload((await self.refs.get(app, channel)).entry.body, "ref")
+            ids = [ref.get("manifest")]
+            if isinstance(ref.get("rollout"), dict):
+                ids.append(ref["rollout"].get("manifest"))
+            return [i for i in ids if isinstance(i, bytes) and len(i) == 32]
+        info = json.loads((await self.passthrough(f"/v1/apps/{app}")).body)
+        for v in info.get("versions", []):
+            if v.get("version") == version:
+                return [bytes.fromhex(v["manifest"])]
+        raise NotFound(f"no version {version} of app {app}")
+
+
+def _payload(envelope: bytes, what: str) -> Any:
+    """The body inside a signed envelope, unverified (the edge has no key; clients verify)."""
+    try:
+        env = wire.unpack(envelope, what=what)
+        return wire.unpack(env["payload"], what=what)
+    except (BadRequest, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{what} is not a readable envelope") from exc

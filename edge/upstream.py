@@ -1,0 +1,118 @@
+"""Where misses are filled from: sources (an upstream edge or origin, or a peer), tried in
+order with failover, and the ``PeerPicker`` seam for the cluster (issue 5).
+
+A source answers ``get(path, headers) -> Answer`` and raises UpstreamError for anything
+that is not an answer (refused connection, timeout, reset, an oversize body).  ``Sources``
+tries each in turn: a 404 is final (content ids and channels are the same everywhere);
+a connection error, a timeout, a 5xx or bytes that ``accept`` rejects (IntegrityError)
+are counted and the next source is asked.  When all have failed: UpstreamError (502).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import aiohttp
+
+from common.errors import IntegrityError, NotFound, TooLarge, UpstreamError
+from common.http import read_limited
+from edge.metrics import EdgeMetrics
+
+__all__ = ["Answer", "HttpSource", "NoPeers", "PeerPicker", "Source", "Sources"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class SourceError(UpstreamError):
+    """A source gave no usable answer; ``reason`` is one of metrics.UPSTREAM_ERRORS."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Source(Protocol):
+    name: str
+    kind: str  # "peer" or "upstream" (the label of minicdn_edge_upstream_requests_total)
+
+    async def get(self, path: str, headers: Mapping[str, str]) -> Answer: ...
+
+
+class PeerPicker(Protocol):
+    """The cluster seam: the owner of a key, or None when this node should fill it itself."""
+
+    def pick(self, key: str) -> Source | None: ...
+
+
+class NoPeers:
+    """One-node mode: nobody else owns anything."""
+
+    def pick(self, key: str) -> Source | None:
+        return None
+
+
+class HttpSource:
+    def __init__(
+        self, base: str, session: aiohttp.ClientSession, timeout: float, max_body: int, kind: str = "upstream"
+    ) -> None:
+        self.name = base.rstrip("/")
+        self.kind = kind
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.max_body = max_body
+
+    async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
+        url = self.name + path
+        try:
+            async with self.session.get(url, headers=dict(headers), timeout=self.timeout) as resp:
+                body = await read_limited(resp.content, self.max_body, url)
+                return Answer(resp.status, body, resp.headers)
+        except TimeoutError as exc:
+            raise SourceError(f"{url}: timed out", "timeout") from exc
+        except TooLarge as exc:
+            raise SourceError(exc.message, "status") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SourceError(f"{url}: {type(exc).__name__}: {exc}", "connect") from exc
+
+
+class Sources:
+    """Sources in order with failover; ``accept`` turns an answer into a value, or raises
+    IntegrityError to reject bytes that are not what was asked for."""
+
+    def __init__(self, sources: Sequence[Source], metrics: EdgeMetrics) -> None:
+        self.sources = list(sources)
+        self.metrics = metrics
+
+    async def fetch(
+        self,
+        path: str,
+        accept: Callable[[Answer], Awaitable[T]],
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> T:
+        failures: list[str] = []
+        for src in self.sources:
+            self.metrics.upstream_requests.labels(src.kind).inc()
+            try:
+                answer = await src.get(path, headers or {})
+                if answer.status == 404:
+                    raise NotFound(f"{path}: not found upstream")
+                if answer.status not in ok:
+                    raise SourceError(f"{src.name}{path} answered {answer.status}", "status")
+                return await accept(answer)
+            except SourceError as exc:
+                self.metrics.upstream_errors.labels(exc.reason).inc()
+                failures.append(exc.message)
+            except IntegrityError as exc:
+                self.metrics.upstream_errors.labels("integrity").inc()
+                failures.append(f"{src.name}{path}: {exc.message}")
+        raise UpstreamError(f"{path}: every upstream failed ({'; '.join(failures) or 'none configured'})")
