@@ -1,0 +1,209 @@
+"""Helpers for the edge's process tests: apps published to a real origin, an edge started
+on a free loopback port (tests.procs), a scriptable upstream that sits between an edge
+and the origin in a thread of its own, and polling with a deadline instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import msgpack
+from aiohttp import web
+
+from common import codec
+from tests.conftest import DEMO, Reply, http, publish, set_channel, tar_gz_of
+from tests.procs import Service, edge_service, free_port
+
+__all__ = [
+    "App",
+    "ScriptedUpstream",
+    "chunk_files",
+    "edge",
+    "eventually",
+    "publish_app",
+    "random_app",
+]
+
+
+@dataclass
+class App:
+    name: str
+    manifest: str  # hex id
+    chunks: list[str]  # hex ids, unique, stream order
+    raw: dict[str, int] = field(default_factory=dict)  # chunk id → raw size
+
+
+def manifest_chunks(base: str, manifest_hex: str) -> list[tuple[str, int]]:
+    r = http("GET", f"{base}/v1/manifests/{manifest_hex}")
+    assert r.status == 200, r.body
+    body = msgpack.unpackb(msgpack.unpackb(r.body, raw=False)["payload"], raw=False)
+    out = [(c[0].hex(), c[1]) for p in body["packages"] for c in p["chunks"]]
+    return list(dict.fromkeys(out))
+
+
+def publish_app(origin: str, name: str, folder: Path, version: str = "1.0.0") -> App:
+    r = publish(origin, name, version, tar_gz_of(folder))
+    assert r.status in (200, 201), r.body
+    assert set_channel(origin, name, "release", {"version": version}).status == 200
+    manifest = r.json()["manifest"]  # type: ignore[index]
+    chunks = manifest_chunks(origin, manifest)
+    return App(name, manifest, [c for c, _ in chunks], dict(chunks))
+
+
+def random_app(dest: Path, mib: float, seed: int = 7) -> Path:
+    """The demo app plus ``mib`` MiB of incompressible assets (many distinct chunks)."""
+    shutil.copytree(DEMO, dest)
+    rnd = random.Random(seed)
+    (dest / "assets").mkdir()
+    left, i = int(mib * (1 << 20)), 0
+    while left > 0:
+        n = min(left, 256 << 10)
+        (dest / "assets" / f"blob{i}.bin").write_bytes(rnd.randbytes(n))
+        left, i = left - n, i + 1
+    return dest
+
+
+def edge(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge") -> Service:
+    return edge_service(tmp, *upstreams, extra=extra, name=name)
+
+
+def cache_dir(svc: Service) -> Path:
+    return Path(svc.args[svc.args.index("--cache-dir") + 1])
+
+
+def chunk_files(svc: Service) -> dict[str, Path]:
+    root = cache_dir(svc) / "chunks"
+    return {p.name: p for p in root.glob("*/*") if not p.name.startswith(".tmp-")}
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        time.sleep(0.02)
+
+
+def get_chunk(base: str, hexid: str, zstd: bool = False, **headers: str) -> Reply:
+    h = dict(headers)
+    if zstd:
+        h["Accept-Encoding"] = "zstd"
+    return http("GET", f"{base}/v1/chunks/{hexid}", headers=h)
+
+
+def verify_chunk(hexid: str, reply: Reply) -> None:
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    if reply.headers.get("content-encoding") == "zstd":
+        codec.decode_chunk(bytes.fromhex(hexid), reply.body)
+    else:
+        import hashlib
+
+        assert hashlib.sha256(reply.body).hexdigest() == hexid
+
+
+def batch_items(body: bytes) -> list[list[object]]:
+    return list(msgpack.Unpacker(io.BytesIO(body), raw=False))
+
+
+class ScriptedUpstream:
+    """An HTTP server in its own thread and event loop that forwards to ``target`` and,
+    per request path, may lie or stall:
+
+    - ``corrupt``: ids whose chunk frames are sent with one byte flipped;
+    - ``hold``: ids whose answers wait until ``release()`` (or the edge gives up);
+    - ``requests``: every path asked for, in order.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.port = free_port()
+        self.corrupt: set[str] = set()
+        self.corrupt_all = False
+        self.hold: set[str] = set()
+        self.requests: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._released: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def held(self) -> int:
+        return sum(1 for p in self.requests if p.rsplit("/", 1)[-1] in self.hold)
+
+    def release(self) -> None:
+        if self._released is not None:
+            self._loop.call_soon_threadsafe(self._released.set)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._released = asyncio.Event()
+        self._stop = asyncio.Event()
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            app = web.Application()
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                path = request.rel_url.path_qs
+                self.requests.append(path)
+                tail = path.rsplit("/", 1)[-1]
+                if tail in self.hold:
+                    assert self._released is not None
+                    await self._released.wait()
+                headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
+                async with session.request(request.method, self.target + path, headers=headers,
+                                           data=await request.read()) as up:
+                    body = await up.read()
+                    keep = {k: v for k, v in up.headers.items()
+                            if k.lower() in ("content-type", "content-encoding", "etag", "cache-control")}
+                if up.status == 200 and path.startswith("/v1/chunks/") and (self.corrupt_all or tail in self.corrupt):
+                    b = bytearray(body)
+                    b[len(b) // 2] ^= 0x01
+                    body = bytes(b)
+                return web.Response(status=up.status, body=body, headers=keep)
+
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._ready.set()
+            await self._stop.wait()
+            self._released.set()
+            await runner.cleanup()
+
+    def start(self) -> ScriptedUpstream:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("scripted upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+@contextmanager
+def scripted(target: str) -> Iterator[ScriptedUpstream]:
+    up = ScriptedUpstream(target).start()
+    try:
+        yield up
+    finally:
+        up.stop()

@@ -1,0 +1,172 @@
+"""The memory and disk tiers, on real files in temp dirs: bounds, crash leftovers, the
+index rebuilt from the files alone, verification before serving, and a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from common import codec
+from common.errors import IntegrityError
+from common.fsutil import open_atomic
+from common.ids import sha256
+from edge import paths
+from edge.disk import DiskTier
+from edge.memory import MemoryTier
+from edge.objects import Entry, Obj
+from edge.policy import LRU, S3FIFO
+
+
+def chunk(i: int, size: int = 3000) -> tuple[Obj, bytes]:
+    raw = random.Random(i).randbytes(size)  # incompressible: the frame is about ``size``
+    return Obj("chunk", sha256(raw)), codec.compress(raw, 3)
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_memory_tier_stays_within_its_limit_and_counts_evictions() -> None:
+    evicted: list[int] = []
+    mem = MemoryTier(S3FIFO(10_000), evicted.append)
+    for i in range(100):
+        assert mem.put(f"k{i}", Entry(b"x" * 1000, '"e"'))
+        assert mem.used <= 10_000
+    assert len(mem) == 10 and sum(evicted) == 90_000
+    assert not mem.put("huge", Entry(b"x" * 10_001, '"e"')) and mem.get("huge") is None
+    mem.put("k99", Entry(b"y" * 10, '"e"'))  # replace
+    assert mem.get("k99").body == b"y" * 10 and mem.used == 9_010  # type: ignore[union-attr]
+
+
+# -- disk --------------------------------------------------------------------------------------
+
+
+async def test_put_get_and_write_once(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, LRU(1 << 20))
+    await disk.open()
+    obj, frame = chunk(1)
+    assert await disk.put(obj.key, frame)
+    assert await disk.put(obj.key, b"other bytes")  # content-addressed: a no-op success
+    blob = await disk.get(obj.key, obj.verify)
+    assert blob is not None and blob.body == frame
+    assert paths.path_of(tmp_path, obj.key).read_bytes() == frame
+    assert await disk.get("chunks/" + "0" * 64, None) is None
+
+
+async def test_disk_tier_evicts_files_to_stay_within_its_limit(tmp_path: Path) -> None:
+    evicted: list[int] = []
+    disk = DiskTier(tmp_path, S3FIFO(20_000), on_evict=evicted.append)
+    await disk.open()
+    for i in range(40):
+        obj, frame = chunk(i)
+        await disk.put(obj.key, frame)
+        assert sum(p.stat().st_size for p in files(tmp_path)) <= 20_000
+    assert disk.used == sum(p.stat().st_size for p in files(tmp_path)) and sum(evicted) > 0
+
+
+async def test_restart_sweeps_temp_files_and_rebuilds_the_index_from_stat_alone(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, LRU(1 << 20))
+    await disk.open()
+    objs = [chunk(i) for i in range(5)]
+    for n, (obj, frame) in enumerate(objs):
+        await disk.put(obj.key, frame)
+        os.utime(paths.path_of(tmp_path, obj.key), (1000 + n, 1000 + n))  # use order: 0 oldest
+    leftover = paths.path_of(tmp_path, objs[0][0].key).with_name(".tmp-crashed.abc")
+    leftover.write_bytes(b"half a chunk")
+    (tmp_path / "chunks" / "zz").mkdir()
+    (tmp_path / "chunks" / "zz" / "stranger").write_bytes(b"not ours")
+
+    size = sum(len(f) for _, f in objs)
+    again = DiskTier(tmp_path, LRU(size - 1))  # one byte short: the oldest must go
+    assert await again.open() == 4
+    assert not leftover.exists()
+    assert objs[0][0].key not in again.policy and not paths.path_of(tmp_path, objs[0][0].key).exists()
+    for obj, frame in objs[1:]:
+        blob = await again.get(obj.key, obj.verify)
+        assert blob is not None and blob.body == frame
+
+
+async def test_a_corrupt_file_is_dropped_not_served(tmp_path: Path) -> None:
+    corrupt: list[int] = []
+    disk = DiskTier(tmp_path, LRU(1 << 20), on_corrupt=lambda: corrupt.append(1))
+    await disk.open()
+    obj, frame = chunk(1)
+    await disk.put(obj.key, frame)
+    path = paths.path_of(tmp_path, obj.key)
+    b = bytearray(path.read_bytes())
+    b[len(b) // 2] ^= 0x40
+    path.write_bytes(bytes(b))
+    assert await disk.get(obj.key, obj.verify) is None
+    assert corrupt == [1] and not path.exists() and obj.key not in disk.policy
+
+
+async def test_a_key_is_found_on_disk_before_the_index_is_rebuilt(tmp_path: Path) -> None:
+    first = DiskTier(tmp_path, LRU(1 << 20))
+    await first.open()
+    obj, frame = chunk(1)
+    await first.put(obj.key, frame)
+    cold = DiskTier(tmp_path, LRU(1 << 20))  # not opened: index still empty
+    blob = await cold.get(obj.key, obj.verify)
+    assert blob is not None and blob.body == frame and obj.key in cold.policy
+
+
+def _enospc_after(n: int) -> object:
+    def writer(path: Path, body: bytes, replace: bool) -> None:
+        with open_atomic(path, replace=replace) as f:
+            f.write(body[:n])  # some bytes reach the temp file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    return writer
+
+
+async def test_a_full_disk_pauses_admissions_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:
+    now = [0.0]
+    full: list[int] = []
+    disk = DiskTier(tmp_path, LRU(1 << 20), on_full=lambda: full.append(1), full_backoff=5.0,
+                    writer=_enospc_after(100), clock=lambda: now[0])  # type: ignore[arg-type]
+    await disk.open()
+    obj, frame = chunk(1)
+    assert not await disk.put(obj.key, frame)
+    assert full == [1] and disk.full and disk.used == 0 and files(tmp_path) == []
+    other, other_frame = chunk(2)
+    assert not await disk.put(other.key, other_frame)  # paused: not even tried
+    assert full == [1]
+    now[0] = 6.0  # space came back (the backoff elapsed)
+    disk.writer = lambda p, b, r: open_atomic_write(p, b, r)
+    assert await disk.put(obj.key, frame) and not disk.full
+    assert (await disk.get(obj.key, obj.verify)) is not None
+
+
+def open_atomic_write(path: Path, body: bytes, replace: bool) -> None:
+    with open_atomic(path, replace=replace) as f:
+        f.write(body)
+
+
+async def test_refs_are_replaced_and_keep_their_mtime(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, LRU(1 << 20))
+    await disk.open()
+    await disk.put("refs/demo/release", b"one", replace=True, mtime=1234.0)
+    await disk.put("refs/demo/release", b"two!", replace=True, mtime=5678.0)
+    blob = await disk.get("refs/demo/release", None)
+    assert blob is not None and blob.body == b"two!" and blob.mtime == 5678.0 and disk.used == 4
+    await disk.remove("refs/demo/release")
+    assert await disk.get("refs/demo/release", None) is None
+
+
+def test_objects_verify_their_bytes() -> None:
+    obj, frame = chunk(1)
+    obj.verify(frame)
+    with pytest.raises(IntegrityError):
+        obj.verify(frame[:-1] + bytes([frame[-1] ^ 1]))
+    m = Obj("manifest", sha256(b"envelope"))
+    m.verify(b"envelope")
+    with pytest.raises(IntegrityError):
+        m.verify(b"envelopf")
+    assert Obj.from_key(obj.key) == obj and paths.key_of(f"chunks/{obj.hex[:2]}/{obj.hex}") == obj.key
