@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish lint clean
+.PHONY: install run test data bench bench-publish bench-edge lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ data: $(STAMP)
 bench-publish: $(STAMP) data
 	$(PY) -m loadtests.bench_publish
 
-bench: $(STAMP) data bench-publish
+## make bench: every benchmark at full length (publish; edge vs nginx under wrk)
+bench: $(STAMP) data bench-publish bench-edge
+
+bench-edge: $(STAMP) data
+	$(PY) -m loadtests.bench_edge
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -66,7 +66,11 @@ def main() -> int:
 
     def start(name: str, args: list[str], port: int) -> None:
         log = open(VAR / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        proc = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: the terminal's Ctrl-C reaches only this script, which then
+        # drains every child with SIGTERM (a child that saw SIGINT too would die mid-drain).
+        proc = subprocess.Popen(
+            [*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         procs.append(proc)
         _wait(f"http://{HOST}:{port}/healthz", proc)
         print(f"{name:8} http://{HOST}:{port}  (pid {proc.pid}, log var/{name}.log)")
@@ -84,6 +88,7 @@ def main() -> int:
                 p.wait()
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     origin = f"http://{HOST}:{ORIGIN_PORT}"
     try:
         start(
@@ -142,7 +147,7 @@ def main() -> int:
                 f"     minicdn fetch demo --edge {edges[0]} --public-key {keys / 'public.key'} "
                 "--out /tmp/demo"
             )
-        print("Ctrl-C stops everything.")
+        print("Ctrl-C stops everything.", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a service exited; stopping the rest", file=sys.stderr)
