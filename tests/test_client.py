@@ -1,0 +1,318 @@
+"""The client library and ``minicdn fetch`` against real origin and edge processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from client.client import Client, ClientConfig
+from common.errors import ExpiredRef, IntegrityError, RollbackRef, SignatureError
+from common.manifest import Ref, in_rollout, open_ref
+from common.signing import PublicKey, SigningKey
+from tests.conftest import DEMO, TOKEN, http, publish, set_channel, tar_gz_of
+from tests.procs import Service, edge_service, metric, origin_service
+from tests.tamper import TamperProxy
+
+APP_JSON = json.loads((DEMO / "app.json").read_text()) if (DEMO / "app.json").exists() else {}
+SUBS = {s["root"].strip("/"): s for s in APP_JSON.get("subPackages", APP_JSON.get("subpackages", []))}
+NORMAL = next((r for r, s in SUBS.items() if not s.get("independent")), "")
+INDEPENDENT = next((r for r, s in SUBS.items() if s.get("independent")), "")
+
+
+def source_files(root: Path, packages: set[str]) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        owner = next((r for r in SUBS if rel.startswith(r + "/")), "__APP__")
+        if owner in packages:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Cdn:
+    origin: Service
+    edges: list[Service]
+    key_dir: Path
+
+    @property
+    def public_key(self) -> Path:
+        return self.key_dir / "public.key"
+
+    def signing_key(self) -> SigningKey:
+        return SigningKey.load(self.key_dir / "signing.key")
+
+
+@pytest.fixture(scope="module")
+def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cdn]:
+    tmp = tmp_path_factory.mktemp("cdn")
+    origin = origin_service(tmp, TOKEN).start()
+    edges: list[Service] = []
+    try:
+        for i in range(2):
+            edges.append(edge_service(tmp, origin.url, name=f"edge{i}").start())
+        r = publish(origin.url, "demo", "1.0.0", tar_gz_of(DEMO))
+        assert r.status == 201, r.body
+        assert set_channel(origin.url, "demo", "release", {"version": "1.0.0"}).status == 200
+        yield Cdn(origin, edges, tmp / "keys")
+    finally:
+        for e in edges:
+            e.stop()
+        origin.stop()
+
+
+def config(cdn: Cdn, store: Path, edges: list[str] | None = None, **kw: object) -> ClientConfig:
+    return ClientConfig(edges=tuple(edges or [cdn.edges[0].url]), public_keys=(PublicKey.load(cdn.public_key),),
+                        store_dir=store, timeout=5.0, **kw)  # type: ignore[arg-type]
+
+
+def fetch_cli(cdn: Cdn, tmp: Path, *args: str, edge: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common", "fetch", "demo", "--edge", edge or cdn.edges[0].url,
+         "--public-key", str(cdn.public_key), "--store", str(tmp / "store"), *args],
+        capture_output=True, text=True, timeout=120)
+
+
+# -- 1. installs ---------------------------------------------------------------------------
+
+
+def test_fresh_install_equals_the_source_and_packages_add_on_demand(cdn: Cdn, tmp_path: Path) -> None:
+    out = tmp_path / "app"
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["packages"] == ["__APP__"] and summary["plan"] == "chunks"
+    assert tree(out) == source_files(DEMO, {"__APP__"})
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--package", NORMAL, "--json")
+    assert r.returncode == 0, r.stderr
+    assert tree(out) == source_files(DEMO, {"__APP__", NORMAL})
+    # the main package's chunks were in the store already: only the subpackage's came
+    assert json.loads(r.stdout)["chunks_downloaded"] < json.loads(r.stdout)["chunks"]
+
+
+def test_independent_subpackage_installs_alone(cdn: Cdn, tmp_path: Path) -> None:
+    out = tmp_path / "ind"
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--package", INDEPENDENT, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["packages"] == [INDEPENDENT]
+    assert tree(out) == source_files(DEMO, {INDEPENDENT})
+
+
+def test_open_page_installs_its_package_and_preloads(cdn: Cdn, tmp_path: Path) -> None:
+    page, names = next(iter(APP_JSON["preloadRule"].items()))
+    out = tmp_path / "open"
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--open", page, "--json")
+    assert r.returncode == 0, r.stderr
+    installed = set(json.loads(r.stdout)["packages"])
+    by_name = {s.get("name", r): r for r, s in SUBS.items()} | {r: r for r in SUBS}
+    assert {by_name.get(n.strip("/"), n) for n in names["packages"]} <= installed
+
+
+def test_unknown_package_is_a_clear_error(cdn: Cdn, tmp_path: Path) -> None:
+    r = fetch_cli(cdn, tmp_path, "--out", str(tmp_path / "x"), "--package", "nope")
+    assert r.returncode != 0 and "no package 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- 2. updates download only what changed ---------------------------------------------------
+
+
+def test_update_downloads_only_changed_chunks(cdn: Cdn, tmp_path: Path) -> None:
+    out = tmp_path / "app"
+    assert fetch_cli(cdn, tmp_path, "--out", str(out)).returncode == 0
+    v2 = tmp_path / "v2"
+    shutil.copytree(DEMO, v2)
+    target = v2 / "app.js"
+    target.write_bytes(target.read_bytes().replace(b"\n", b"\n// 1.0.1\n", 1))
+    assert publish(cdn.origin.url, "demo", "1.0.1", tar_gz_of(v2)).status == 201
+    assert set_channel(cdn.origin.url, "demo", "update", {"version": "1.0.1"}).status == 200
+    edge = cdn.edges[0].url
+    sent_before = metric(edge, "minicdn_edge_sent_bytes_total")
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--channel", "update", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    sent = metric(edge, "minicdn_edge_sent_bytes_total") - sent_before
+    assert s["version"] == "1.0.1" and tree(out) == source_files(v2, {"__APP__"})
+    assert 1 <= s["chunks_downloaded"] <= 2 < s["chunks"]
+    assert s["bytes_downloaded"] == sent  # what fetch reports is what the edge sent
+    assert s["by_kind"]["chunks"] < s["stored_bytes"] / 2
+
+
+# -- 3. a lying edge is refused, the previous install stays ----------------------------------
+
+
+@pytest.fixture
+async def proxy(cdn: Cdn) -> AsyncIterator[TamperProxy]:
+    p = await TamperProxy(cdn.edges[0].url).start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def _install(cdn: Cdn, store: Path, out: Path, edges: list[str], channel: str = "release") -> object:
+    async with Client(config(cdn, store, edges)) as c:
+        return await c.install("demo", out, channel=channel)
+
+
+@pytest.mark.parametrize("mode", ["flip-chunk", "bad-ref-signature", "expired-ref", "replayed-ref"])
+async def test_tampering_is_refused_and_the_previous_install_is_intact(
+        cdn: Cdn, proxy: TamperProxy, tmp_path: Path, mode: str) -> None:
+    store, out = tmp_path / "store", tmp_path / "app"
+    await _install(cdn, store, out, [cdn.edges[0].url])
+    before = tree(out)
+    expected: type[Exception]
+    if mode == "flip-chunk":
+        shutil.rmtree(store / "chunks")  # so the chunks must come (tampered) from the proxy
+        (store / "chunks").mkdir()
+        proxy.mode, expected = "flip-chunk", IntegrityError
+        # a new version to install, so chunks are fetched through the proxy
+        v = tmp_path / "v"
+        shutil.copytree(DEMO, v)
+        (v / "app.js").write_bytes((v / "app.js").read_bytes() + b"\n// tamper\n")
+        publish(cdn.origin.url, "demo", "2.0.0-flip", tar_gz_of(v))
+        assert set_channel(cdn.origin.url, "demo", "flip", {"version": "2.0.0-flip"}).status == 200
+        channel = "flip"
+    elif mode == "bad-ref-signature":
+        proxy.mode, expected, channel = "bad-ref-signature", SignatureError, "release"
+    elif mode == "expired-ref":
+        old = open_ref(http("GET", f"{cdn.edges[0].url}/v1/apps/demo/channels/release").body,
+                       [PublicKey.load(cdn.public_key)])
+        now = int(time.time())
+        stale = Ref(old.app, old.channel, old.serial + 100, now - 7200, now - 3600, old.version, old.manifest)
+        proxy.mode, proxy.ref_body, expected, channel = "serve-ref", stale.seal(cdn.signing_key()), ExpiredRef, "release"
+    else:
+        old_body = http("GET", f"{cdn.origin.url}/v1/apps/demo/channels/replay").body \
+            if http("GET", f"{cdn.origin.url}/v1/apps/demo/channels/replay").status == 200 else None
+        assert set_channel(cdn.origin.url, "demo", "replay", {"version": "1.0.0"}).status == 200
+        first = http("GET", f"{cdn.origin.url}/v1/apps/demo/channels/replay").body
+        assert set_channel(cdn.origin.url, "demo", "replay", {"version": "1.0.0"}).status == 200
+        await _install(cdn, store, out, [cdn.origin.url], channel="replay")  # the client sees serial n+1
+        before = tree(out)
+        proxy.mode, proxy.ref_body, expected, channel = "serve-ref", first, RollbackRef, "replay"
+        assert old_body is None or old_body != first
+    with pytest.raises(expected):
+        await _install(cdn, store, out, [proxy.url], channel=channel)
+    assert tree(out) == before
+    assert not list(tmp_path.glob(".app.*"))  # no staging or old trees left behind
+
+
+def test_cli_names_what_failed(cdn: Cdn, tmp_path: Path) -> None:
+    wrong_key = tmp_path / "wrong.key"
+    wrong_key.write_text("ab" * 32 + "\n")
+    r = subprocess.run([sys.executable, "-m", "common", "fetch", "demo", "--edge", cdn.edges[0].url,
+                        "--public-key", str(wrong_key), "--out", str(tmp_path / "x"),
+                        "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "signature" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "common", "fetch", "demo", "--edge", "http://127.0.0.1:9",
+                        "--public-key", str(cdn.public_key), "--out", str(tmp_path / "x"),
+                        "--store", str(tmp_path / "s"), "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "network" in r.stderr
+
+
+# -- 4. rollout ------------------------------------------------------------------------------
+
+
+async def test_rollout_places_each_user_by_the_formula(cdn: Cdn, tmp_path: Path) -> None:
+    v = tmp_path / "v"
+    shutil.copytree(DEMO, v)
+    (v / "app.js").write_bytes((v / "app.js").read_bytes() + b"\n// canary\n")
+    publish(cdn.origin.url, "demo", "3.0.0-canary", tar_gz_of(v))
+    r = set_channel(cdn.origin.url, "demo", "canary",
+                    {"version": "1.0.0", "rollout": {"version": "3.0.0-canary", "percent": 30}})
+    assert r.status == 200
+    out = tmp_path / "app"
+    counts = {"1.0.0": 0, "3.0.0-canary": 0}
+    async with Client(config(cdn, tmp_path / "store")) as c:
+        for i in range(100):
+            user = f"user-{i:03d}"
+            expected = "3.0.0-canary" if int(hashlib.sha256(f"demo:{user}".encode()).hexdigest()[:8], 16) % 100 < 30 \
+                else "1.0.0"
+            assert in_rollout("demo", user, 30) == (expected != "1.0.0")
+            s = await c.install("demo", out, channel="canary", user=user)
+            assert s.version == expected, user
+            counts[expected] += 1
+    assert counts["1.0.0"] > 0 and counts["3.0.0-canary"] > 0
+    assert tree(out) == source_files(v if expected != "1.0.0" else DEMO, {"__APP__"})
+
+
+# -- 5. an edge dies mid-download --------------------------------------------------------------
+
+
+async def test_edge_killed_mid_download_client_finishes_through_another(tmp_path: Path) -> None:
+    origin = origin_service(tmp_path, TOKEN).start()
+    edges = [edge_service(tmp_path, origin.url, name=f"e{i}").start() for i in range(2)]
+    try:
+        big = tmp_path / "big"
+        shutil.copytree(DEMO, big)
+        import random
+
+        rnd = random.Random(7)
+        (big / "assets").mkdir()
+        for i in range(8):  # ~2 MB of incompressible assets: many chunks, several batches
+            (big / "assets" / f"blob{i}.bin").write_bytes(rnd.randbytes(256 * 1024))
+        assert publish(origin.url, "big", "1.0.0", tar_gz_of(big)).status == 201
+        assert set_channel(origin.url, "big", "release", {"version": "1.0.0"}).status == 200
+        killed = False
+
+        def on_progress(_b: int, chunks: int, _eb: int, _ec: int) -> None:
+            nonlocal killed
+            if chunks >= 3 and not killed:
+                edges[0].kill()  # SIGKILL while batches are in flight
+                killed = True
+
+        cfg = ClientConfig(edges=(edges[0].url, edges[1].url), public_keys=(PublicKey.load(tmp_path / "keys" / "public.key"),),
+                           store_dir=tmp_path / "store", timeout=5.0, batch_size=8, batches_in_flight=2)
+        async with Client(cfg, progress=on_progress) as c:
+            s = await c.install("big", tmp_path / "out")
+        assert killed and s.chunks_downloaded == s.chunks
+        # the default install is the main package, which holds assets/ (outside every subpackage root)
+        assert tree(tmp_path / "out") == source_files(big, {"__APP__"})
+        assert "assets/blob7.bin" in tree(tmp_path / "out")
+    finally:
+        for e in edges:
+            e.stop()
+        origin.stop()
+
+
+# -- the store stays bounded -------------------------------------------------------------------
+
+
+async def test_store_is_bounded_and_collects_unreferenced_chunks(cdn: Cdn, tmp_path: Path) -> None:
+    """Two installs share one store; after one of them moves to a new version with a store
+    limit of 1 byte, exactly the chunks that no install references any more are gone."""
+    store = tmp_path / "store"
+    await _install(cdn, store, tmp_path / "a", [cdn.edges[0].url])
+    async with Client(config(cdn, store)) as c:
+        kept = await c.install("demo", tmp_path / "b", packages=[INDEPENDENT])
+    v = tmp_path / "v"
+    shutil.copytree(DEMO, v)
+    (v / "app.js").write_bytes(b"// store test\n" + (v / "app.js").read_bytes())
+    assert publish(cdn.origin.url, "demo", "4.0.0-store", tar_gz_of(v)).status == 201
+    assert set_channel(cdn.origin.url, "demo", "store", {"version": "4.0.0-store"}).status == 200
+    before = {p.name for p in (store / "chunks").glob("*/*")}
+    async with Client(config(cdn, store, store_size=1)) as c:  # everything unreferenced must go
+        moved = await c.install("demo", tmp_path / "a", channel="store")
+        referenced: set[str] = set()
+        for s in (moved, kept):
+            m = await c.manifest(bytes.fromhex(s.manifest))
+            referenced |= {ch.id.hex() for p in m.packages if p.name in s.packages for ch in p.chunks}
+    remaining = {p.name for p in (store / "chunks").glob("*/*")}
+    assert moved.freed_bytes > 0 and before - remaining  # the old app.js chunk was collected
+    assert remaining == referenced
+    assert tree(tmp_path / "a") == source_files(v, {"__APP__"})
+    assert tree(tmp_path / "b") == source_files(DEMO, {INDEPENDENT})
