@@ -1,5 +1,7 @@
 const { request } = require('../../utils/request');
 const { relativeDay, formatDistance } = require('../../utils/format');
+const { parseSchedule, statusText } = require('../../utils/hours');
+const cache = require('../../utils/storage');
 
 Page({
   data: { store: null, banners: [], news: [], loading: true },
@@ -15,14 +17,18 @@ Page({
   refresh() {
     this.setData({ loading: true });
     return Promise.all([
-      request({ path: '/banners' }).catch(() => []),
+      cache.remember('banners', 600, () => request({ path: '/banners' })).catch(() => []),
       request({ path: '/news', query: { limit: 5 } }).catch(() => []),
     ]).then(([banners, news]) => {
       const store = getApp().globalData.store;
       this.setData({
         loading: false,
         banners,
-        store: store && { ...store, distanceText: formatDistance(store.distance || 0) },
+        store: store && {
+          ...store,
+          distanceText: formatDistance(store.distance || 0),
+          statusText: statusText(parseSchedule(store.hours), new Date(), store.holidays || {}),
+        },
         news: news.map((n) => ({ ...n, when: relativeDay(n.publishedAt) })),
       });
     });

@@ -1,6 +1,7 @@
 const { request } = require('../../../utils/request');
 const { total } = require('../../../utils/cart');
 const { formatPrice } = require('../../../utils/format');
+const { checkNote } = require('../../../utils/validate');
 const { pickupSlots } = require('../../utils/slots');
 
 Page({
@@ -16,6 +17,11 @@ Page({
 
   submit() {
     if (this.data.submitting) return;
+    const noteError = checkNote(this.data.note);
+    if (noteError) {
+      wx.showToast({ title: noteError, icon: 'none' });
+      return;
+    }
     const app = getApp();
     this.setData({ submitting: true });
     request({
