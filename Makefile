@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish bench-edge lint clean
+.PHONY: install run test data bench bench-publish bench-edge bench-slow lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ bench-publish: $(STAMP) data
 	$(PY) -m loadtests.bench_publish
 
 ## make bench: every benchmark at full length (publish; edge vs nginx under wrk)
-bench: $(STAMP) data bench-publish bench-edge
+bench: $(STAMP) data bench-publish bench-edge bench-slow
+
+## the full-length load and soak tests (make test runs their bounded versions)
+bench-slow: $(STAMP) data
+	$(PY) -m pytest -q -p no:cacheprovider --run-slow -m slow || test $$? -eq 5  # 5: none marked yet
 
 bench-edge: $(STAMP) data
 	$(PY) -m loadtests.bench_edge

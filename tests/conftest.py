@@ -83,3 +83,19 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 def origin_key(origin: Service) -> PublicKey:
     return PublicKey.load(Path(origin.args[origin.args.index("--signing-key") + 1]).parent / "public.key")
+
+
+# -- slow runs: `make test` runs bounded versions; `make bench` (pytest --run-slow -m slow) the full ones
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (full load/soak)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: full-length run, see `make bench` (pytest --run-slow -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
