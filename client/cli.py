@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from client.client import Client, ClientConfig, FetchSummary
+from client.plan import PREFERENCES
 from common.cli import DURATION, SIZE, option
 from common.errors import IntegrityError, MinicdnError, RefRejected, SignatureError, UpstreamError
 from common.signing import PublicKey
@@ -53,6 +54,12 @@ def _what(exc: MinicdnError) -> str:
 @option("--package", "packages", multiple=True, help="Also install this subpackage (repeatable).")
 @option("--open", "open_page", help="Install what opening PAGE needs (its package and its preloadRule).")
 @option("--timeout", type=DURATION, default="15s", help="Per-request timeout.")
+@option(
+    "--plan",
+    type=click.Choice(PREFERENCES),
+    default="auto",
+    help="auto: the cheapest per package; delta/chunks/bundle: that one where offered.",
+)
 @option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def fetch(
     app: str,
@@ -66,9 +73,11 @@ def fetch(
     packages: tuple[str, ...],
     open_page: str | None,
     timeout: float,
+    plan: str,
     as_json: bool,
 ) -> None:
-    """Install APP from edges: verified, only missing chunks, swapped in atomically."""
+    """Install APP from edges: verified, only what is missing (a delta, chunks or a
+    bundle, whichever is cheapest per package), swapped in atomically."""
     out = Path(out_dir)
     store = Path(store_dir) if store_dir else out.absolute().parent / ".minicdn-store"
     config = ClientConfig(
@@ -77,6 +86,7 @@ def fetch(
         store_dir=store,
         store_size=store_size,
         timeout=timeout,
+        plan=plan,
     )
     console = Console(stderr=True)
     try:
@@ -94,10 +104,16 @@ def fetch(
         pct = 100 * s.bytes_downloaded / s.package_bytes if s.package_bytes else 0
         click.echo(
             f"{s.app}@{s.version} ({s.channel}, serial {s.serial}) → {out}\n"
-            f"  packages {', '.join(s.packages)}; plan {s.plan}\n"
+            f"  packages {', '.join(s.packages)}; plan {s.plan}{_per_package(s)}\n"
             f"  downloaded {s.bytes_downloaded} B for {s.package_bytes} B of files ({pct:.1f}%), "
             f"{s.chunks_downloaded} of {s.chunks} chunks, {s.requests} requests, {s.seconds:.2f}s"
         )
+
+
+def _per_package(s: FetchSummary) -> str:
+    if len(set(s.plans.values())) < 2:
+        return ""
+    return " (" + ", ".join(f"{name}: {kind}" for name, kind in s.plans.items()) + ")"
 
 
 async def _run(

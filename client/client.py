@@ -2,8 +2,11 @@
 atomically.  This is the reference for native clients; docs/client.md states its rules.
 
     resolve ref (signature, expiry, serial >= highest seen) → pick the user's version
-    → manifest (id = SHA-256 of the envelope, signature) → choose packages
-    → download missing chunks (batched, several batches in flight, failover) → verify each
+    → manifest (dcz against the installed one, or zstd; id = SHA-256 of the envelope, signature)
+    → choose packages → per package, the cheapest plan (client/plan.py): a delta from the
+      installed version, the missing chunks, or the bundle
+    → download (chunks batched, several batches in flight; bundles and deltas one request
+      each; failover) → verify every chunk (a decoded stream piece by piece)
     → assemble the files beside the target → swap in → record → collect the store
 """
 
@@ -18,21 +21,23 @@ import secrets
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from client import streams
+from client.plan import Plan, check_preference, choose
 from client.state import Installed, State
 from client.store import LocalStore
 from client.transport import RETRYABLE, Edges
-from common import codec
+from common import codec, dcz
 from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, UpstreamError
 from common.fsutil import fsync_dir
 from common.ids import check_app, check_channel, sha256
-from common.manifest import MAIN_PACKAGE, ChunkEntry, Manifest, Ref, open_manifest, open_ref
+from common.manifest import MAIN_PACKAGE, ChunkEntry, Manifest, PackageEntry, Ref, open_manifest, open_ref
 from common.signing import PublicKey
 
 __all__ = ["Client", "ClientConfig", "FetchSummary", "select_packages"]
@@ -52,6 +57,13 @@ class ClientConfig:
     batches_in_flight: int = 4
     timeout: float = 15.0
     cooldown: float = 5.0
+    plan: str = "auto"  # auto | delta | chunks | bundle (client/plan.py)
+
+    def __post_init__(self) -> None:
+        check_preference(self.plan)
+
+
+MAX_MANIFEST = 64 << 20
 
 
 @dataclass
@@ -62,16 +74,19 @@ class FetchSummary:
     manifest: str
     serial: int
     packages: list[str]
-    plan: str  # "chunks" or "none" (already installed)
+    # The one plan every package used (delta, chunks, bundle), "mixed", or "none" when
+    # nothing had to be downloaded (already installed, or every chunk in the store).
+    plan: str
     package_bytes: int  # raw size of the installed packages
     stored_bytes: int  # their chunks as stored (what a download of everything would cost)
     chunks: int
-    chunks_downloaded: int
+    chunks_downloaded: int  # chunks the store lacked and now holds, whatever the plan
     bytes_downloaded: int  # every response body received, ref and manifest included
     requests: int
     seconds: float
     freed_bytes: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    plans: dict[str, str] = field(default_factory=dict)  # package → none | delta | chunks | bundle
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -124,6 +139,7 @@ class Client:
         self.progress = progress or (lambda *_: None)
         self._expected = (0, 0)
         self._stored = 0
+        self._bases: dict[str, bytes] = {}  # package → the base stream of its delta plan
 
     async def __aenter__(self) -> Client:
         return self
@@ -151,20 +167,31 @@ class Client:
         self.state.saw_serial(app, channel, ref.serial)
         return ref
 
-    async def manifest(self, mid: bytes) -> Manifest:
+    async def manifest(self, mid: bytes, dictionary: bytes | None = None) -> Manifest:
+        """The verified manifest ``mid``: from the store, else from an edge — as dcz
+        against the stored manifest ``dictionary`` (RFC 9842) when given, else zstd."""
         cached = self.store.get_manifest(mid)
         if cached is not None:
             return open_manifest(cached, self.config.public_keys, mid)
+        base = self.store.get_manifest(dictionary) if dictionary is not None else None
+        headers = {"Accept-Encoding": "zstd"}
+        if base is not None and dictionary is not None:
+            headers = {
+                "Accept-Encoding": f"{dcz.CONTENT_ENCODING}, zstd",
+                dcz.AVAILABLE_DICTIONARY: dcz.available_dictionary(dictionary),
+            }
 
         def check(body: bytes, enc: str | None) -> tuple[Manifest, bytes]:
             if enc == "zstd":
-                body = codec.decompress(body, 64 << 20)
+                body = codec.decompress(body, MAX_MANIFEST)
+            elif enc == dcz.CONTENT_ENCODING and base is not None:
+                body = dcz.decode(body, base, MAX_MANIFEST)
             elif enc not in (None, "identity"):
                 raise IntegrityError(f"manifest sent with unrequested encoding {enc}")
             return open_manifest(body, self.config.public_keys, mid), body
 
         manifest, envelope = await self.edges.get(
-            f"/v1/manifests/{mid.hex()}", "manifest", check, headers={"Accept-Encoding": "zstd"}
+            f"/v1/manifests/{mid.hex()}", "manifest", check, headers=headers
         )
         await asyncio.to_thread(self.store.put_manifest, mid, envelope)
         return manifest
@@ -187,25 +214,31 @@ class Client:
             _recover(out)
             ref = await self.resolve(app, channel)
             version, mid = ref.target_for(user)
-            manifest = await self.manifest(mid)
+            before = self.state.installed(out)
+            if before is not None and before.app != app:
+                before = None
+            installed = bytes.fromhex(before.manifest) if before else None
+            manifest = await self.manifest(mid, dictionary=installed)
             if manifest.app != app or manifest.version != version:
                 raise IntegrityError(
                     f"manifest is {manifest.app}@{manifest.version}, ref said {app}@{version}"
                 )
-            before = self.state.installed(out)
-            keep = before.packages if before and before.app == app else ()
-            chosen = select_packages(manifest, list(packages), open_page, keep)
+            chosen = select_packages(manifest, list(packages), open_page, before.packages if before else ())
             entries = _unique(c for p in manifest.packages if p.name in chosen for c in p.chunks)
-            if before and before.manifest == mid.hex() and set(chosen) <= set(before.packages):
-                plan, missing = "none", []
+            plans: list[Plan] = []
+            self._stored = 0
+            current = before is not None and set(chosen) <= set(before.packages)
+            if before and current and self._same_content(before, mid, manifest, chosen):
+                if before.manifest != mid.hex():  # the same files under another manifest (enriched)
+                    self.state.record_install(out, Installed(app, version, mid.hex(), before.packages))
             else:
-                plan = "chunks"
-                missing = [e for e in entries if not self.store.has(e.id)]
-                await self._download(missing)
+                plans = await self._plan(manifest, chosen, before, out)
+                await self._execute(manifest, plans)
                 await asyncio.to_thread(_install_files, self.store, manifest, chosen, out)
                 self.state.record_install(out, Installed(app, version, mid.hex(), tuple(chosen)))
             freed = await asyncio.to_thread(self._collect)
         chosen_pkgs = [p for p in manifest.packages if p.name in chosen]
+        kinds = {p.kind for p in plans} - {"none"}
         return FetchSummary(
             app=app,
             channel=channel,
@@ -213,17 +246,105 @@ class Client:
             manifest=mid.hex(),
             serial=ref.serial,
             packages=chosen,
-            plan=plan,
+            plan=kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none"),
             package_bytes=sum(p.raw_size for p in chosen_pkgs),
             stored_bytes=sum(e.stored_size for e in entries),
             chunks=len(entries),
-            chunks_downloaded=len(missing),
+            chunks_downloaded=self._stored,
             bytes_downloaded=self.edges.traffic.bytes,
             requests=self.edges.traffic.requests,
             seconds=round(time.monotonic() - t0, 3),
             freed_bytes=freed,
             by_kind=dict(self.edges.traffic.by_kind),
+            plans={p.package: p.kind for p in plans},
         )
+
+    def _same_content(self, before: Installed, mid: bytes, manifest: Manifest, chosen: list[str]) -> bool:
+        """Whether the install already holds ``chosen`` exactly as ``manifest`` describes
+        them (the same manifest, or another manifest of the same files and chunks)."""
+        if before.manifest == mid.hex():
+            return True
+        envelope = self.store.get_manifest(bytes.fromhex(before.manifest))
+        if envelope is None or before.version != manifest.version:
+            return False
+        old = open_manifest(envelope, self.config.public_keys)
+        old_pkgs = {p.name: p for p in old.packages}
+        return all(
+            n in old_pkgs
+            and old_pkgs[n].files == manifest.package(n).files
+            and old_pkgs[n].chunks == manifest.package(n).chunks
+            for n in chosen
+        )
+
+    # -- plans --------------------------------------------------------------------------------
+
+    async def _plan(
+        self, manifest: Manifest, chosen: list[str], before: Installed | None, out: Path
+    ) -> list[Plan]:
+        """One plan per chosen package (client/plan.py).  A delta is chosen only once its
+        base stream is in hand: from the store, or from the installed files, verified."""
+        base_id = bytes.fromhex(before.manifest) if before else None
+        envelope = self.store.get_manifest(base_id) if base_id else None
+        base = open_manifest(envelope, self.config.public_keys, base_id) if envelope else None
+        self._bases = {}
+        plans = []
+        covered: set[bytes] = set()  # chunks an earlier package's plan brings
+        for name in chosen:
+            pkg = manifest.package(name)
+            unique = _unique(iter(pkg.chunks))
+            missing = [c for c in unique if c.id not in covered and not self.store.has(c.id)]
+            base_pkg = _package_or_none(base, name)
+            plan = choose(pkg, missing, base_id if base_pkg else None, self.config.plan)
+            if plan.kind == "delta" and base_pkg is not None and before is not None:
+                where = out if name in before.packages else None
+                stream = await asyncio.to_thread(streams.base_stream, self.store, base_pkg, where)
+                if stream is None:  # never a delta whose base the client lacks
+                    plan = choose(pkg, missing, None, self.config.plan)
+                else:
+                    self._bases[name] = stream
+            covered |= {c.id for c in (pkg.chunks if plan.object else plan.missing)}
+            plans.append(plan)
+        return plans
+
+    async def _execute(self, manifest: Manifest, plans: list[Plan]) -> None:
+        chunks = _unique(e for p in plans if p.kind == "chunks" for e in p.missing)
+        whole = [p for p in plans if p.object is not None]
+        self._expected = (
+            self.edges.traffic.bytes + sum(p.cost for p in plans),
+            len(chunks) + sum(len(p.missing) for p in whole),
+        )
+        jobs = [self._download(chunks)] if chunks else []
+        jobs += [self._fetch_stream(manifest, p) for p in whole]
+        await _all(jobs)
+
+    async def _fetch_stream(self, manifest: Manifest, plan: Plan) -> None:
+        """One bundle or delta: its bytes checked against its id on receipt (so another
+        edge is tried if they do not match), then decoded and checked chunk by chunk."""
+        assert plan.object is not None
+        oid, size = plan.object
+        pkg = manifest.package(plan.package)
+
+        def check(body: bytes, enc: str | None) -> bytes:
+            if enc not in (None, "identity"):
+                raise IntegrityError(f"{plan.kind} {oid.hex()} sent with unrequested encoding {enc}")
+            if sha256(body) != oid:
+                raise IntegrityError(f"{plan.kind} {oid.hex()}: bytes do not match the id")
+            return body
+
+        frame = await self.edges.get(f"/v1/bundles/{oid.hex()}", "bundles", check, max_size=size)
+        pieces = await asyncio.to_thread(streams.decode, pkg, frame, self._bases.get(plan.package))
+        added = await asyncio.to_thread(self._put_missing, pieces)
+        self._stored += added  # after the await: concurrent fetches add to the same counter
+        self.progress(self.edges.traffic.bytes, self._stored, *self._expected)
+
+    def _put_missing(self, pieces: list[tuple[bytes, bytes]]) -> int:
+        """Store the verified chunks the store lacks; returns how many (counted on the loop)."""
+        added = 0
+        for cid, raw in pieces:
+            if not self.store.has(cid):
+                self.store.put(cid, raw)
+                added += 1
+        return added
 
     def _collect(self) -> int:
         referenced: set[bytes] = set()
@@ -238,7 +359,6 @@ class Client:
     # -- chunks -----------------------------------------------------------------------------
 
     async def _download(self, entries: list[ChunkEntry]) -> None:
-        self._expected = (self.edges.traffic.bytes + sum(e.stored_size for e in entries), len(entries))
         queue = deque(entries)
         size = self.config.batch_size
 
@@ -305,6 +425,26 @@ def _verify_raw(entry: ChunkEntry, raw: bytes) -> bytes:
     if len(raw) != entry.raw_size or sha256(raw) != entry.id:
         raise IntegrityError(f"chunk {entry.id.hex()}: content does not match its id")
     return raw
+
+
+async def _all(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``jobs`` together; the first failure cancels the rest and is raised as itself."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _package_or_none(manifest: Manifest | None, name: str) -> PackageEntry | None:
+    if manifest is None:
+        return None
+    try:
+        return manifest.package(name)
+    except KeyError:
+        return None
 
 
 def _unique(entries: Iterator[ChunkEntry]) -> list[ChunkEntry]:

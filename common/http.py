@@ -16,10 +16,12 @@ from aiohttp import StreamReader, web
 
 from common import errors
 from common.ids import parse_hex_id
+from common.negotiate import accepts_coding
 
 __all__ = [
     "IMMUTABLE",
     "ByteRange",
+    "accepts_coding",
     "accepts_zstd",
     "error_middleware",
     "error_response",
@@ -45,6 +47,7 @@ STATUS: list[tuple[type[errors.MinicdnError], int]] = [
     (errors.IntegrityError, 502),
     (errors.SignatureError, 502),
     (errors.RefRejected, 502),
+    (errors.LoopDetected, 508),  # RFC 5842 §7.2
     (errors.UpstreamError, 502),
     (errors.ConfigError, 500),
 ]
@@ -126,25 +129,8 @@ async def read_batch_ids(request: web.Request, max_ids: int = MAX_BATCH) -> list
 
 
 def accepts_zstd(request: web.Request) -> bool:
-    """Accept-Encoding names zstd (or ``*``) with a non-zero q-value (RFC 9110 §12.5.3)."""
-    header = request.headers.get("Accept-Encoding", "")
-    star = False
-    for item in header.split(","):
-        coding, _, params = item.strip().partition(";")
-        coding = coding.strip().lower()
-        q = 1.0
-        for p in params.split(";"):
-            name, _, val = p.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(val)
-                except ValueError:
-                    q = 0.0
-        if coding == "zstd":
-            return q > 0
-        if coding == "*":
-            star = q > 0
-    return star
+    """The request accepts a zstd-encoded answer (named, or ``*``)."""
+    return accepts_coding(request.headers.get("Accept-Encoding", ""), "zstd")
 
 
 def etag_matches(header: str, etag: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import signing, wire
-from common.errors import BadRequest, ExpiredRef, RollbackRef, SignatureError
+from common.errors import BadRequest, ExpiredRef, MinicdnError, RollbackRef, SignatureError
 from common.ids import check_app, check_channel, check_version, sha256
 from common.paths import check_relpath
 
@@ -25,6 +25,7 @@ __all__ = [
     "PackageEntry",
     "Ref",
     "Rollout",
+    "app_of",
     "in_rollout",
     "open_manifest",
     "open_ref",
@@ -275,6 +276,17 @@ def decode_ref(body: Any) -> Ref:
         manifest=_id(body.get("manifest"), "ref"),
         rollout=rollout,
     )
+
+
+def app_of(envelope: bytes) -> str | None:
+    """The ``app`` a manifest envelope's payload names, read without verifying anything
+    (to pick a useful compression dictionary, never to trust); None if it is not one."""
+    try:
+        body = wire.unpack(wire.unpack(envelope, what="envelope")["payload"], what="manifest")
+    except (MinicdnError, KeyError, TypeError):
+        return None
+    app = body.get("app") if isinstance(body, dict) else None
+    return app if isinstance(app, str) else None
 
 
 def open_manifest(

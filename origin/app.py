@@ -17,7 +17,7 @@ import msgpack
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec
+from common import codec, dcz
 from common.errors import BadRequest, TooLarge, Unauthorized
 from common.http import (
     MAX_BATCH,
@@ -109,21 +109,32 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     mid = _id(request)
     origin = request.app[ORIGIN]
-    etag = f'"{mid.hex()}"'
-    if accepts_zstd(request):
-        body = await origin.manifest_zstd(mid)
-        return serve_immutable(
-            request,
-            body,
-            etag=etag,
-            content_type="application/x-msgpack",
-            content_encoding="zstd",
-            vary="Accept-Encoding",
-        )
-    body = await origin.manifest(mid)
+    body, encoding = await _manifest_representation(request, origin, mid)
+    # The answer depends on both headers whichever encoding is chosen (RFC 9842 §6.2).
     return serve_immutable(
-        request, body, etag=etag, content_type="application/x-msgpack", vary="Accept-Encoding"
+        request,
+        body,
+        etag=f'"{mid.hex()}"',
+        content_type="application/x-msgpack",
+        content_encoding=encoding,
+        vary=dcz.VARY,
     )
+
+
+async def _manifest_representation(
+    request: web.Request, origin: Origin, mid: bytes
+) -> tuple[bytes, str | None]:
+    """dcz against the manifest the client names, when it is ours and smaller; else zstd
+    when accepted; else the envelope as stored."""
+    zstd = await origin.manifest_zstd(mid) if accepts_zstd(request) else None
+    dictionary = dcz.parse_available_dictionary(request.headers.get(dcz.AVAILABLE_DICTIONARY))
+    if dictionary is not None and dcz.accepts_dcz(request.headers.get("Accept-Encoding")):
+        encoded = await origin.manifest_dcz(mid, dictionary)
+        if encoded is not None and (zstd is None or len(encoded) < len(zstd)):
+            return encoded, dcz.CONTENT_ENCODING
+    if zstd is not None:
+        return zstd, "zstd"
+    return await origin.manifest(mid), None
 
 
 async def get_ref(request: web.Request) -> web.StreamResponse:
@@ -216,12 +227,16 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[ORIGIN].resign_loop())
+    origin = app[ORIGIN]
+    tasks = [asyncio.create_task(origin.resign_loop()), asyncio.create_task(origin.enrich_loop())]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await asyncio.get_running_loop().run_in_executor(None, app[ORIGIN].close)
+    origin.stop_background()  # an enrichment in its thread stops at its next pause
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.get_running_loop().run_in_executor(None, origin.close)
 
 
 def make_app(origin: Origin) -> web.Application:

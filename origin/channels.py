@@ -75,11 +75,13 @@ class Channels:
         """Point ``channel`` at ``version`` (and optionally roll ``rollout`` out); returns the
         new signed ref."""
         check_channel(channel)
-        manifest = self._manifest_of(app, version)
-        roll = None
-        if rollout is not None:
-            roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
         with self._lock:
+            # Read the records inside the lock: enrichment rewrites a record and then moves
+            # the refs naming the old manifest under this lock, so no move can slip between.
+            manifest = self._manifest_of(app, version)
+            roll = None
+            if rollout is not None:
+                roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
             old = self.current(app, channel)
             now = int(self.clock())
             ref = Ref(
@@ -89,6 +91,16 @@ class Channels:
             self.storage.put(paths.channel_key(app, channel), envelope)
             self._remember(app, channel, now, version, old)
         return envelope
+
+    def earliest_expiry(self) -> float:
+        """The soonest ``expires`` among live refs (unix seconds); +inf when there are none."""
+        soonest = float("inf")
+        for app in self.apps():
+            for channel in self.channel_names(app):
+                ref = self.current(app, channel)
+                if ref is not None:
+                    soonest = min(soonest, ref.expires)
+        return soonest
 
     def resign_due(self) -> int:
         """Re-sign every ref with less than half its lifetime left; returns how many."""
@@ -114,6 +126,34 @@ class Channels:
                     count += 1
         return count
 
+    def repoint(self, app: str, version: str, old: set[bytes], new: bytes) -> int:
+        """Move every ref of ``app`` that names ``version`` by one of the ``old`` manifests
+        (as its target or its rollout) to ``new``, another manifest of the same version
+        (the enriched one); returns how many refs moved.
+
+        The serial goes up by one: the ref's body changes, and a serial is a statement
+        about changes (caches and clients that compare serials see a new ref).  The
+        channel's history is not touched: the channel still points at the same version."""
+        moved = 0
+        for channel in self.channel_names(app):
+            with self._lock:
+                ref = self.current(app, channel)
+                if ref is None:
+                    continue
+                main = ref.manifest
+                if ref.version == version and main in old:
+                    main = new
+                roll = ref.rollout
+                if roll is not None and roll.version == version and roll.manifest in old:
+                    roll = Rollout(roll.version, new, roll.percent)
+                if main == ref.manifest and roll == ref.rollout:
+                    continue
+                now = int(self.clock())
+                fresh = Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
+                self.storage.put(paths.channel_key(app, channel), fresh.seal(self.key))
+                moved += 1
+        return moved
+
     def _manifest_of(self, app: str, version: str) -> bytes:
         key = paths.version_key(app, version)
         if self.storage.stat(key) is None:
@@ -129,6 +169,29 @@ class Channels:
         if old is None or old.version != version:
             hist.append([now, version])
         self.storage.put(key, wire.pack(hist[-1000:]))
+
+    def versions_since(self, app: str, since: float) -> set[str]:
+        """Every version a channel of ``app`` has pointed at since ``since`` (unix time):
+        the history's moves in that window, the target when the window opened, and what
+        each ref names now, rollouts included (delta bases, origin/enrich.py)."""
+        out: set[str] = set()
+        for channel in self.channel_names(app):
+            key = paths.history_key(app, channel)
+            hist = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
+            at_start = None
+            for when, version in hist:  # appended in time order
+                if when >= since:
+                    out.add(version)
+                else:
+                    at_start = version
+            if at_start is not None:
+                out.add(at_start)
+            ref = self.current(app, channel)
+            if ref is not None:
+                out.add(ref.version)
+                if ref.rollout is not None:
+                    out.add(ref.rollout.version)
+        return out
 
     def apps(self) -> list[str]:
         return sorted({k.split("/")[1] for k in self.storage.list(paths.APPS)})

@@ -51,6 +51,18 @@ __all__ = ["channel", "origin", "publish"]
 @option("--chunk-max", type=SIZE, default="64KiB", help="FastCDC maximum chunk size.")
 @option("--ref-ttl", type=DURATION, default="7d", help="Lifetime of a signed channel ref.")
 @option("--ref-max-age", type=click.IntRange(0), default=30, help="Cache-Control max-age of refs, seconds.")
+@option(
+    "--delta-bases",
+    type=click.IntRange(0, 64),
+    default=3,
+    help="Make deltas from this many earlier published versions (plus recent channel targets).",
+)
+@option(
+    "--delta-window",
+    type=DURATION,
+    default="30d",
+    help="Also make deltas from every version a channel pointed at within this time.",
+)
 def origin(
     data_dir: str,
     listen: tuple[str, int],
@@ -67,6 +79,8 @@ def origin(
     chunk_max: int,
     ref_ttl: float,
     ref_max_age: int,
+    delta_bases: int,
+    delta_window: float,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,6 +99,8 @@ def origin(
         ref_ttl=ref_ttl,
         ref_max_age=ref_max_age,
         resign_interval=min(3600.0, ref_ttl / 8),
+        delta_bases=delta_bases,
+        delta_window=delta_window,
     )
     if not settings.token:
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["OriginMetrics"]
 
@@ -16,6 +16,9 @@ class OriginMetrics:
     published_bytes: Counter  # raw bytes of every version published (new content only)
     publish_seconds: Histogram  # wall time of one publish, upload excluded
     requests: Counter  # HTTP requests by route and status code
+    enrich_pending: Gauge  # versions waiting for their bundles and deltas
+    enrich_seconds: Histogram  # wall time of enriching one version (bundles and deltas)
+    ref_earliest_expiry: Gauge  # soonest `expires` of any live ref, unix seconds (+Inf: none)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OriginMetrics:
@@ -33,4 +36,18 @@ class OriginMetrics:
                 registry=r,
             ),
             requests=Counter("minicdn_origin_requests", "HTTP requests", ["route", "code"], registry=r),
+            enrich_pending=Gauge(
+                "minicdn_origin_enrich_pending", "Versions waiting for bundles and deltas", registry=r
+            ),
+            enrich_seconds=Histogram(
+                "minicdn_origin_enrich_seconds",
+                "Time to make one version's bundles and deltas",
+                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                registry=r,
+            ),
+            ref_earliest_expiry=Gauge(
+                "minicdn_origin_ref_earliest_expiry_timestamp_seconds",
+                "Soonest expiry of any live channel ref (unix seconds; +Inf when there is none)",
+                registry=r,
+            ),
         )

@@ -8,11 +8,12 @@ the storage root; the filesystem backend maps it 1:1, an object store uses it as
       bundles/<h0h1>/<h2h3>/<hex>    a bundle or delta (id = sha256 of stored bytes)
       manifests/<h0h1>/<hex>         a signed manifest envelope (id = sha256 of it)
     apps/<app>/
-      versions/<version>             msgpack {manifest, digest, created}: the version
-                                     exists once this record does (written last)
+      versions/<version>             msgpack {manifest, manifests, enriched, digest, created,
+                                     published}: the version exists once this record does
+                                     (written last); enrichment rewrites it (origin/enrich.py)
       channels/<channel>             the current signed ref envelope
       history/<channel>              msgpack [[unix time, version], ...]: what the
-                                     channel pointed at, for delta bases (later issue)
+                                     channel pointed at, for delta bases
     tmp/                             uploads and extraction in progress (swept at start)
 
 Two-level fan-out keeps directories small (65,536 leaves) for millions of chunks.

@@ -28,7 +28,7 @@ from common.signing import SigningKey
 from origin import paths
 from origin.storage import Storage
 
-__all__ = ["PublishResult", "Publisher", "compress_many"]
+__all__ = ["PublishResult", "Publisher", "VersionRecord", "compress_many"]
 
 MIN_BATCH_RAW = 64 << 10  # raw bytes per pool task: big enough to amortise pickling,
 MAX_BATCH_RAW = 1 << 20  # small enough that a small app still keeps every worker busy
@@ -63,17 +63,53 @@ class PublishResult:
 
 @dataclass(frozen=True)
 class VersionRecord:
+    """``apps/{app}/versions/{version}``: the version exists once this record does.
+
+    ``manifest`` is the manifest the version serves now (channel moves name it): the plain
+    one from publishing, then the enriched one (bundles and deltas, origin/enrich.py).
+    ``manifests`` is every manifest the version has had, oldest first — all stay stored,
+    since refs and clients may name any of them, and deltas are listed from each.
+    Records written before enrichment existed unpack with ``enriched=False`` (so they are
+    enriched at the next start) and ``published=0``."""
+
     manifest: bytes
     digest: bytes
     created: int
+    manifests: tuple[bytes, ...] = ()
+    enriched: bool = False
+    published: float = 0.0  # wall time of the publish: orders versions published in one second
+
+    @property
+    def all_manifests(self) -> tuple[bytes, ...]:
+        return self.manifests or (self.manifest,)
+
+    @property
+    def order(self) -> tuple[int, float]:
+        return (self.created, self.published)
 
     def pack(self) -> bytes:
-        return wire.pack({"manifest": self.manifest, "digest": self.digest, "created": self.created})
+        return wire.pack(
+            {
+                "manifest": self.manifest,
+                "digest": self.digest,
+                "created": self.created,
+                "manifests": list(self.all_manifests),
+                "enriched": self.enriched,
+                "published": self.published,
+            }
+        )
 
     @classmethod
     def unpack(cls, data: bytes) -> VersionRecord:
         d = wire.unpack(data, what="version record")
-        return cls(d["manifest"], d["digest"], d["created"])
+        return cls(
+            d["manifest"],
+            d["digest"],
+            d["created"],
+            tuple(d.get("manifests") or ()),
+            bool(d.get("enriched", False)),
+            float(d.get("published", 0.0)),
+        )
 
 
 class Publisher:
@@ -186,7 +222,7 @@ class Publisher:
         mid = sha256(envelope)
         if self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope):
             stats.new_bytes += len(envelope)
-        record = VersionRecord(mid, digest, manifest.created)
+        record = VersionRecord(mid, digest, manifest.created, (mid,), published=time.time())
         if not self.storage.put_if_absent(vkey, record.pack()):
             # Lost a race with a concurrent publish of the same version: same rules apply.
             existing = self._existing(vkey, digest)

@@ -1,7 +1,9 @@
-"""The origin as one object: storage, publisher and channels behind async methods.
+"""The origin as one object: storage, publisher, channels and enricher behind async methods.
 
 Everything that blocks (files, hashing, signing, extraction) runs in the default thread
-executor; compression runs in the process pool owned here.
+executor; compression runs in the process pool owned here.  Enrichment (bundles and
+deltas, origin/enrich.py) runs after publishing, one version at a time in a worker
+thread, and holds off while a publish is running so that publish latency is unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common import codec
+from common import codec, dcz
 from common.chunking import ChunkParams
 from common.errors import NotFound
-from common.ids import check_app, check_channel, check_version
+from common.ids import check_app, check_channel, check_version, sha256
+from common.manifest import app_of
 from common.signing import SigningKey
 from origin import paths
-from origin.channels import Channels, RolloutSpec
+from origin.channels import DAY, Channels, RolloutSpec
+from origin.enrich import Enricher, EnrichSettings
 from origin.ingest import Limits, extract
 from origin.metrics import OriginMetrics
 from origin.publish import Publisher, PublishResult, VersionRecord
@@ -49,6 +54,12 @@ class OriginSettings:
     ref_ttl: float = 7 * 86400
     ref_max_age: int = 30
     resign_interval: float = 3600.0
+    delta_bases: int = 3
+    delta_window: float = 30 * DAY
+
+
+class _Stopped(Exception):
+    """The origin is shutting down: enrichment stops between two compressions."""
 
 
 class Origin:
@@ -72,6 +83,19 @@ class Origin:
         self._pool: ProcessPoolExecutor | None = None
         self._publish_lock = asyncio.Lock()
         self._zstd_manifests: OrderedDict[bytes, bytes] = OrderedDict()
+        self._dcz_manifests: OrderedDict[tuple[bytes, bytes], bytes | None] = OrderedDict()
+        self.enricher = Enricher(
+            storage,
+            key,
+            self.channels,
+            EnrichSettings(level=settings.level, bases=settings.delta_bases, window=settings.delta_window),
+        )
+        self._enrich_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Set while no publish runs; the enricher thread waits on it before each compression.
+        self._quiet = threading.Event()
+        self._quiet.set()
+        self._publishing = 0
+        self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -81,6 +105,11 @@ class Origin:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=ctx)
         return self._pool
+
+    def stop_background(self) -> None:
+        """Make a running enrichment stop at its next pause (the owner then cancels the loop)."""
+        self._stopping.set()
+        self._quiet.set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -118,12 +147,34 @@ class Origin:
         if frame is None:
             envelope = await self.manifest(mid)
             frame = await self._run(codec.compress, envelope, 19)
-            self._zstd_manifests[mid] = frame
-            if len(self._zstd_manifests) > 256:
-                self._zstd_manifests.popitem(last=False)
+            _remember(self._zstd_manifests, mid, frame)
         else:
             self._zstd_manifests.move_to_end(mid)
         return frame
+
+    async def manifest_dcz(self, mid: bytes, dictionary: bytes) -> bytes | None:
+        """The envelope as a dcz body against the manifest ``dictionary`` names (RFC 9842),
+        or None when that is no stored manifest of the same app (the caller then sends
+        zstd).  Encoded once per pair (bounded LRU), unknown dictionaries included."""
+        pair = (mid, dictionary)
+        if pair in self._dcz_manifests:
+            self._dcz_manifests.move_to_end(pair)
+            return self._dcz_manifests[pair]
+        envelope = await self.manifest(mid)
+        body = await self._run(self._encode_dcz, envelope, dictionary)
+        _remember(self._dcz_manifests, pair, body)
+        return body
+
+    def _encode_dcz(self, envelope: bytes, dictionary: bytes) -> bytes | None:
+        key = paths.manifest_key(dictionary.hex())
+        if dictionary == sha256(envelope) or self.storage.stat(key) is None:
+            return None
+        base = self.storage.get(key)
+        # Only an earlier manifest of the same app is a useful dictionary; anything else
+        # would only let a client make the origin compress against arbitrary objects.
+        if app_of(base) != app_of(envelope):
+            return None
+        return dcz.encode(envelope, base)
 
     async def ref(self, app: str, channel: str) -> bytes:
         check_app(app)
@@ -142,7 +193,13 @@ class Origin:
         for key in self.storage.list(vprefix):
             rec = VersionRecord.unpack(self.storage.get(key))
             versions.append(
-                {"version": key[len(vprefix) :], "manifest": rec.manifest.hex(), "created": rec.created}
+                {
+                    "version": key[len(vprefix) :],
+                    "manifest": rec.manifest.hex(),
+                    "manifests": [m.hex() for m in rec.all_manifests],
+                    "enriched": rec.enriched,
+                    "created": rec.created,
+                }
             )
         if not versions:
             raise NotFound(f"no app {app}")
@@ -168,6 +225,8 @@ class Origin:
         check_app(app)
         check_version(version)
         work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="publish-"))
+        self._publishing += 1
+        self._quiet.clear()
         try:
             files = await self._run(extract, archive, work / "files", self.settings.limits)
             publisher = Publisher(
@@ -185,11 +244,58 @@ class Origin:
                 t0 = time.perf_counter()
                 result = await self._run(publisher.publish, app, version, files)
                 self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+                if result.created:
+                    # Inside the lock: the queue stays in publish order (delta bases rely on it).
+                    self._enqueue(app, version)
             if result.created:
                 self.metrics.published_bytes.inc(result.raw_bytes)
             return result
         finally:
+            self._publishing -= 1
+            if not self._publishing:
+                self._quiet.set()
             await self._run(shutil.rmtree, work, True)
+
+    # -- enrichment (bundles and deltas) -------------------------------------------------------
+
+    def _enqueue(self, app: str, version: str) -> None:
+        self._enrich_queue.put_nowait((app, version))
+        self.metrics.enrich_pending.set(self._enrich_queue.qsize())
+
+    def _pause(self) -> None:
+        """Called by the enricher thread before each compression: wait while a publish runs."""
+        self._quiet.wait()
+        if self._stopping.is_set():
+            raise _Stopped
+
+    async def enrich_loop(self) -> None:
+        """Resume what a restart interrupted, then enrich each published version in turn
+        (owned by the app's cleanup_ctx)."""
+        try:
+            moved = await self._run(self.enricher.repoint_stale)
+            if moved:
+                log.info("moved %d refs to enriched manifests", moved)
+            pending = await self._run(self.enricher.pending)
+            # Publishes that arrived during the scan go after the older pending versions:
+            # publish order is what makes a version's bases enriched before it is.
+            arrived = [self._enrich_queue.get_nowait() for _ in range(self._enrich_queue.qsize())]
+            for item in [*pending, *(a for a in arrived if a not in pending)]:
+                self._enqueue(*item)
+        except Exception:  # the queue still serves new publishes
+            log.exception("listing versions to enrich failed")
+        while True:
+            app, version = await self._enrich_queue.get()
+            t0 = time.perf_counter()
+            try:
+                await self._run(self.enricher.enrich, app, version, self._pause)
+                self.metrics.enrich_seconds.observe(time.perf_counter() - t0)
+            except _Stopped:
+                return
+            except Exception:  # keep the loop alive (zstd, storage, a malformed record, ...)
+                # Left not enriched: tried again at the next start; clients use chunks meanwhile.
+                log.exception("enriching %s@%s failed", app, version)
+            finally:
+                self.metrics.enrich_pending.set(self._enrich_queue.qsize())
 
     async def set_channel(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
         check_app(app)
@@ -204,9 +310,19 @@ class Origin:
                 n = await self._run(self.channels.resign_due)
                 if n:
                     log.info("re-signed %d refs", n)
+                # After re-signing: what is left is what an operator must hear about
+                # (expiry times only grow, so between rounds this errs early, never late).
+                soonest = await self._run(self.channels.earliest_expiry)
+                self.metrics.ref_earliest_expiry.set(soonest)
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("re-signing refs failed")
             await asyncio.sleep(self.settings.resign_interval)
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 def new_upload_path(tmp_dir: Path) -> Path:

@@ -68,12 +68,22 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cdn]:
             edges.append(edge_service(tmp, origin.url, name=f"edge{i}").start())
         r = publish(origin.url, "demo", "1.0.0", tar_gz_of(DEMO))
         assert r.status == 201, r.body
+        wait_enriched(origin.url, "demo", "1.0.0")  # so refs to it never move under a test
         assert set_channel(origin.url, "demo", "release", {"version": "1.0.0"}).status == 200
         yield Cdn(origin, edges, tmp / "keys")
     finally:
         for e in edges:
             e.stop()
         origin.stop()
+
+
+def wait_enriched(url: str, app: str, version: str, timeout: float = 60) -> None:
+    """Poll until the origin has made the version's bundles and deltas (in the background)."""
+    deadline = time.monotonic() + timeout
+    while not next(v["enriched"] for v in http("GET", f"{url}/v1/apps/{app}").json()["versions"]  # type: ignore[index]
+                   if v["version"] == version):
+        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
+        time.sleep(0.05)
 
 
 def config(cdn: Cdn, store: Path, edges: list[str] | None = None, **kw: object) -> ClientConfig:
@@ -96,7 +106,9 @@ def test_fresh_install_equals_the_source_and_packages_add_on_demand(cdn: Cdn, tm
     r = fetch_cli(cdn, tmp_path, "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["packages"] == ["__APP__"] and summary["plan"] == "chunks"
+    # a cold install: the bundle costs less than the chunks, each compressed alone
+    assert summary["packages"] == ["__APP__"] and summary["plan"] == "bundle"
+    assert summary["plans"] == {"__APP__": "bundle"} and summary["requests"] == 3
     assert tree(out) == source_files(DEMO, {"__APP__"})
     r = fetch_cli(cdn, tmp_path, "--out", str(out), "--package", NORMAL, "--json")
     assert r.returncode == 0, r.stderr
@@ -142,7 +154,8 @@ def test_update_downloads_only_changed_chunks(cdn: Cdn, tmp_path: Path) -> None:
     assert set_channel(cdn.origin.url, "demo", "update", {"version": "1.0.1"}).status == 200
     edge = cdn.edges[0].url
     sent_before = metric(edge, "minicdn_edge_sent_bytes_total")
-    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--channel", "update", "--json")
+    # the chunks plan (a delta would be cheaper once 1.0.1 is enriched: tests/test_delivery.py)
+    r = fetch_cli(cdn, tmp_path, "--out", str(out), "--channel", "update", "--plan", "chunks", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     sent = metric(edge, "minicdn_edge_sent_bytes_total") - sent_before
@@ -164,8 +177,9 @@ async def proxy(cdn: Cdn) -> AsyncIterator[TamperProxy]:
         await p.stop()
 
 
-async def _install(cdn: Cdn, store: Path, out: Path, edges: list[str], channel: str = "release") -> object:
-    async with Client(config(cdn, store, edges)) as c:
+async def _install(cdn: Cdn, store: Path, out: Path, edges: list[str], channel: str = "release",
+                   plan: str = "auto") -> object:
+    async with Client(config(cdn, store, edges, plan=plan)) as c:
         return await c.install("demo", out, channel=channel)
 
 
@@ -205,8 +219,9 @@ async def test_tampering_is_refused_and_the_previous_install_is_intact(
         before = tree(out)
         proxy.mode, proxy.ref_body, expected, channel = "serve-ref", first, RollbackRef, "replay"
         assert old_body is None or old_body != first
+    # flip-chunk tampers with chunks: use the chunks plan (bundles and deltas: tests/test_delivery.py)
     with pytest.raises(expected):
-        await _install(cdn, store, out, [proxy.url], channel=channel)
+        await _install(cdn, store, out, [proxy.url], channel=channel, plan="chunks")
     assert tree(out) == before
     assert not list(tmp_path.glob(".app.*"))  # no staging or old trees left behind
 
@@ -276,7 +291,8 @@ async def test_edge_killed_mid_download_client_finishes_through_another(tmp_path
                 killed = True
 
         cfg = ClientConfig(edges=(edges[0].url, edges[1].url), public_keys=(PublicKey.load(tmp_path / "keys" / "public.key"),),
-                           store_dir=tmp_path / "store", timeout=5.0, batch_size=8, batches_in_flight=2)
+                           store_dir=tmp_path / "store", timeout=5.0, batch_size=8, batches_in_flight=2,
+                           plan="chunks")  # batches are what this test kills an edge under
         async with Client(cfg, progress=on_progress) as c:
             s = await c.install("big", tmp_path / "out")
         assert killed and s.chunks_downloaded == s.chunks

@@ -23,10 +23,24 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def enriched(url: str, app: str, version: str, timeout: float = 60) -> dict[str, object]:
+    """The version's entry in the app listing once the origin has made its bundles and
+    deltas (in the background, after publishing); polled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = http("GET", f"{url}/v1/apps/{app}").json()
+        entry = next(v for v in info["versions"] if v["version"] == version)  # type: ignore[index]
+        if entry["enriched"]:
+            return entry  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def demo(origin: Service) -> Reply:
     r = publish(origin.url, "demo", "1.0.0", tar_gz_of(DEMO))
     assert r.status == 201, r.body
+    enriched(origin.url, "demo", "1.0.0")  # so no ref to it moves under a test
     r2 = set_channel(origin.url, "demo", "release", {"version": "1.0.0"})
     assert r2.status == 200, r2.body
     return r
@@ -114,7 +128,10 @@ def test_manifest_is_served_zstd_when_accepted(origin: Service, demo: Reply) -> 
 def test_same_content_is_200_other_content_is_409(origin: Service, demo: Reply, tmp_path: Path) -> None:
     again = publish(origin.url, "demo", "1.0.0", tar_gz_of(DEMO))
     assert again.status == 200
-    assert again.json()["manifest"] == demo.json()["manifest"]  # type: ignore[index]
+    # the answer names the version's manifest now: the enriched one, after the first publish's
+    entry = enriched(origin.url, "demo", "1.0.0")
+    assert again.json()["manifest"] == entry["manifest"]  # type: ignore[index]
+    assert entry["manifests"] == [demo.json()["manifest"], entry["manifest"]]  # type: ignore[index]
     assert again.json()["new_chunks"] == 0  # type: ignore[index]
     changed = tmp_path / "demo"
     shutil.copytree(DEMO, changed)
@@ -131,6 +148,8 @@ def test_channel_moves_raise_serial_and_rollout_is_signed(origin: Service, origi
     r = publish(origin.url, "demo", "1.1.0", tar_gz_of(changed))
     assert r.status == 201
     assert r.json()["new_chunks"] < r.json()["chunks"]  # type: ignore[index]
+    entry = enriched(origin.url, "demo", "1.1.0")  # channel moves name the enriched manifest
+    assert entry["manifests"][0] == r.json()["manifest"]  # type: ignore[index]
     before = open_ref(http("GET", f"{origin.url}/v1/apps/demo/channels/beta").body, [origin_key]) \
         if http("GET", f"{origin.url}/v1/apps/demo/channels/beta").status == 200 else None
     a = set_channel(origin.url, "demo", "beta", {"version": "1.0.0"})
@@ -138,7 +157,7 @@ def test_channel_moves_raise_serial_and_rollout_is_signed(origin: Service, origi
     ra, rb = open_ref(a.body, [origin_key]), open_ref(b.body, [origin_key])
     assert rb.serial == ra.serial + 1 == (before.serial + 2 if before else 2)
     assert rb.rollout is not None and rb.rollout.version == "1.1.0" and rb.rollout.percent == 25
-    assert rb.rollout.manifest.hex() == r.json()["manifest"]  # type: ignore[index]
+    assert rb.rollout.manifest.hex() == entry["manifest"]
     served = http("GET", f"{origin.url}/v1/apps/demo/channels/beta")
     assert served.body == b.body
     assert http("GET", f"{origin.url}/v1/apps/demo/channels/beta",
