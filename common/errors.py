@@ -18,6 +18,7 @@
     │   ├── ExpiredRef                expired
     │   └── RollbackRef               rollback
     ├── UpstreamError                 upstream        502
+    │   └── LoopDetected              loop_detected   508 (a request came back to an edge)
     └── ConfigError                   config          (names the offending key)
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -34,6 +35,7 @@ __all__ = [
     "IntegrityError",
     "InvalidId",
     "InvalidName",
+    "LoopDetected",
     "MinicdnError",
     "NotFound",
     "RefRejected",
@@ -114,6 +116,12 @@ class RollbackRef(RefRejected):
 
 class UpstreamError(MinicdnError):
     code = "upstream"
+
+
+class LoopDetected(UpstreamError):
+    """Edges forward to each other in a circle (or past the hop limit): refused at once."""
+
+    code = "loop_detected"
 
 
 class ConfigError(MinicdnError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -94,12 +94,14 @@ def atomic_write(
     return f.created
 
 
-def sweep_temp(root: str | os.PathLike[str]) -> int:
-    """Remove temp files left by a crash under ``root``; returns how many were removed."""
+def sweep_temp(root: str | os.PathLike[str], select: Callable[[str], bool] = lambda path: True) -> int:
+    """Remove temp files left by a crash under ``root`` (those ``select`` accepts, given the
+    temp file's path: processes sharing a directory each sweep only their own targets);
+    returns how many were removed."""
     removed = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            if name.startswith(TEMP_PREFIX):
+            if name.startswith(TEMP_PREFIX) and select(os.path.join(dirpath, name)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1

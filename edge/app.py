@@ -1,6 +1,7 @@
 """The edge's aiohttp application: routes (DESIGN.md's table, the rows an edge serves),
 one observing middleware (metrics, timing, access log) around the shared error
-middleware, and the ``Edge``'s lifecycle in ``cleanup_ctx``."""
+middleware, around the hop middleware (loops refused, the peer mark read: edge.hops), and
+the ``Edge``'s lifecycle in ``cleanup_ctx``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from common.http import error_middleware
 from edge import handlers as h
+from edge import hops
 from edge.handlers import EDGE, SENT
 from edge.service import Edge
 
@@ -65,7 +67,9 @@ def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
 
 
 def make_app(edge: Edge) -> web.Application:
-    app = web.Application(middlewares=[observe, error_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[observe, error_middleware, hops.middleware(edge.node)], client_max_size=1 << 20
+    )
     app[EDGE] = edge
     r = app.router
     r.add_get("/v1/chunks/{id}", h.get_chunk, name="chunk")  # GET also answers HEAD

@@ -8,21 +8,22 @@ same bound, and the process exits 0.  A second signal exits at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import signal
+from dataclasses import replace
 from pathlib import Path
 
 import click
-from aiohttp import web
 
 from common.cli import DURATION, LISTEN, SIZE, option
 from common.errors import ConfigError
-from edge.app import make_app
+from edge.cluster import ClusterSettings
+from edge.dataplane import Limits
+from edge.metrics import EdgeMetrics
 from edge.policy import POLICIES
 from edge.refs import RefSettings
+from edge.server import ServeOptions, run
 from edge.service import Edge, EdgeSettings
+from edge.workers import Slot, WorkerRegistry
 
 __all__ = ["edge"]
 
@@ -41,8 +42,12 @@ log = logging.getLogger("minicdn.edge")
 @option("--listen", type=LISTEN, default="127.0.0.1:8081", help="HOST:PORT to serve on.")
 @option("--memory-size", type=SIZE, default="256MiB", help="Memory tier bound (bytes of bodies).")
 @option("--disk-size", type=SIZE, default="10GiB", help="Disk tier bound (bytes of files).")
-@option("--peer", "peers", multiple=True, help="Peer edge URL (cluster mode; not implemented yet).")
-@option("--self", "self_url", help="This edge's own URL among --peer (cluster mode).")
+@option("--peer", "peers", multiple=True, help="A ring member's URL (repeat; may include this edge's).")
+@option("--self", "self_url", help="This edge's URL as its peers name it (default: found by asking them).")
+@option("--peers-dns", type=LISTEN, help="NAME:PORT: the ring is every address of NAME (headless Service).")
+@option("--peer-timeout", type=DURATION, default="10s", help="Bound on one request to an owner peer.")
+@option("--peer-check-interval", type=DURATION, default="2s", help="Active /healthz checks of the peers.")
+@option("--peers-dns-interval", type=DURATION, default="10s", help="How often --peers-dns is resolved again.")
 @option(
     "--policy", type=click.Choice(sorted(POLICIES)), default="s3fifo", help="Eviction policy of both tiers."
 )
@@ -72,6 +77,11 @@ log = logging.getLogger("minicdn.edge")
     "--drain-timeout", type=DURATION, default="10s", help="Bound on finishing in-flight work after SIGTERM."
 )
 @option("--token", help="Bearer token for /v1/admin/* (prefer MINICDN_TOKEN).")
+@option("--workers", type=int, default=1, help="Processes serving --listen (SO_REUSEPORT), one disk tier.")
+@option("--header-timeout", type=DURATION, default="10s", help="Bound on receiving a request head.")
+@option("--keepalive-timeout", type=DURATION, default="75s", help="Close a connection idle this long.")
+@option("--send-timeout", type=DURATION, default="60s", help="Abort a client that reads nothing this long.")
+@option("--fast-path/--no-fast-path", default=True, help="Object GETs by the data plane, not aiohttp.")
 def edge(
     upstreams: tuple[str, ...],
     cache_dir: str,
@@ -80,6 +90,10 @@ def edge(
     disk_size: int,
     peers: tuple[str, ...],
     self_url: str | None,
+    peers_dns: tuple[str, int] | None,
+    peer_timeout: float,
+    peer_check_interval: float,
+    peers_dns_interval: float,
     policy: str,
     upstream_timeout: float,
     coalesce_timeout: float,
@@ -91,6 +105,11 @@ def edge(
     drain_delay: float,
     drain_timeout: float,
     token: str | None,
+    workers: int,
+    header_timeout: float,
+    keepalive_timeout: float,
+    send_timeout: float,
+    fast_path: bool,
 ) -> None:
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -99,8 +118,9 @@ def edge(
             raise ConfigError(f"upstream: {u!r} is not an http(s) URL")
     if upstream_timeout <= 0:
         raise ConfigError("upstream_timeout: must be positive")
-    if peers:
-        log.warning("--peer is accepted but clusters are not implemented yet: filling from upstreams only")
+    cluster = cluster_settings(
+        peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
+    )
     settings = EdgeSettings(
         upstreams=[u.rstrip("/") for u in upstreams],
         cache_dir=Path(cache_dir),
@@ -116,42 +136,59 @@ def edge(
         full_backoff=disk_full_backoff,
         drain_timeout=drain_timeout,
         drain_delay=drain_delay,
+        cluster=cluster,
     )
-    _install_uvloop()
-    asyncio.run(serve(Edge(settings), *listen))
+    if workers < 1:
+        raise ConfigError("workers: must be at least 1")
+    for key, value in (
+        ("header_timeout", header_timeout),
+        ("keepalive_timeout", keepalive_timeout),
+        ("send_timeout", send_timeout),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive")
+    options = ServeOptions(
+        listen[0], listen[1], workers, fast_path, Limits(header_timeout, keepalive_timeout, send_timeout)
+    )
+
+    def make_node(slot: Slot, registry: WorkerRegistry) -> Edge:
+        share = replace(settings, memory_size=slot.share(memory_size), disk_size=slot.share(disk_size))
+        return Edge(share, EdgeMetrics.create(registry))
+
+    raise SystemExit(run(make_node, options))
 
 
-async def serve(node: Edge, host: str, port: int) -> None:
-    s = node.settings
-    runner = web.AppRunner(make_app(node), access_log=None, shutdown_timeout=s.drain_timeout)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("edge listening on http://%s:%d, upstreams %s", host, port, ", ".join(s.upstreams))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            os._exit(1)  # a second signal: the operator wants out now
-        node.draining = True
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await stop.wait()
-        log.info("draining: not ready; closing the listener in %.1fs", s.drain_delay)
-        await asyncio.sleep(s.drain_delay)
-    finally:
-        # Closes the listener, waits up to drain_timeout for requests in flight, then runs
-        # cleanup_ctx (which gives disk writes the same bound).
-        await runner.cleanup()
-        log.info("drained; exiting")
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return
-    uvloop.install()
+def cluster_settings(
+    peers: tuple[str, ...],
+    self_url: str | None,
+    peers_dns: tuple[str, int] | None,
+    listen: tuple[str, int],
+    peer_timeout: float,
+    check_interval: float,
+    dns_interval: float,
+) -> ClusterSettings:
+    if peers and peers_dns:
+        raise ConfigError("peer, peers_dns: give one way to find the ring's members, not both")
+    for url in (*peers, *([self_url] if self_url else [])):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"peer: {url!r} is not an http(s) URL")
+    if self_url and not (peers or peers_dns):
+        raise ConfigError("self: names this edge among --peer or --peers-dns members; give those too")
+    for key, value in (
+        ("peer_timeout", peer_timeout),
+        ("peer_check_interval", check_interval),
+        ("peers_dns_interval", dns_interval),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive")
+    urls = tuple(u.rstrip("/") for u in peers)
+    if self_url is None and f"http://{listen[0]}:{listen[1]}" in urls:
+        self_url = f"http://{listen[0]}:{listen[1]}"
+    return ClusterSettings(
+        urls,
+        self_url.rstrip("/") if self_url else None,
+        peers_dns,
+        peer_timeout,
+        check_interval,
+        dns_interval,
+    )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import IntegrityError
-from common.fsutil import atomic_write, sweep_temp
+from common.fsutil import TEMP_PREFIX, atomic_write, sweep_temp
 from edge import paths
 from edge.policy import Evicted, Policy
 
@@ -87,6 +87,9 @@ class DiskTier:
         self.clock = clock
         self.loaded = False
         self.full_until = 0.0
+        # Keys this process indexes, writes and evicts (all, unless several worker processes
+        # share the directory: then each owns a share, see edge.workers); others are read only.
+        self.owns: Callable[[str], bool] = lambda key: True
         self._writing: set[str] = set()
 
     @property
@@ -109,11 +112,13 @@ class DiskTier:
     async def open(self) -> int:
         """Sweep crash leftovers and rebuild the index; returns the number of entries."""
         self.root.mkdir(parents=True, exist_ok=True)
-        swept = await self._run(sweep_temp, self.root)
+        swept = await self._run(sweep_temp, self.root, self._owned_temp)
         found: list[tuple[str, int, float]] = await self._run(lambda: list(paths.walk(self.root)))  # type: ignore[assignment]
         found.sort(key=lambda t: t[2])
         evicted: Evicted = []
         for key, size, _ in found:
+            if not self.owns(key):
+                continue
             evicted += self.policy.admit(key, size)
             if key not in self.policy:  # larger than the whole tier
                 evicted.append((key, size))
@@ -128,6 +133,13 @@ class DiskTier:
         )
         return len(self.policy)
 
+    def _owned_temp(self, path: str) -> bool:
+        """A temp file is swept by the owner of its target (``.tmp-<name>.<random>``)."""
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        folder, _, name = rel.rpartition("/")
+        key = paths.key_of(f"{folder}/{name[len(TEMP_PREFIX) :].rpartition('.')[0]}")
+        return key is None or self.owns(key)
+
     # -- read ----------------------------------------------------------------------------
 
     def _read(self, key: str, check: Check | None) -> Blob:
@@ -140,7 +152,7 @@ class DiskTier:
 
     async def get(self, key: str, check: Check | None) -> Blob | None:
         """The stored bytes of ``key`` after ``check`` passed on them, else None."""
-        if self.loaded and key not in self.policy:
+        if self.loaded and key not in self.policy and self.owns(key):
             return None
         try:
             blob: Blob = await self._run(self._read, key, check)  # type: ignore[assignment]
@@ -154,7 +166,7 @@ class DiskTier:
             return None
         if key in self.policy:
             self.policy.touch(key)
-        elif key not in self._writing:  # found before the index was rebuilt
+        elif key not in self._writing and self.owns(key):  # found before the index was rebuilt
             await self._drop(self.policy.admit(key, len(blob.body)))
         return blob
 
@@ -163,7 +175,7 @@ class DiskTier:
     async def put(self, key: str, body: bytes, *, replace: bool = False, mtime: float | None = None) -> bool:
         """Store ``body`` under ``key``; False when it was not admitted (full disk, too big,
         an I/O error).  ``replace`` is for refs; content-addressed keys are write-once."""
-        if self.full or key in self._writing:
+        if self.full or key in self._writing or not self.owns(key):
             return False
         if key in self.policy:
             if not replace:

@@ -6,6 +6,10 @@
 A caller that joined a flight and waits past the coalescing bound fetches for itself and
 does not store what it got (the flight will).  Stores to disk run in the background,
 owned by ``writes``; the memory tier has the entry before any caller is answered.
+
+What came from the owner peer is the owner's to keep: this node holds it only in memory,
+and only once it proves hot here (edge.hot); what came from an upstream is stored in both
+tiers (this node owns it, or its owner failed and someone must).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from common import codec
 from common.errors import IntegrityError, NotFound, UpstreamError
 from common.ids import sha256
 from edge.disk import DiskTier
+from edge.hot import HotKeys
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
 from edge.objects import Entry, Obj
@@ -42,6 +47,7 @@ class Filler:
         flights: Flights[Entry],
         writes: TaskOwner,
         metrics: EdgeMetrics,
+        hot: HotKeys | None = None,
     ) -> None:
         self.memory = memory
         self.disk = disk
@@ -50,6 +56,7 @@ class Filler:
         self.flights = flights
         self.writes = writes
         self.metrics = metrics
+        self.hot = hot or HotKeys()
 
     async def load(self, obj: Obj) -> Entry:
         """The verified bytes of ``obj``: NotFound when no upstream has it, UpstreamError
@@ -59,7 +66,7 @@ class Filler:
             return entry
         self.metrics.misses.inc()
         entry, joined = await self.flights.do(
-            obj.key, lambda: self._load(obj), alone=lambda: self._fetch(obj)
+            obj.key, lambda: self._load(obj), alone=lambda: self._alone(obj)
         )
         if joined:
             self.metrics.coalesced.inc()
@@ -90,20 +97,32 @@ class Filler:
         entry = self.memory.get(obj.key)
         if entry is not None:
             return entry
-        entry = await self._fetch(obj)
-        self.memory.put(obj.key, entry)
-        self.writes.spawn(self.disk.put(obj.key, entry.body))
+        entry, from_peer = await self._fetch(obj)
+        self._populate(obj, entry, from_peer)
         return entry
 
-    async def _fetch(self, obj: Obj) -> Entry:
+    async def _alone(self, obj: Obj) -> Entry:
+        entry, _ = await self._fetch(obj)
+        return entry
+
+    async def _fetch(self, obj: Obj) -> tuple[Entry, bool]:
+        """The verified entry, and whether the owner peer gave it."""
         headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
         peer = self.peers.pick(obj.key)
         if peer is not None:
             try:
-                return await Sources([peer], self.metrics).fetch(obj.path, self._verifier(obj), headers)
+                return await Sources([peer], self.metrics).fetch(obj.path, self._verifier(obj), headers), True
             except UpstreamError:
-                pass  # the owner failed: fill from the upstreams ourselves
-        return await self.upstreams.fetch(obj.path, self._verifier(obj), headers)
+                pass  # the owner failed or timed out: fill from the upstreams ourselves
+        return await self.upstreams.fetch(obj.path, self._verifier(obj), headers), False
+
+    def _populate(self, obj: Obj, entry: Entry, from_peer: bool) -> None:
+        if from_peer:
+            if self.hot.admit(obj.key):
+                self.memory.put(obj.key, entry)
+            return
+        self.memory.put(obj.key, entry)
+        self.writes.spawn(self.disk.put(obj.key, entry.body))
 
     def _verifier(self, obj: Obj) -> Callable[[Answer], Any]:
         async def accept(answer: Answer) -> Entry:

@@ -8,20 +8,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgpack
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec
+from common import codec, dcz
 from common.errors import BadRequest, MinicdnError, Unauthorized
 from common.http import MAX_BATCH, accepts_zstd, etag_matches, read_batch_ids, read_limited, serve_immutable
 from common.ids import check_app, check_channel, check_version, parse_hex_id
+from common.manifest import app_of
+from edge.cluster import NODE_HEADER
 from edge.objects import Entry, Obj
 from edge.service import Edge
 from edge.upstream import Answer
 
 __all__ = ["EDGE", "MAX_BATCH", "SENT"]
+
+T = TypeVar("T")
 
 EDGE = web.AppKey("edge", Edge)
 SENT = "minicdn.sent"  # request key: body bytes a streaming handler wrote
@@ -38,7 +44,8 @@ def _not_modified(request: web.Request, obj: Obj) -> web.Response | None:
     wherever it is cached (RFC 9110 §13.1.2), so no lookup is needed."""
     inm = request.headers.get("If-None-Match")
     if inm is not None and etag_matches(inm, obj.etag):
-        return serve_immutable(request, b"", etag=obj.etag, vary="Accept-Encoding")
+        vary = dcz.VARY if obj.kind == "manifest" else "Accept-Encoding"
+        return serve_immutable(request, b"", etag=obj.etag, vary=vary)
     return None
 
 
@@ -62,23 +69,52 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
 
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
+    """zstd when accepted; dcz (RFC 9842) against the earlier manifest of the same app the
+    client names in Available-Dictionary, when that is smaller.  Either way the answer
+    varies on both headers (§6.2)."""
     obj = _obj(request, "manifest")
     if (early := _not_modified(request, obj)) is not None:
         return early
-    entry = await request.app[EDGE].objects.load(obj)
+    edge = request.app[EDGE]
+    entry = await edge.objects.load(obj)
+    body, encoding = entry.body, None
     if accepts_zstd(request):
         if entry.encoded is None:
-            loop = asyncio.get_running_loop()
-            entry.encoded = await loop.run_in_executor(None, codec.compress, entry.body, 19)
-        return serve_immutable(
-            request,
-            entry.encoded,
-            etag=obj.etag,
-            content_type=MSGPACK,
-            content_encoding="zstd",
-            vary="Accept-Encoding",
-        )
-    return serve_immutable(request, entry.body, etag=obj.etag, content_type=MSGPACK, vary="Accept-Encoding")
+            entry.encoded = await _off_loop(codec.compress, entry.body, 19)
+        body, encoding = entry.encoded, "zstd"
+    dictionary = dcz.parse_available_dictionary(request.headers.get(dcz.AVAILABLE_DICTIONARY))
+    if dictionary is not None and dcz.accepts_dcz(request.headers.get("Accept-Encoding")):
+        encoded = await _dcz_of(edge, obj, entry, dictionary)
+        if encoded is not None and len(encoded) < len(body):
+            body, encoding = encoded, dcz.CONTENT_ENCODING
+    return serve_immutable(
+        request, body, etag=obj.etag, content_type=MSGPACK, content_encoding=encoding, vary=dcz.VARY
+    )
+
+
+MAX_DICTIONARIES = 8  # dcz encodings kept per manifest (clients name their installed one)
+
+
+async def _dcz_of(edge: Edge, obj: Obj, entry: Entry, dictionary: bytes) -> bytes | None:
+    """The manifest dcz-encoded against the manifest ``dictionary`` (filled like any
+    manifest, so verified), or None when that is no manifest of the same app."""
+    known = entry.dcz if entry.dcz is not None else {}
+    if dictionary in known:
+        return known[dictionary]
+    encoded = None
+    if dictionary != obj.id:
+        base = await edge.objects.load_or_none(Obj("manifest", dictionary))
+        if base is not None and app_of(base.body) == app_of(entry.body) is not None:
+            encoded = await _off_loop(dcz.encode, entry.body, base.body)
+    if len(known) >= MAX_DICTIONARIES:
+        known.pop(next(iter(known)))
+    known[dictionary] = encoded
+    entry.dcz = known
+    return encoded
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 async def get_ref(request: web.Request) -> web.StreamResponse:
@@ -174,14 +210,19 @@ async def admin_prefetch(request: web.Request) -> web.Response:
         check_channel(channel)
     if isinstance(version, str):
         check_version(version)
-    counts = await request.app[EDGE].prefetch(str(body["app"]), channel, version)  # type: ignore[arg-type]
+    authorization = request.headers.get("Authorization", "")
+    counts = await request.app[EDGE].prefetch(str(body["app"]), channel, version, authorization)  # type: ignore[arg-type]
     return web.json_response(counts)
 
 
 async def admin_purge(request: web.Request) -> web.Response:
     require_token(request)
     body = await _json_body(request)
-    return web.json_response({"purged": await request.app[EDGE].purge(str(body["app"]))})
+    cluster = body.get("cluster", False)
+    if not isinstance(cluster, bool):
+        raise BadRequest('"cluster" must be true or false')
+    authorization = request.headers.get("Authorization", "")
+    return web.json_response(await request.app[EDGE].purge(str(body["app"]), cluster, authorization))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -189,8 +230,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+async def healthz(request: web.Request) -> web.Response:
+    # The node name lets a cluster member recognise its own address among its peers'.
+    return web.json_response({"ok": True}, headers={NODE_HEADER: request.app[EDGE].node})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -33,6 +33,10 @@ class MemoryTier:
             self.policy.touch(key)
         return entry
 
+    def peek(self, key: str) -> Entry | None:
+        """The entry without recording a hit (the caller touches the policy if it uses it)."""
+        return self._items.get(key)
+
     def put(self, key: str, entry: Entry) -> bool:
         """Hold ``entry`` under ``key`` (replacing a previous one); False when it does not fit."""
         if key in self._items:

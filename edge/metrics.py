@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
+__all__ = ["PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
 TIERS = ("memory", "disk")
-UPSTREAM_ERRORS = ("connect", "timeout", "status", "integrity")
+UPSTREAM_ERRORS = ("connect", "timeout", "status", "integrity", "loop")
+PEER_STATES = ("up", "down")
 
 
 @dataclass
@@ -29,7 +30,10 @@ class EdgeMetrics:
     cache_limit: Gauge  # the configured limit, by tier
     evicted_bytes: Counter  # bytes evicted, by tier
     request_seconds: Histogram  # wall time of one request, from routing to the last byte
-    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, integrity
+    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, integrity, loop
+    peer_errors: Counter  # failed requests to owner peers, by the same reasons
+    ring_size: Gauge  # members of this node's ring now, itself included (1 alone)
+    peers: Gauge  # known peers (itself excluded) by health: up (in the ring) or down
     disk_full: Counter  # disk admissions refused because the disk was full (ENOSPC)
     corrupt: Counter  # cache files that failed verification and were dropped
     stale: Counter  # refs served stale because every upstream failed
@@ -59,6 +63,13 @@ class EdgeMetrics:
             upstream_errors=Counter(
                 "minicdn_edge_upstream_errors", "Failed upstream attempts", ["reason"], registry=r
             ),
+            peer_errors=Counter(
+                "minicdn_edge_peer_errors", "Failed requests to peers", ["reason"], registry=r
+            ),
+            ring_size=Gauge(
+                "minicdn_edge_ring_size", "Members of this node's ring, itself included", registry=r
+            ),
+            peers=Gauge("minicdn_edge_peers", "Known peers by health", ["state"], registry=r),
             disk_full=Counter("minicdn_edge_disk_full", "Disk admissions refused: disk full", registry=r),
             corrupt=Counter(
                 "minicdn_edge_corrupt", "Cache files dropped for failing verification", registry=r
@@ -74,4 +85,8 @@ class EdgeMetrics:
             m.upstream_requests.labels(kind)
         for reason in UPSTREAM_ERRORS:
             m.upstream_errors.labels(reason)
+            m.peer_errors.labels(reason)
+        for state in PEER_STATES:
+            m.peers.labels(state)
+        m.ring_size.set(1)
         return m

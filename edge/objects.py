@@ -30,6 +30,10 @@ class Entry:
     validated: float = 0.0  # refs: wall-clock time of the last upstream 200 or 304
     max_age: float = 0.0  # refs: seconds the ref stays fresh after ``validated``
     encoded: bytes | None = None  # manifests: the zstd encoding, made on first demand
+    # manifests: dcz encodings (RFC 9842) by dictionary id, None where dcz does not help
+    dcz: dict[bytes, bytes | None] | None = None
+    # response heads prebuilt by the data plane (edge.dataplane), one per variant
+    heads: dict[object, bytes] | None = None
 
     @property
     def size(self) -> int:

@@ -1,8 +1,10 @@
-"""The edge node assembled: tiers, sources, single-flights and the two caches (immutable
-objects through ``Filler``, refs through ``RefCache``), with their lifecycle.
+"""The edge node assembled: tiers, sources, single-flights, the ring of peers (when in a
+cluster) and the two caches (immutable objects through ``Filler``, refs through
+``RefCache``), with their lifecycle and the admin calls.
 
 ``start`` and ``close`` are the only places that create or end anything long-lived: the
-HTTP client session, the disk index rebuild, the background disk writes, the flights.
+HTTP client session, the disk index rebuild, the cluster's health checks, the background
+disk writes, the flights.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import aiohttp
 
 from common import wire
-from common.errors import BadRequest, IntegrityError, NotFound
+from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound
 from common.manifest import decode_manifest
+from edge import hops
 from edge.accesslog import AccessLog
+from edge.cluster import Cluster, ClusterSettings
 from edge.disk import DiskTier
 from edge.fill import Filler
 from edge.memory import MemoryTier
@@ -37,6 +41,7 @@ __all__ = ["Edge", "EdgeSettings"]
 log = logging.getLogger("minicdn.edge")
 
 PREFETCH_WINDOW = 32
+ADMIN_PEER_TIMEOUT = 600.0  # bound on a peer's share of a cluster-wide admin call
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,10 @@ class EdgeSettings:
     full_backoff: float = 5.0
     drain_timeout: float = 10.0
     drain_delay: float = 0.0
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    # This edge's name in Via headers and health answers; made once per command, so that
+    # every worker process of one edge shares it (edge.hops).
+    node: str = field(default_factory=hops.new_node_name)
 
 
 class Edge:
@@ -63,7 +72,9 @@ class Edge:
     ) -> None:
         self.settings = settings
         self.metrics = m = metrics or EdgeMetrics.create()
-        self.peers = peers or NoPeers()
+        self.node = settings.node
+        self.cluster = Cluster(settings.cluster, self.node, m) if settings.cluster.enabled else None
+        self.peers: PeerPicker = peers or self.cluster or NoPeers()
         self.memory = MemoryTier(
             make_policy(settings.policy, settings.memory_size), m.evicted_bytes.labels("memory").inc
         )
@@ -105,13 +116,17 @@ class Edge:
             headers={"User-Agent": "minicdn-edge"},
         )
         self.upstreams.sources[:] = [
-            HttpSource(u, self.session, s.upstream_timeout, s.max_object) for u in s.upstreams
+            HttpSource(u, self.session, s.upstream_timeout, s.max_object, node=self.node) for u in s.upstreams
         ]
         if s.access_log:
             self.access_log = AccessLog(s.access_log)
         self.background.spawn(self.disk.open())
+        if self.cluster is not None:
+            await self.cluster.start(self.session, s.max_object)
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.background.close()
         await self.object_flights.close()
         await self.ref_flights.close()
@@ -129,11 +144,51 @@ class Edge:
 
         return await self.upstreams.fetch(path, accept, {"Accept": "application/json"})
 
-    async def purge(self, app: str) -> int:
-        return await self.refs.purge(app)
+    async def purge(self, app: str, cluster: bool = False, authorization: str = "") -> dict[str, Any]:
+        """Drop the app's cached refs here, and with ``cluster`` on every known peer too."""
+        purged = await self.refs.purge(app)
+        if not cluster or self.cluster is None or hops.current().peer:
+            return {"purged": purged}
+        answers, failed = await self._each_peer("/v1/admin/purge", {"app": app}, authorization)
+        return {
+            "purged": purged + sum(int(a.get("purged", 0)) for a in answers),
+            "nodes": 1 + len(answers),
+            "failed": failed,
+        }
 
-    async def prefetch(self, app: str, channel: str | None, version: str | None) -> dict[str, int]:
-        """Warm every manifest and chunk of a channel's versions (or of one version)."""
+    async def prefetch(
+        self, app: str, channel: str | None, version: str | None, authorization: str = ""
+    ) -> dict[str, Any]:
+        """Warm the ref, every manifest and every chunk of a channel's versions (or of one
+        version).  In a cluster each node warms the ref and the chunks it owns, in parallel;
+        the answer adds their counts up.  A peer that fails has its share warmed from here,
+        through the ring."""
+        if self.cluster is None:
+            return await self._warm(app, channel, version, everything=True)
+        if hops.current().peer:  # our share of another node's prefetch
+            with hops.own_request():
+                return await self._warm(app, channel, version, everything=False)
+        body = {"app": app, **({"channel": channel} if channel else {"version": version})}
+        mine, (answers, failed) = await asyncio.gather(
+            self._warm(app, channel, version, everything=False),
+            self._each_peer("/v1/admin/prefetch", body, authorization),
+        )
+        if failed:
+            await self._warm(app, channel, version, everything=True)
+        shares = [mine, *answers]
+        return {
+            "manifests": mine["manifests"],
+            "chunks": sum(int(a.get("chunks", 0)) for a in shares),
+            "cached": sum(int(a.get("cached", 0)) for a in shares),
+            "nodes": len(shares),
+            "failed": failed,
+        }
+
+    async def _warm(
+        self, app: str, channel: str | None, version: str | None, everything: bool
+    ) -> dict[str, int]:
+        """Load the manifests (through the ring) and every chunk this node owns, or every
+        chunk when ``everything`` (each through its owner)."""
         manifests = await self._manifest_ids(app, channel, version)
         chunk_ids: list[bytes] = []
         for mid in manifests:
@@ -145,6 +200,8 @@ class Edge:
                 raise IntegrityError(f"manifest {mid.hex()}: {exc.message}") from exc
             chunk_ids += [c.id for p in manifest.packages for c in p.chunks]
         unique = list(dict.fromkeys(chunk_ids))
+        if not everything and self.cluster is not None:
+            unique = [c for c in unique if self.cluster.owns(Obj("chunk", c).key)]
         cached = sum(1 for c in unique if self._holds(Obj("chunk", c).key))
         sem = asyncio.Semaphore(PREFETCH_WINDOW)
 
@@ -154,6 +211,42 @@ class Edge:
 
         await asyncio.gather(*(one(c) for c in unique))
         return {"manifests": len(manifests), "chunks": len(unique), "cached": cached}
+
+    async def _each_peer(
+        self, path: str, body: dict[str, Any], authorization: str
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """POST ``body`` to ``path`` on every known peer, marked as from a peer (so it goes
+        no further): the JSON answers of those that gave one, and the URLs of the others.
+        No Via: the call is this edge's own, not a request passed on (the peer's share may
+        well need objects this edge owns)."""
+        assert self.cluster is not None and self.session is not None
+        session = self.session
+        headers = {"Authorization": authorization, hops.PEER: self.node}
+        timeout = aiohttp.ClientTimeout(
+            total=ADMIN_PEER_TIMEOUT, sock_connect=self.settings.cluster.peer_timeout
+        )
+
+        async def one(url: str) -> dict[str, Any]:
+            async with session.post(url + path, json=body, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise MinicdnError(f"{url}{path} answered {resp.status}: {(await resp.text())[:200]}")
+                answer = await resp.json()
+                if not isinstance(answer, dict):
+                    raise MinicdnError(f"{url}{path} answered {answer!r}")
+                return answer
+
+        urls = self.cluster.peer_urls()
+        results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
+        answers, failed = [], []
+        for url, result in zip(urls, results, strict=True):
+            if isinstance(result, dict):
+                answers.append(result)
+            elif isinstance(result, MinicdnError | aiohttp.ClientError | OSError | TimeoutError | ValueError):
+                log.warning("admin %s on peer %s failed: %s", path, url, result)
+                failed.append(url)
+            else:
+                raise result
+        return answers, failed
 
     def _holds(self, key: str) -> bool:
         return key in self.memory.policy or key in self.disk.policy

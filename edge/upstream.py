@@ -1,11 +1,14 @@
 """Where misses are filled from: sources (an upstream edge or origin, or a peer), tried in
-order with failover, and the ``PeerPicker`` seam for the cluster (issue 5).
+order with failover, and the ``PeerPicker`` seam for the cluster (edge.cluster).
 
 A source answers ``get(path, headers) -> Answer`` and raises UpstreamError for anything
 that is not an answer (refused connection, timeout, reset, an oversize body).  ``Sources``
 tries each in turn: a 404 is final (content ids and channels are the same everywhere);
 a connection error, a timeout, a 5xx or bytes that ``accept`` rejects (IntegrityError)
-are counted and the next source is asked.  When all have failed: UpstreamError (502).
+are counted and the next source is asked.  When all have failed: UpstreamError (502), or
+LoopDetected (508) when one of them answered 508 (edges configured in a circle).
+
+Every request an ``HttpSource`` sends carries this edge's ``Via`` entry (edge.hops).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Protocol, TypeVar
 
 import aiohttp
 
-from common.errors import IntegrityError, NotFound, TooLarge, UpstreamError
+from common.errors import IntegrityError, LoopDetected, NotFound, TooLarge, UpstreamError
 from common.http import read_limited
+from edge import hops
 from edge.metrics import EdgeMetrics
 
 __all__ = ["Answer", "HttpSource", "NoPeers", "PeerPicker", "Source", "Sources"]
@@ -61,19 +65,30 @@ class NoPeers:
 
 
 class HttpSource:
+    """An upstream or a peer over HTTP; ``node`` is this edge's name in the ``Via`` it
+    adds, and a source of kind "peer" also marks its requests as coming from a peer."""
+
     def __init__(
-        self, base: str, session: aiohttp.ClientSession, timeout: float, max_body: int, kind: str = "upstream"
+        self,
+        base: str,
+        session: aiohttp.ClientSession,
+        timeout: float,
+        max_body: int,
+        kind: str = "upstream",
+        node: str = "edge",
     ) -> None:
         self.name = base.rstrip("/")
         self.kind = kind
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.max_body = max_body
+        self.node = node
 
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
         url = self.name + path
+        sent = {**headers, **hops.outgoing(self.node, peer=self.kind == "peer")}
         try:
-            async with self.session.get(url, headers=dict(headers), timeout=self.timeout) as resp:
+            async with self.session.get(url, headers=sent, timeout=self.timeout) as resp:
                 body = await read_limited(resp.content, self.max_body, url)
                 return Answer(resp.status, body, resp.headers)
         except TimeoutError as exc:
@@ -100,19 +115,25 @@ class Sources:
         ok: tuple[int, ...] = (200,),
     ) -> T:
         failures: list[str] = []
+        loop = False
         for src in self.sources:
             self.metrics.upstream_requests.labels(src.kind).inc()
+            errors = self.metrics.peer_errors if src.kind == "peer" else self.metrics.upstream_errors
             try:
                 answer = await src.get(path, headers or {})
                 if answer.status == 404:
                     raise NotFound(f"{path}: not found upstream")
+                if answer.status == 508:
+                    loop = True
+                    raise SourceError(f"{src.name}{path} answered 508: a loop of edges", "loop")
                 if answer.status not in ok:
                     raise SourceError(f"{src.name}{path} answered {answer.status}", "status")
                 return await accept(answer)
             except SourceError as exc:
-                self.metrics.upstream_errors.labels(exc.reason).inc()
+                errors.labels(exc.reason).inc()
                 failures.append(exc.message)
             except IntegrityError as exc:
-                self.metrics.upstream_errors.labels("integrity").inc()
+                errors.labels("integrity").inc()
                 failures.append(f"{src.name}{path}: {exc.message}")
-        raise UpstreamError(f"{path}: every upstream failed ({'; '.join(failures) or 'none configured'})")
+        error = LoopDetected if loop else UpstreamError
+        raise error(f"{path}: every upstream failed ({'; '.join(failures) or 'none configured'})")

@@ -1,20 +1,25 @@
 """``make bench`` (edge part): cache-hit throughput of one edge process against one nginx
-worker serving the same chunk files.
+worker (and Varnish) serving the same chunk files.
 
 - Bodies: the chunks of the real packages of ``make data`` (each package version's
   stream cut by FastCDC and compressed to one zstd-19 frame per chunk, as the origin
   does), and a second set of 64 KiB incompressible chunks.
 - The files are written once, in the edge's cache layout; the edge starts on that
   directory (its index rebuilt from the files) and a warm-up pass lifts every chunk into
-  its memory tier; nginx (Debian's, one worker, sendfile) serves the very same files.
-- Both servers are pinned to CPU 0, wrk (Debian's, one thread) to CPU 1; the same wrk
+  its memory tier; nginx (Debian's, one worker, sendfile) serves the very same files;
+  Varnish (malloc storage, one thread pool) fronts that nginx and is warmed the same way.
+  ``--with-aiohttp`` adds the edge with ``--no-fast-path`` (every request through aiohttp).
+- Every server is pinned to CPU 0, wrk (Debian's, one thread) to CPU 1; the same wrk
   load (``-c`` connections, a Lua script picking chunk URLs at random, ``Accept-Encoding:
-  zstd``) runs against each, alternating, for ``--rounds`` rounds.  The table shows
-  medians and the ratio.
+  zstd``) runs against each, in a rotating order, for ``--rounds`` rounds.  The tables
+  show medians of requests per second and the ratios, and of each server's CPU time (user
+  + system of its whole process tree, from /proc) per request, which a busy machine
+  disturbs much less; then the edge's peak RSS against what its memory tier held.
 
-nginx and wrk are installed with apt-get when missing (root needed)::
+nginx, wrk and Varnish are installed with apt-get when missing (root needed)::
 
     python -m loadtests.bench_edge [--rounds 3] [--duration 10] [--connections 32]
+                                   [--no-varnish] [--with-aiohttp]
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import codec
@@ -46,8 +54,11 @@ CLI = [sys.executable, "-m", "common"]
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
-def ensure_tools() -> None:
-    missing = [pkg for tool, pkg in (("nginx", "nginx-light"), ("wrk", "wrk")) if not shutil.which(tool)]
+def ensure_tools(args: argparse.Namespace) -> None:
+    wanted = [("nginx", "nginx-light"), ("wrk", "wrk")]
+    if args.varnish:
+        wanted.append(("varnishd", "varnish"))
+    missing = [pkg for tool, pkg in wanted if not shutil.which(tool)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -96,13 +107,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait(url: str, timeout: float = 30) -> None:
+def wait(url: str, timeout: float = 30, ok: tuple[int, ...] = (200,)) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
+                if r.status in ok:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -125,8 +139,18 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+@dataclass
+class Running:
+    """A server under test: where it answers, and the process whose tree's CPU time and
+    memory are its cost."""
+
+    name: str
+    url: str
+    pid: int
+
+
 @contextmanager
-def edge(cache: Path, work: Path) -> Iterator[str]:
+def edge(cache: Path, work: Path, fast_path: bool = True) -> Iterator[Running]:
     port = free_port()
     args = [
         *CLI,
@@ -139,11 +163,12 @@ def edge(cache: Path, work: Path) -> Iterator[str]:
         "http://127.0.0.1:9",
         "--memory-size",
         "2GiB",
+        *([] if fast_path else ["--no-fast-path"]),
     ]
-    with process(args, work / "edge.log"):
+    with process(args, work / "edge.log") as proc:
         url = f"http://127.0.0.1:{port}"
         wait(url + "/readyz")
-        yield url
+        yield Running("edge" if fast_path else "edge-aiohttp", url, proc.pid)
 
 
 NGINX_CONF = """
@@ -178,12 +203,12 @@ http {{
 
 
 @contextmanager
-def nginx(cache: Path, work: Path) -> Iterator[str]:
+def nginx(cache: Path, work: Path) -> Iterator[Running]:
     port = free_port()
     (work / "nginx-tmp").mkdir(exist_ok=True)
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(work=work, port=port, cache=cache))
-    with process(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.log"):
+    with process(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.log") as proc:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
         while True:
@@ -195,7 +220,24 @@ def nginx(cache: Path, work: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit("nginx did not start; see " + str(work / "nginx-error.log")) from None
                 time.sleep(0.1)
-        yield url
+        yield Running("nginx", url, proc.pid)
+
+
+@contextmanager
+def varnish(backend: str, work: Path) -> Iterator[Running]:
+    """Varnish (malloc storage) in front of ``backend``; warmed by the caller, so every
+    measured request is a hit from Varnish's memory."""
+    port = free_port()
+    host, _, backend_port = backend.removeprefix("http://").partition(":")
+    name = work / f"varnish-{port}"
+    args = [
+        "varnishd", "-F", "-n", str(name), "-a", f"127.0.0.1:{port}", "-b", f"{host}:{backend_port}",
+        "-s", "malloc,1g", "-p", "http_gzip_support=off", "-p", "thread_pools=1",
+    ]  # fmt: skip
+    with process(args, work / "varnish.log") as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait(url + "/v1/chunks/" + "0" * 64, ok=(200, 404))
+        yield Running("varnish", url, proc.pid)
 
 
 def lua_script(ids: list[str], path: Path) -> Path:
@@ -220,7 +262,68 @@ def warm(url: str, ids: list[str]) -> int:
     return total
 
 
-def run_wrk(url: str, script: Path, duration: int, connections: int) -> float:
+# -- what a server costs: CPU time and resident memory of its process tree, from /proc --------
+
+
+def tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        p = pids[i]
+        with suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        i += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    ticks = 0
+    for p in tree(pid):
+        with suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        with suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class PeakRss:
+    """Samples a process tree's RSS in a thread while a load runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Run:
+    rps: float
+    cpu_us: float  # the server's CPU time (user + system, whole process tree) per request
+
+
+def run_wrk(server: Running, script: Path, duration: int, connections: int) -> Run:
+    cpu0 = cpu_seconds(server.pid)
     out = subprocess.run(
         [
             "taskset",
@@ -232,35 +335,110 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> float:
             f"-d{duration}s",
             "-s",
             str(script),
-            url,
+            server.url,
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(server.pid) - cpu0
     if "Non-2xx" in out:
-        raise SystemExit(f"wrk saw errors against {url}:\n{out}")
+        raise SystemExit(f"wrk saw errors against {server.url}:\n{out}")
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
+    n = re.search(r"(\d+) requests in", out)
+    if not m or not n:
         raise SystemExit(f"cannot read wrk's output:\n{out}")
-    return float(m.group(1))
+    return Run(float(m.group(1)), cpu * 1e6 / max(1, int(n.group(1))))
 
 
-def bench(
-    label: str, cache: Path, ids: list[str], work: Path, args: argparse.Namespace
-) -> tuple[str, float, float]:
-    script = lua_script(ids, work / f"{label}.lua")
-    results: dict[str, list[float]] = {"edge": [], "nginx": []}
-    with edge(cache, work) as e, nginx(cache, work) as n:
-        body_bytes = warm(e, ids)
-        warm(n, ids[:10])
+@dataclass
+class Row:
+    label: str
+    mean_body: int
+    runs: dict[str, list[Run]]
+    edge_rss: int
+    edge_held: int
+
+    def rps(self, name: str) -> float:
+        return statistics.median(r.rps for r in self.runs[name])
+
+    def cpu(self, name: str) -> float:
+        return statistics.median(r.cpu_us for r in self.runs[name])
+
+
+def memory_held(url: str) -> int:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        m = re.search(rb'minicdn_edge_cache_bytes\{tier="memory"\} ([0-9.e+]+)', r.read())
+    return int(float(m.group(1))) if m else 0
+
+
+def bench(label: str, cache: Path, ids: list[str], work: Path, args: argparse.Namespace) -> Row:
+    script = lua_script(ids, work / f"{label.replace(' ', '-')}.lua")
+    with ExitStack() as stack:
+        servers = [stack.enter_context(edge(cache, work))]
+        ngx = stack.enter_context(nginx(cache, work))
+        servers.append(ngx)
+        if args.varnish:
+            servers.append(stack.enter_context(varnish(ngx.url, work)))
+        if args.with_aiohttp:
+            servers.append(stack.enter_context(edge(cache, work, fast_path=False)))
+        body_bytes = warm(servers[0].url, ids)
+        for s in servers[1:]:
+            warm(s.url, ids)
+        held = memory_held(servers[0].url)
         print(f"{label}: {len(ids)} chunks, mean body {body_bytes // len(ids)} B", flush=True)
-        for r in range(args.rounds):
-            for name, url in (("edge", e), ("nginx", n)) if r % 2 == 0 else (("nginx", n), ("edge", e)):
-                rps = run_wrk(url, script, args.duration, args.connections)
-                results[name].append(rps)
-                print(f"  round {r + 1} {name:5}: {rps:,.0f} req/s", flush=True)
-    return label, statistics.median(results["edge"]), statistics.median(results["nginx"])
+        runs: dict[str, list[Run]] = {s.name: [] for s in servers}
+        with PeakRss(servers[0].pid) as rss:
+            for r in range(args.rounds):
+                for s in servers[r % len(servers) :] + servers[: r % len(servers)]:  # alternate the order
+                    run = run_wrk(s, script, args.duration, args.connections)
+                    runs[s.name].append(run)
+                    print(
+                        f"  round {r + 1} {s.name:12}: {run.rps:9,.0f} req/s  {run.cpu_us:5.1f} CPU-us/req",
+                        flush=True,
+                    )
+        return Row(label, body_bytes // len(ids), runs, rss.peak, held)
+
+
+def table(rows: list[Row], args: argparse.Namespace) -> str:
+    names = list(rows[0].runs)
+    others = [n for n in names if n != "edge"]
+    lines = [
+        f"medians of {args.rounds} alternating runs, {args.duration}s each, wrk -t1 -c{args.connections}, "
+        f"servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",
+        "",
+        "| bodies | "
+        + " | ".join(f"{n} req/s" for n in names)
+        + " | "
+        + " | ".join(f"edge / {n}" for n in others)
+        + " |",
+        "|---" * (1 + len(names) + len(others)) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.label} (mean {row.mean_body:,} B) | "
+            + " | ".join(f"{row.rps(n):,.0f}" for n in names)
+            + " | "
+            + " | ".join(f"{row.rps('edge') / row.rps(n):.2f}x" for n in others)
+            + " |"
+        )
+    lines += [
+        "",
+        "CPU time of each server's processes (user + system) per request, microseconds:",
+        "",
+        "| bodies | " + " | ".join(names) + " |",
+        "|---" * (1 + len(names)) + "|",
+    ]
+    for row in rows:
+        lines.append(f"| {row.label} | " + " | ".join(f"{row.cpu(n):.1f}" for n in names) + " |")
+    lines.append("")
+    for row in rows:
+        verdict = "within" if row.edge_rss <= row.edge_held + (150 << 20) else "OVER"
+        lines.append(
+            f"{row.label}: edge peak RSS {row.edge_rss / 2**20:.0f} MiB while its memory tier held "
+            f"{row.edge_held / 2**20:.1f} MiB ({verdict} memory tier + 150 MiB)"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -268,25 +446,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--no-varnish", dest="varnish", action="store_false", help="leave Varnish out")
+    ap.add_argument("--with-aiohttp", action="store_true", help="also the edge with --no-fast-path")
     args = ap.parse_args()
-    ensure_tools()
+    ensure_tools(args)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_edge pins servers and load to different CPUs: it needs at least 2")
     rows = []
     with tempfile.TemporaryDirectory(prefix="minicdn-bench-edge-") as tmp:
         work = Path(tmp)
+        os.chmod(work, 0o755)  # Varnish's child runs as its own user
         for label, make in (("real chunk mix", real_chunks), ("64 KiB chunks", big_chunks)):
             cache = work / label.replace(" ", "-")
             ids = make(cache)
             rows.append(bench(label, cache, ids, work, args))
-    print(
-        f"\nmedians of {args.rounds} alternating runs, {args.duration}s each, wrk -t1 -c{args.connections}, "
-        f"servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}\n"
-    )
-    print("| bodies | edge req/s | nginx req/s | edge / nginx |")
-    print("|---|---|---|---|")
-    for label, e, n in rows:
-        print(f"| {label} | {e:,.0f} | {n:,.0f} | {e / n:.2f}x |")
+    print()
+    print(table(rows, args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from common import codec
 from tests.conftest import DEMO, Reply, http, publish, set_channel, tar_gz_of
-from tests.procs import Service, edge_service, free_port
+from tests.procs import Service, edge_service, free_port, metric, start_all
 
 __all__ = [
     "App",
@@ -29,8 +29,11 @@ __all__ = [
     "chunk_files",
     "edge",
     "eventually",
+    "owner_of",
     "publish_app",
     "random_app",
+    "ring",
+    "ring_size",
 ]
 
 
@@ -72,8 +75,43 @@ def random_app(dest: Path, mib: float, seed: int = 7) -> Path:
     return dest
 
 
-def edge(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge") -> Service:
-    return edge_service(tmp, *upstreams, extra=extra, name=name)
+def edge(
+    tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge", port: int | None = None
+) -> Service:
+    return edge_service(tmp, *upstreams, extra=extra, name=name, port=port)
+
+
+def ring(tmp: Path, *upstreams: str, n: int = 3, extra: tuple[str, ...] = (), name: str = "ring") -> list[Service]:
+    """``n`` edges in one ring (each lists all, itself included, and names itself with
+    --self), health-checked every 200 ms, started together; returns once every member
+    sees all ``n`` in its ring.  The caller stops them."""
+    ports = [free_port() for _ in range(n)]
+    peers = [a for p in ports for a in ("--peer", f"http://127.0.0.1:{p}")]
+    nodes = [
+        edge_service(tmp, *upstreams, name=f"{name}{i}", port=p,
+                     extra=(*peers, "--self", f"http://127.0.0.1:{p}", "--peer-check-interval", "200ms", *extra))
+        for i, p in enumerate(ports)
+    ]
+    start_all(*nodes)
+    try:
+        eventually(lambda: all(ring_size(s) == n for s in nodes), what=f"a ring of {n}")
+    except BaseException:
+        for s in nodes:
+            s.kill()
+        raise
+    return nodes
+
+
+def ring_size(svc: Service) -> float:
+    return metric(svc.url, "minicdn_edge_ring_size")
+
+
+def owner_of(nodes: list[Service], hexid: str, kind: str = "chunks") -> Service:
+    """The member that owns an object, computed as the edges do (edge.ring)."""
+    from edge.ring import Ring
+
+    owner = Ring([s.url for s in nodes]).owner(f"{kind}/{hexid}")
+    return next(s for s in nodes if s.url == owner)
 
 
 def cache_dir(svc: Service) -> Path:

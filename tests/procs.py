@@ -53,9 +53,16 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Service:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Service:
+        """Start the process without waiting for it (see ``start_all``)."""
         env = {**os.environ, **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*MINICDN, *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> Service:
         try:
             wait_http(self.url + "/healthz", timeout, self.proc)
         except BaseException:
@@ -96,6 +103,21 @@ def running(service: Service) -> Iterator[Service]:
         service.stop()
 
 
+def start_all(*services: Service, timeout: float = 20.0) -> list[Service]:
+    """Start several services at once (their start-ups overlap); on any failure every one
+    of them is stopped by PID."""
+    try:
+        for svc in services:
+            svc.launch()
+        for svc in services:
+            svc.wait_ready(timeout)
+    except BaseException:
+        for svc in services:
+            svc.kill()
+        raise
+    return list(services)
+
+
 def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service:
     """An origin on a free port with a fresh key under tmp/keys (public key: tmp/keys/public.key)."""
     keys = tmp / "keys"
@@ -111,9 +133,11 @@ def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service
     )
 
 
-def edge_service(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge") -> Service:
-    """An edge on a free port in front of ``upstreams``, caching under tmp/<name>-<port>."""
-    port = free_port()
+def edge_service(
+    tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), name: str = "edge", port: int | None = None
+) -> Service:
+    """An edge on a free port (or ``port``) in front of ``upstreams``, caching under tmp/<name>-<port>."""
+    port = port or free_port()
     args = ["edge", "--cache-dir", str(tmp / f"{name}-{port}"), "--listen", f"127.0.0.1:{port}", *extra]
     for u in upstreams:
         args += ["--upstream", u]

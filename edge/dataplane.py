@@ -1,0 +1,1064 @@
+"""The data plane: a lean HTTP/1.1 protocol for the hot path, with aiohttp behind it.
+
+One ``Connection`` (an ``asyncio.Protocol``) per accepted socket.  It answers, itself,
+GET and HEAD of ``/v1/chunks/{id}``, ``/v1/bundles/{id}`` and ``/v1/manifests/{id}``:
+
+- a memory hit is answered synchronously, inside ``data_received``, with the response
+  head prebuilt once per cached object and variant (kept on ``Entry.heads``) and the body
+  the memory tier holds, in one ``writelines`` (one ``writev``);
+- anything else those routes need (a disk hit, a miss, a chunk decoded for a client that
+  does not accept zstd, a manifest's first zstd encoding) runs in a task; responses of
+  pipelined requests leave strictly in request order, at most ``DEPTH`` outstanding.
+
+Every other request — other routes, methods, a body, ``Expect``, an upgrade, an id that
+is not 64 lowercase hex digits, a miss carrying ``Via``/``X-Minicdn-Peer`` (edge-to-edge
+hops keep aiohttp's loop checks), a manifest asked with ``Available-Dictionary`` — is
+handed, with the connection, to an aiohttp ``RequestHandler`` made by the application's
+``web.Server``: once every response before it has left, the transport is switched to the
+handler (``set_protocol``, ``connection_made``) and the buffered bytes, from that
+request's first byte on, are fed to it.  The connection then stays with aiohttp.
+
+Request heads are delimited here (CRLF CRLF) and validated by llhttp (``httptools``),
+which is fed exactly the bytes of each head, as they arrive; once a head has passed it,
+the few fields the fast path reads are found in it by a plain search (a validated head
+has one field per CRLF-started line, no obs-fold, no whitespace before the colon).
+
+Limits (RFC 9112 §3, RFC 6585 §5): a request line over ``MAX_LINE`` bytes → 414, a head
+over ``MAX_HEAD`` bytes or ``MAX_FIELDS`` fields → 431, a malformed head → 400; each
+closes the connection.  Timeouts, checked by one sweeper per process on a coarse clock
+(no timer per request): a head not complete ``header_timeout`` after its first byte
+(slowloris) → 408 and close; a connection idle ``keepalive_timeout`` → closed; a client
+that reads nothing for ``send_timeout`` while responses wait → aborted.
+
+Metrics and the access log are recorded when a response is written: plain integers in
+``Stats`` (no lock, no prometheus_client call per request), added into the Prometheus
+metrics when they are collected (``Stats.flush``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import formatdate
+from functools import lru_cache
+from http import HTTPStatus
+from typing import Any, cast
+
+import httptools
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from common import codec, dcz
+from common.errors import MinicdnError
+from common.http import IMMUTABLE, Unsatisfiable, etag_matches, parse_range, status_of
+from common.negotiate import accepts_coding
+from edge.metrics import EdgeMetrics
+from edge.objects import Entry, Obj
+from edge.service import Edge
+
+__all__ = [
+    "DEPTH",
+    "MAX_FIELDS",
+    "MAX_HEAD",
+    "MAX_LINE",
+    "Connection",
+    "Limits",
+    "Plane",
+    "Returned",
+    "Stats",
+]
+
+log = logging.getLogger("minicdn.edge.dataplane")
+
+MAX_LINE = 8190  # request line, as aiohttp's default
+MAX_HEAD = 16384  # request line and every field
+MAX_FIELDS = 100
+MAX_SKIP = 1 << 20  # body bytes an answered request may still owe before we close instead
+DEPTH = 32  # pipelined requests answered ahead of the one being written
+OCTETS = "application/octet-stream"
+MSGPACK = "application/x-msgpack"
+KINDS = {b"chunks": "chunk", b"bundles": "bundle", b"manifests": "manifest"}
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+# Field names as they appear in a lowercased head: a field line starts after a CRLF.
+F_ACCEPT_ENCODING = b"\r\naccept-encoding:"
+F_IF_NONE_MATCH = b"\r\nif-none-match:"
+F_RANGE = b"\r\nrange:"
+F_IF_RANGE = b"\r\nif-range:"
+F_USER_AGENT = b"\r\nuser-agent:"
+F_EXPECT = b"\r\nexpect:"
+F_AVAILABLE_DICTIONARY = b"\r\navailable-dictionary:"
+HOP_FIELDS = (b"\r\nvia:", b"\r\nx-minicdn-peer:")
+# Variants of a cached object's 200 head: (Content-Type, Content-Encoding, Vary).
+CHUNK_ZSTD = (OCTETS, "zstd", "Accept-Encoding")
+MANIFEST_ZSTD = (MSGPACK, "zstd", dcz.VARY)
+MANIFEST_RAW = (MSGPACK, None, dcz.VARY)
+BUNDLE = (OCTETS, None, None)
+ROUTE_200 = {"chunks": ("chunk", 200), "bundles": ("bundle", 200), "manifests": ("manifest", 200)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+
+
+# -- the clock and the Date field ------------------------------------------------------------
+
+
+class _Clock:
+    """Coarse time for timeouts and the ``Date`` field, advanced by the sweeper: reading it
+    costs an attribute load, not a system call."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.date = b""
+        self._second = -1
+        self.tick()
+
+    def tick(self) -> None:
+        self.now = time.monotonic()
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self.date = b"Date: " + formatdate(second, usegmt=True).encode() + b"\r\n\r\n"
+
+
+CLOCK = _Clock()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class Stats:
+    """What the fast path counts, as plain integers on the loop's thread; ``flush`` adds
+    them to the Prometheus metrics (called before every collection)."""
+
+    def __init__(self, metrics: EdgeMetrics) -> None:
+        self.metrics = metrics
+        hist: Any = metrics.request_seconds
+        self.bounds: list[float] = list(hist._upper_bounds)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.memory_hits = 0
+        self.sent = 0
+        self.first_bound = self.bounds[0]
+        self.buckets = [0] * len(self.bounds)
+        self.seconds = 0.0
+        self.hot = dict.fromkeys(ROUTE_200, 0)  # 200s of the inline hot path, by URL segment
+
+    def record(self, route: str, status: int, sent: int, seconds: float) -> None:
+        key = (route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.sent += sent
+        self.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.seconds += seconds
+
+    def flush(self) -> None:
+        m = self.metrics
+        for segment, n in self.hot.items():
+            if n:
+                self.requests[ROUTE_200[segment]] = self.requests.get(ROUTE_200[segment], 0) + n
+                self.hot[segment] = 0
+        for (route, status), n in self.requests.items():
+            m.requests.labels(route, str(status)).inc(n)
+        self.requests.clear()
+        if self.memory_hits:
+            m.hits.labels("memory").inc(self.memory_hits)
+            self.memory_hits = 0
+        if self.sent:
+            m.sent_bytes.inc(self.sent)
+            self.sent = 0
+        # prometheus_client's Histogram has no bulk observe; its per-bucket values are the
+        # documented-by-code way (Histogram.observe does exactly this, one at a time).
+        hist: Any = m.request_seconds
+        if any(self.buckets):
+            for i, n in enumerate(self.buckets):
+                if n:
+                    hist._buckets[i].inc(n)
+                    self.buckets[i] = 0
+            hist._sum.inc(self.seconds)
+            self.seconds = 0.0
+
+
+def _plain_shape(shape: bytes) -> bool | None:
+    """``shape`` is a validated head from the space after its target: None when the
+    inline hot path must not answer it (not HTTP/1.1, a conditional, a range, Expect or a
+    dictionary offer), else whether it accepts zstd."""
+    low = shape.lower()
+    if (
+        not low.startswith(b" http/1.1\r\n")
+        or b"\r\nif-" in low
+        or F_RANGE in low
+        or F_EXPECT in low
+        or F_AVAILABLE_DICTIONARY in low
+    ):
+        return None
+    i = low.find(F_ACCEPT_ENCODING)
+    if i < 0:
+        return False
+    i += len(F_ACCEPT_ENCODING)
+    return accepts_zstd(shape[i : low.find(b"\r\n", i)].strip(b" \t").decode("latin-1"))
+
+
+# -- requests and replies --------------------------------------------------------------------
+
+
+class Request:
+    __slots__ = ("close", "head", "http10", "key", "kind", "low", "method", "path", "t0")
+
+    def __init__(self, head: bytes, method: bytes, path: bytes, kind: str, close: bool, t0: float) -> None:
+        self.head = head
+        self.low = head.lower()
+        self.method = method
+        self.path = path
+        self.kind = kind
+        self.key = path[4:].decode("ascii")  # "chunks/<hex>": the tiers' key
+        self.close = close
+        self.t0 = t0
+        line = head.find(b"\r\n")
+        self.http10 = head[line - 3 : line] == b"1.0"  # kept alive only when it asks for it
+
+    def field(self, name: bytes) -> str | None:
+        i = self.low.find(name)
+        if i < 0:
+            return None
+        i += len(name)
+        return self.head[i : self.head.find(b"\r\n", i)].strip(b" \t").decode("latin-1")
+
+    @property
+    def hexid(self) -> str:
+        return self.key.partition("/")[2]
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.hexid}"'
+
+
+class Reply:
+    __slots__ = ("body", "head", "route", "sent", "status")
+
+    def __init__(
+        self, route: str, status: int, head: bytes, body: bytes | memoryview | None, sent: int
+    ) -> None:
+        self.route = route
+        self.status = status
+        self.head = head  # status line and fields, without Date and the blank line
+        self.body = body  # None: nothing to send (HEAD, 304)
+        self.sent = sent
+
+
+class Handoff(Exception):
+    """The request is aiohttp's: hand the connection over at this request."""
+
+
+def _head(status: int, fields: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"]
+    lines += [f"{k}: {v}\r\n" for k, v in fields]
+    lines.append("Server: minicdn\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _error(
+    route: str,
+    status: int,
+    code: str,
+    message: str,
+    fields: list[tuple[str, str]] | None = None,
+    method: bytes = b"GET",
+) -> Reply:
+    body = json.dumps({"error": code, "message": message}).encode()
+    head = _head(
+        status, [*(fields or []), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    if method == b"HEAD":
+        return Reply(route, status, head, None, 0)
+    return Reply(route, status, head, body, len(body))
+
+
+@lru_cache(maxsize=512)
+def accepts_zstd(header: str) -> bool:
+    """common.http.accepts_coding for zstd, cached per distinct header value."""
+    return accepts_coding(header, "zstd")
+
+
+def immutable(
+    req: Request,
+    entry: Entry | None,
+    body: bytes,
+    *,
+    content_type: str = OCTETS,
+    content_encoding: str | None = None,
+    vary: str | None = None,
+) -> Reply:
+    """common.http.serve_immutable on the fast path: 304, Range/206/416, HEAD.  The plain
+    200 head is built once per entry and variant and kept on the entry."""
+    route, low = req.kind, req.low
+    if entry is not None and entry.heads is not None and F_IF_NONE_MATCH not in low and F_RANGE not in low:
+        cached = entry.heads.get((content_type, content_encoding, vary))
+        if cached is not None:  # the hot path: a plain 200 of a cached object
+            if req.method == b"HEAD":
+                return Reply(route, 200, cached, None, 0)
+            return Reply(route, 200, cached, body, len(body))
+    etag = req.etag
+    fields = [("ETag", etag), ("Cache-Control", IMMUTABLE), ("Accept-Ranges", "bytes")]
+    if content_encoding:
+        fields.append(("Content-Encoding", content_encoding))
+    if vary:
+        fields.append(("Vary", vary))
+    if F_IF_NONE_MATCH in req.low:
+        inm = req.field(F_IF_NONE_MATCH)
+        if inm is not None and etag_matches(inm, etag):  # RFC 9110 §13.1.2
+            return Reply(route, 304, _head(304, fields), None, 0)
+    size = len(body)
+    if F_RANGE in req.low:
+        rng_header, if_range = req.field(F_RANGE), req.field(F_IF_RANGE)
+        if rng_header and (if_range is None or if_range == etag):  # RFC 9110 §13.1.5
+            try:
+                rng = parse_range(rng_header, size)
+            except Unsatisfiable:
+                fields.append(("Content-Range", f"bytes */{size}"))
+                return _error(
+                    route, 416, "range_not_satisfiable", "range selects no bytes", fields, req.method
+                )
+            if rng is not None:
+                fields += [
+                    ("Content-Range", f"bytes {rng.start}-{rng.end}/{size}"),
+                    ("Content-Type", content_type),
+                ]
+                part = memoryview(body)[rng.start : rng.end + 1]
+                fields.append(("Content-Length", str(len(part))))
+                if req.method == b"HEAD":
+                    return Reply(route, 206, _head(206, fields), None, 0)
+                return Reply(route, 206, _head(206, fields), part, len(part))
+    variant = (content_type, content_encoding, vary)
+    if entry is not None:
+        heads = entry.heads
+        if heads is None:
+            heads = entry.heads = {}
+        head = heads.get(variant)
+        if head is None:
+            head = heads[variant] = _head(
+                200, [*fields, ("Content-Type", content_type), ("Content-Length", str(size))]
+            )
+    else:
+        head = _head(200, [*fields, ("Content-Type", content_type), ("Content-Length", str(size))])
+    if req.method == b"HEAD":
+        return Reply(route, 200, head, None, 0)
+    return Reply(route, 200, head, body, size)
+
+
+def _body_end(buf: bytes, head_end: int) -> int | None:
+    """Where a request with a body ends in ``buf`` (validated head ending at ``head_end``),
+    or None when only parsing the body tells (chunked)."""
+    low = buf[:head_end].lower()
+    if b"\r\ntransfer-encoding:" in low:
+        return None
+    i = low.find(b"\r\ncontent-length:")
+    if i < 0:
+        return head_end
+    i += len(b"\r\ncontent-length:")
+    return head_end + int(low[i : low.find(b"\r\n", i)].strip())
+
+
+class _Lent:
+    """The transport an aiohttp handler sees while it answers one lent request: writes go
+    to the real transport until the connection is taken back; reading is the data plane's."""
+
+    def __init__(self, conn: Connection, real: asyncio.Transport) -> None:
+        self.conn = conn
+        self.real = real
+        self.attached = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.attached:
+            self.real.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        if self.attached:
+            self.real.writelines(chunks)
+
+    def is_closing(self) -> bool:
+        return not self.attached or self.real.is_closing()
+
+    def close(self) -> None:
+        if self.attached:
+            self.conn._closing = True
+            self.real.close()
+
+    def abort(self) -> None:
+        if self.attached:
+            self.conn._closing = True
+            self.real.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.real.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # the connection's, not the handler's
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_reading(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass  # the data plane feeds the handler only its request's bytes, bounded
+
+    def resume_reading(self) -> None:
+        pass
+
+    def returned(self, keep_alive: bool) -> None:
+        if self.attached:
+            asyncio.get_running_loop().call_soon(self.conn.returned, keep_alive)
+
+
+class Returned(AbstractAccessLogger):
+    """aiohttp's access logger, told when a response has been written (RequestHandler
+    calls it after write_eof, answered or failed): a lent connection comes back then.
+    (The edge's JSON access log is the observe middleware's, not this.)"""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        transport = request.transport
+        if isinstance(transport, _Lent):
+            transport.returned(bool(response.keep_alive))
+
+
+# -- the process-wide part -------------------------------------------------------------------
+
+
+class Plane:
+    """What every connection of one process shares: the node, the fallback (aiohttp's
+    ``web.Server``: called, it makes a ``RequestHandler``), limits, stats, the sweeper."""
+
+    def __init__(
+        self, node: Edge, fallback: Callable[[], asyncio.Protocol], limits: Limits, stats: Stats
+    ) -> None:
+        self.node = node
+        self.fallback = fallback
+        self.limits = limits
+        self.stats = stats
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def connection(self) -> Connection:
+        return Connection(self)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        limits = self.limits
+        tick = max(0.05, min(1.0, limits.header_timeout / 4, limits.keepalive_timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            CLOCK.tick()
+            for conn in list(self.connections):
+                conn.check(CLOCK.now)
+
+    async def drain(self, timeout: float) -> None:
+        """Close idle connections now, the others once their responses have left; abort
+        what is left after ``timeout``."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def log_access(self, conn: Connection, req: Request | None, reply: Reply, seconds: float) -> None:
+        access_log = self.node.access_log
+        if access_log is None:
+            return
+        access_log.write(
+            {
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "remote": conn.remote,
+                "method": req.method.decode() if req else "-",
+                "path": req.path.decode() if req else "-",
+                "status": reply.status,
+                "bytes": reply.sent,
+                "ms": round(seconds * 1000, 3),
+                "ua": (req.field(F_USER_AGENT) or "") if req else "",
+            }
+        )
+
+
+# -- one connection --------------------------------------------------------------------------
+
+
+class _Parsed:
+    """llhttp's callbacks: only the end of a message matters (a head without a body ends
+    its message; one with a body does not, and goes to aiohttp)."""
+
+    __slots__ = ("complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.keep_alive = True
+        self.parser: Any = None
+
+    def on_message_complete(self) -> None:
+        # llhttp resets the message's flags once it is complete: read them now.
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, plane: Plane) -> None:
+        self.plane = plane
+        self.node = plane.node
+        self.memory = plane.node.memory
+        self.stats = plane.stats
+        self.transport: asyncio.Transport | None = None
+        self.remote = ""
+        self._parsed = _Parsed()
+        self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
+        self._buf = b""
+        self._fed = 0  # bytes of the head at the start of _buf already given to the parser
+        self._queue: deque[Reply | asyncio.Task[Reply]] = deque()
+        self._pending: deque[Request | None] = deque()  # the request of each queued reply
+        self._handoff = False
+        self._closing = False  # answer what is queued, read nothing more, then close
+        self._eof = False
+        self._write_paused = False
+        self._read_paused = False
+        self._head_since = 0.0  # coarse time the current incomplete head began
+        self._active = CLOCK.now
+        self._paused_since = 0.0
+        self._shape = b""  # see _hot
+        self._zstd: bool | None = None
+        self._logging = plane.node.access_log is not None  # the inline hot path does not log
+        self._handoff_end: int | None = None  # where the request to hand over ends in _buf
+        self._lent: tuple[_Lent, asyncio.Protocol] | None = None  # the request aiohttp answers
+        self._owed = 0  # body bytes of the lent request not yet received
+        self._skip = 0  # body bytes of a returned request aiohttp did not read
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        self.plane.connections.add(self)
+        if self.plane.draining:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.plane.connections.discard(self)
+        self.transport = None
+        self._closing = True
+        self._drop_queue()
+        if self._lent is not None:
+            lent, handler = self._lent
+            self._lent = None
+            lent.attached = False
+            handler.connection_lost(exc)
+
+    def _drop_queue(self) -> None:
+        for item in self._queue:
+            if isinstance(item, asyncio.Task):
+                item.cancel()  # a fill itself runs in a task of its own and goes on
+        self._queue.clear()
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._active = CLOCK.now
+        if self._skip:  # the rest of a body aiohttp answered without reading
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = data[n:]
+            if not data:
+                return
+        if self._lent is not None and self._owed:
+            self._feed_lent(data)
+            return
+        if self._closing:
+            return
+        self._buf = self._buf + data if self._buf else data
+        self._process(time.perf_counter())
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._lent is not None:
+            self._lent[1].eof_received()
+            return True
+        self._maybe_finish()
+        return True  # keep writing what is owed; closed once it has left
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._paused_since = CLOCK.now
+        if self._lent is not None:
+            self._lent[1].pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._lent is not None:
+            self._lent[1].resume_writing()
+            return
+        self._process(time.perf_counter())
+        if self._handoff:
+            self._maybe_finish()
+
+    # -- reading requests ------------------------------------------------------------------------
+
+    def _process(self, t0: float) -> None:
+        """Answer the complete heads in the buffer, in order, while answers may be queued."""
+        while self._buf and not (
+            self._closing or self._handoff or self._write_paused or len(self._queue) >= DEPTH
+        ):
+            buf = self._buf
+            end = buf.find(b"\r\n\r\n", self._fed - 3 if self._fed > 3 else 0)
+            if end < 0:
+                self._partial(buf)
+                return
+            end += 4
+            # (A head of more than MAX_FIELDS fields has more than 4 bytes a field.)
+            if end > MAX_HEAD or (end > 4 * MAX_FIELDS and buf.count(b"\r\n", 0, end) > MAX_FIELDS + 2):
+                self._refuse(431, "too_large", "request head is too large")
+                return
+            try:
+                self._parser.feed_data(buf[self._fed : end])
+            except httptools.HttpParserUpgrade:
+                self._start_handoff(None)
+                return
+            except httptools.HttpParserError as exc:
+                self._refuse(400, "bad_request", f"malformed request: {exc}")
+                return
+            self._fed = 0
+            self._head_since = 0.0
+            if not self._parsed.complete:  # a body follows: aiohttp's
+                self._start_handoff(_body_end(buf, end))
+                return
+            self._parsed.complete = False
+            head = buf[:end]
+            self._buf = buf[end:]
+            if self._queue or not self._hot(head, t0):
+                try:
+                    self._answer(head, t0)
+                except Handoff:
+                    self._buf = buf
+                    self._start_handoff(end)
+                    return
+        if self._buf or self._read_paused:
+            self._settle_reading()
+        if self._eof or self._closing:
+            self._maybe_finish()
+
+    def _partial(self, buf: bytes) -> None:
+        """An incomplete head: enforce the limits, let llhttp reject garbage early."""
+        if self._head_since == 0.0:
+            self._head_since = CLOCK.now
+        line_end = buf.find(b"\r\n")
+        if (line_end < 0 and len(buf) > MAX_LINE) or line_end > MAX_LINE:
+            self._refuse(414, "too_large", "request line is too long")
+            return
+        if len(buf) > MAX_HEAD:
+            self._refuse(431, "too_large", "request head is too large")
+            return
+        try:
+            self._parser.feed_data(buf[self._fed :])
+        except httptools.HttpParserError as exc:
+            self._refuse(400, "bad_request", f"malformed request: {exc}")
+            return
+        except httptools.HttpParserUpgrade:  # pragma: no cover - only after a whole head
+            self._start_handoff(None)
+            return
+        self._fed = len(buf)
+        self._settle_reading()
+        self._maybe_finish()
+
+    def _settle_reading(self) -> None:
+        """Read only while there is room: a client that pipelines more than DEPTH requests
+        or does not read its answers is held by TCP's window, not by our memory."""
+        transport = self.transport
+        if transport is None:
+            return
+        stalled = (
+            bool(self._buf)
+            and self._fed < len(self._buf)
+            and (self._write_paused or (self._handoff and not self._owed) or len(self._queue) >= DEPTH)
+        )
+        if stalled and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        elif not stalled and self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def _hot(self, head: bytes, t0: float) -> bool:
+        """The common case, inline (one call instead of a dozen): a keep-alive HTTP/1.1 GET
+        or HEAD, without conditionals or ranges, of an object in memory whose 200 head for
+        the variant is prebuilt.  False, having changed nothing, for anything else.
+
+        What the head says besides its method and target (its *shape*: version and fields)
+        is judged once per connection while it stays the same: a client sends the same
+        fields with every request."""
+        if head[:4] == b"GET ":
+            start = 4
+        elif head[:5] == b"HEAD ":
+            start = 5
+        else:
+            return False
+        end = head.find(b" ", start)
+        shape = head[end:]
+        if shape != self._shape:
+            self._shape = shape
+            self._zstd = _plain_shape(shape)
+        zstd = self._zstd
+        if zstd is None or self._logging or head[start : start + 4] != b"/v1/" or not self._parsed.keep_alive:
+            return False
+        try:
+            key = head[start + 4 : end].decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        entry = self.memory.peek(key)
+        if entry is None or entry.heads is None:
+            return False
+        kind = key[: key.find("/")]
+        body: bytes | None = entry.body
+        if kind == "chunks":
+            if not zstd:
+                return False
+            prebuilt = entry.heads.get(CHUNK_ZSTD)
+        elif kind == "manifests":
+            if zstd:
+                body = entry.encoded
+            prebuilt = entry.heads.get(MANIFEST_ZSTD if zstd else MANIFEST_RAW)
+        else:
+            prebuilt = entry.heads.get(BUNDLE)
+        if prebuilt is None or body is None:
+            return False
+        self.memory.policy.touch(key)
+        transport = self.transport
+        assert transport is not None
+        stats = self.stats
+        if start == 4:
+            transport.writelines((prebuilt + CLOCK.date, body))
+            stats.sent += len(body)
+        else:
+            transport.write(prebuilt + CLOCK.date)
+        stats.memory_hits += 1
+        stats.hot[kind] += 1
+        seconds = time.perf_counter() - t0
+        stats.seconds += seconds
+        if seconds <= stats.first_bound:
+            stats.buckets[0] += 1
+        else:
+            stats.buckets[bisect.bisect_left(stats.bounds, seconds)] += 1
+        return True
+
+    def _answer(self, head: bytes, t0: float) -> None:
+        parser = self._parser
+        method = parser.get_method()
+        if method != b"GET" and method != b"HEAD":
+            raise Handoff
+        target = head[len(method) + 1 : head.index(b" ", len(method) + 1)]
+        q = target.find(b"?")
+        path = target if q < 0 else target[:q]
+        slash = path.find(b"/", 4)
+        kind = KINDS.get(path[4:slash]) if slash > 0 and path.startswith(b"/v1/") else None
+        if kind is None or b"%" in path:
+            raise Handoff
+        try:
+            req = Request(head, method, path, kind, not self._parsed.keep_alive, t0)
+        except UnicodeDecodeError:
+            raise Handoff from None
+        if F_EXPECT in req.low or (kind == "manifest" and F_AVAILABLE_DICTIONARY in req.low):
+            raise Handoff  # Expect: aiohttp answers 100/417; dcz is get_manifest's
+        reply = self._reply_now(req)
+        if not isinstance(reply, Reply):
+            task = asyncio.ensure_future(self._reply_later(req, reply))
+            self._enqueue(req, task)
+            task.add_done_callback(self._task_done)
+        elif self._queue:
+            self._enqueue(req, reply)
+        else:
+            self._send(req, reply)
+
+    def _reply_now(self, req: Request) -> Reply | Entry | None:
+        """The reply, when it can be made without waiting; else what a task needs to make
+        it: the entry (found in memory) or None (a miss)."""
+        kind = req.kind
+        if kind != "bundle" and F_IF_NONE_MATCH in req.low:
+            # The id is the content's hash: a client naming it already has it, wherever it
+            # is cached (RFC 9110 §13.1.2), so no lookup is needed.
+            inm = req.field(F_IF_NONE_MATCH)
+            if inm is not None and etag_matches(inm, req.etag):
+                return immutable(req, None, b"", vary=dcz.VARY if kind == "manifest" else "Accept-Encoding")
+        entry = self.memory.get(req.key)
+        if entry is None:
+            if not HEX64.fullmatch(req.hexid) or any(f in req.low for f in HOP_FIELDS):
+                raise Handoff
+            return None
+        self.stats.memory_hits += 1
+        return self._finish(req, entry) or entry
+
+    def _finish(self, req: Request, entry: Entry) -> Reply | None:
+        kind = req.kind
+        if kind == "bundle":
+            return immutable(req, entry, entry.body)
+        zstd = accepts_zstd(req.field(F_ACCEPT_ENCODING) or "")
+        if kind == "chunk":
+            if zstd:
+                return immutable(req, entry, entry.body, content_encoding="zstd", vary="Accept-Encoding")
+            return None  # decoded in a task
+        if not zstd:
+            return immutable(req, entry, entry.body, content_type=MSGPACK, vary=dcz.VARY)
+        if entry.encoded is None:
+            return None  # encoded in a task
+        return immutable(
+            req, entry, entry.encoded, content_type=MSGPACK, content_encoding="zstd", vary=dcz.VARY
+        )
+
+    async def _reply_later(self, req: Request, entry: Entry | None) -> Reply:
+        try:
+            obj = Obj(req.kind, bytes.fromhex(req.hexid))
+            if entry is None:
+                entry = await self.node.objects.load(obj)
+            reply = self._finish(req, entry)
+            if reply is not None:
+                return reply
+            loop = asyncio.get_running_loop()
+            if req.kind == "chunk":
+                raw = await loop.run_in_executor(None, codec.decode_chunk, obj.id, entry.body)
+                return immutable(req, None, raw, vary="Accept-Encoding")
+            entry.encoded = await loop.run_in_executor(None, codec.compress, entry.body, 19)
+            reply = self._finish(req, entry)
+            assert reply is not None
+            return reply
+        except MinicdnError as exc:
+            status = status_of(exc)
+            if status >= 500:
+                log.warning("%s %s: %s", req.method.decode(), req.path.decode(), exc.message)
+            return _error(req.kind, status, exc.code, exc.message, method=req.method)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s %s failed", req.method.decode(), req.path.decode())
+            return _error(req.kind, 500, "internal", "internal error", method=req.method)
+
+    def _enqueue(self, req: Request | None, item: Reply | asyncio.Task[Reply]) -> None:
+        self._queue.append(item)
+        self._pending.append(req)
+
+    def _task_done(self, _task: asyncio.Task[Reply]) -> None:
+        self._flush()
+        if self.transport is not None and not self._closing:
+            self._process(time.perf_counter())
+        self._maybe_finish()
+
+    def _flush(self) -> None:
+        queue = self._queue
+        while queue and self.transport is not None:
+            item = queue[0]
+            if isinstance(item, asyncio.Task):
+                if not item.done():
+                    return
+                if item.cancelled():
+                    return
+                reply = item.result()
+            else:
+                reply = item
+            queue.popleft()
+            self._send(self._pending.popleft(), reply)
+
+    def _send(self, req: Request | None, reply: Reply) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        close = req is None or req.close or (self.plane.draining and not self._queue)
+        if close:
+            head = reply.head + b"Connection: close\r\n" + CLOCK.date
+        elif req is not None and req.http10:
+            head = reply.head + b"Connection: keep-alive\r\n" + CLOCK.date
+        else:
+            head = reply.head + CLOCK.date
+        if reply.body is None:
+            transport.write(head)
+        else:
+            transport.writelines((head, reply.body))
+        seconds = time.perf_counter() - (req.t0 if req is not None else time.perf_counter())
+        self.stats.record(reply.route, reply.status, reply.sent, seconds)
+        if self.node.access_log is not None:
+            self.plane.log_access(self, req, reply, seconds)
+        if close:
+            self._closing = True
+            self._drop_queue()
+            transport.close()
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer a request we cannot parse (after those before it), then close."""
+        self._closing = True
+        self._buf = b""
+        reply = _error("other", status, code, message)
+        if self._queue:
+            self._enqueue(None, reply)
+        else:
+            self._send(None, reply)
+
+    # -- handing over to aiohttp ---------------------------------------------------------------
+    #
+    # A request the fast path does not answer is *lent* to aiohttp: once every reply before
+    # it has left, a RequestHandler made by the application's web.Server is connected to a
+    # stand-in transport (_Lent) that writes to the real one, and is fed exactly that
+    # request (its head, then Content-Length bytes of body as they arrive).  When aiohttp
+    # has written the response (its access logger, Returned, is told), the handler is
+    # disconnected and the connection comes back to the data plane.  Only a request whose
+    # end cannot be known without parsing its body (chunked) or an upgrade hands the
+    # connection over for good (set_protocol).
+
+    def _start_handoff(self, request_end: int | None) -> None:
+        """``request_end``: where the request ends in the buffer (head and body), or None
+        to hand the connection over for good."""
+        self._handoff = True
+        self._handoff_end = request_end
+        self._head_since = 0.0
+        self._settle_reading()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._handoff:
+            if self._lent is None and not self._queue and not self._write_paused:
+                if self._handoff_end is None or self._closing:
+                    self._hand_over(transport)
+                else:
+                    self._lend(transport, self._handoff_end)
+            return
+        if self._queue:
+            return
+        if self._closing or (self._eof and self._fed == len(self._buf) and not self._has_complete_head()):
+            transport.close()
+
+    def _has_complete_head(self) -> bool:
+        return b"\r\n\r\n" in self._buf
+
+    def _lend(self, transport: asyncio.Transport, request_end: int) -> None:
+        lent = _Lent(self, transport)
+        handler = self.plane.fallback()
+        self._lent = (lent, handler)
+        handler.connection_made(cast(asyncio.Transport, lent))
+        chunk, self._buf = self._buf[:request_end], self._buf[request_end:]
+        self._owed = request_end - len(chunk)
+        self._settle_reading()
+        handler.data_received(chunk)
+        if self._eof:
+            handler.eof_received()
+
+    def _feed_lent(self, data: bytes) -> None:
+        """Body bytes the lent request is still owed go to its handler; the rest waits."""
+        assert self._lent is not None
+        piece, rest = data[: self._owed], data[self._owed :]
+        self._owed -= len(piece)
+        if rest:
+            self._buf += rest
+        self._lent[1].data_received(piece)
+        if not self._owed:
+            self._settle_reading()
+
+    def returned(self, keep_alive: bool) -> None:
+        """aiohttp has written the lent request's response: take the connection back."""
+        if self._lent is None:
+            return
+        lent, handler = self._lent
+        self._lent = None
+        lent.attached = False
+        # Ends the handler's loop (it would wait for the next request) and unregisters it
+        # from the web.Server; closing its transport is a no-op once detached.
+        handler.connection_lost(None)
+        self._handoff = False
+        self._handoff_end = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not keep_alive or self._closing or self._owed > MAX_SKIP:
+            self._closing = True
+            transport.close()
+            return
+        self._skip, self._owed = self._owed, 0  # a body aiohttp answered without reading
+        # Our parser saw the lent request's head, not its body: start it afresh.
+        self._parsed.complete = False
+        self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
+        self._fed = 0
+        self._active = CLOCK.now
+        self._process(time.perf_counter())
+        self._settle_reading()
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        self.plane.connections.discard(self)
+        self.transport = None
+        self._closing = True
+        buf, self._buf = self._buf, b""
+        handler = self.plane.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._read_paused:
+            transport.resume_reading()
+        if buf:
+            handler.data_received(buf)
+        if self._eof:
+            handler.eof_received()
+
+    # -- timeouts and draining -------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        limits = self.plane.limits
+        if self._lent is not None:
+            return  # aiohttp's request: its handler's own timers apply
+        if self._head_since and now - self._head_since > limits.header_timeout:
+            if self._queue:
+                self.abort()
+            else:
+                self._refuse(408, "timeout", "request head not received in time")
+        elif self._write_paused and now - self._paused_since > limits.send_timeout:
+            self.abort()
+        elif (
+            self.transport is not None
+            and not self._buf
+            and not self._queue
+            and not self._write_paused
+            and now - self._active > limits.keepalive_timeout
+        ):
+            self.transport.close()
+
+    def drain(self) -> None:
+        if self.transport is None:
+            return
+        self._closing = True
+        if not self._queue:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

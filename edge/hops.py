@@ -1,0 +1,134 @@
+"""Hops between edges: what a request carries when one edge asks another, and the rules
+that keep a tier of edges from forwarding in circles.
+
+- ``Via: 1.1 <node>`` (RFC 9110 §7.6.3) is appended by every edge to every request it
+  sends on (to a peer or an upstream), after the ``Via`` it received.  An edge that finds
+  its own node name in an incoming ``Via`` is seeing its own request come back (A's upstream
+  is B, B's is A): it refuses at once with 508 Loop Detected (RFC 5842 §7.2) instead of
+  joining the fill it is itself waiting on.  A request that already crossed ``MAX_HOPS``
+  hops is refused the same way, whatever the names.
+- ``X-Minicdn-Peer: <node>`` marks a request from a ring peer: the owner fills it from its
+  upstreams and never forwards it to another peer.
+
+The incoming hop is kept in a context variable set by ``middleware``: it follows the
+request into the fill it starts (asyncio copies the context into every task), so the
+fill path and the HTTP client need no extra parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from common.errors import LoopDetected
+
+__all__ = [
+    "MAX_HOPS",
+    "PEER",
+    "VIA",
+    "Hop",
+    "current",
+    "middleware",
+    "new_node_name",
+    "outgoing",
+    "own_request",
+    "parse_via",
+]
+
+VIA = "Via"
+PEER = "X-Minicdn-Peer"
+MAX_HOPS = 8  # edges a request may cross: a chain of shields deeper than this is a mistake
+_COMMENT = re.compile(r"\([^)]*\)")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Hop:
+    via: tuple[str, ...] = ()  # the Via entries received, oldest first ("1.1 edge-ab12…")
+    peer: bool = False  # the request came from a ring peer: never forward it again
+
+    def through(self, node: str) -> bool:
+        return any(received_by(entry) == node for entry in self.via)
+
+
+_current: contextvars.ContextVar[Hop] = contextvars.ContextVar("minicdn_hop")
+_CLIENT = Hop()  # a request straight from a client (or none at all: a background task)
+
+
+def current() -> Hop:
+    return _current.get(_CLIENT)
+
+
+def new_node_name() -> str:
+    """An edge's name in Via headers and health answers: random, made when the edge
+    starts (a loop always happens within one run of an edge)."""
+    return f"edge-{secrets.token_hex(6)}"
+
+
+def parse_via(headers: list[str]) -> tuple[str, ...]:
+    """The entries of every Via field line, comments dropped (RFC 9110 §7.6.3)."""
+    entries = []
+    for line in headers:
+        for part in _COMMENT.sub("", line).split(","):
+            if part.strip():
+                entries.append(" ".join(part.split()))
+    return tuple(entries)
+
+
+def received_by(entry: str) -> str:
+    """``1.1 edge-ab12`` → ``edge-ab12`` (a Via entry is protocol, then received-by)."""
+    parts = entry.split()
+    return parts[1] if len(parts) > 1 else parts[0] if parts else ""
+
+
+def check(hop: Hop, node: str) -> None:
+    if hop.through(node):
+        raise LoopDetected(
+            f"loop: this edge ({node}) forwarded this request before (Via: {', '.join(hop.via)})"
+        )
+    if len(hop.via) >= MAX_HOPS:
+        raise LoopDetected(f"a request may cross at most {MAX_HOPS} edges (Via: {', '.join(hop.via)})")
+
+
+def outgoing(node: str, peer: bool = False) -> dict[str, str]:
+    """Headers for a request this edge sends on, in the context of the request it serves.
+    (Not for admin calls to peers: those are this edge's own, marked only as from a peer.)"""
+    headers = {VIA: ", ".join([*current().via, f"1.1 {node}"])}
+    if peer:
+        headers[PEER] = node
+    return headers
+
+
+def middleware(node: str) -> Middleware:
+    @web.middleware
+    async def hops(request: web.Request, handler: Handler) -> web.StreamResponse:
+        hop = Hop(parse_via(request.headers.getall(VIA, [])), PEER in request.headers)
+        check(hop, node)
+        token = _current.set(hop)
+        try:
+            return await handler(request)
+        finally:
+            _current.reset(token)
+
+    return hops
+
+
+@contextlib.contextmanager
+def own_request() -> Iterator[None]:
+    """Within: the work being done is this edge's own, as if no request had come in: its
+    fills may ask owner peers and carry no Via but this edge's.  For work a peer delegates
+    as a whole (its share of a prefetch): the ring should still place every object it
+    needs on that object's owner — which may be the peer that delegated it."""
+    token = _current.set(_CLIENT)
+    try:
+        yield
+    finally:
+        _current.reset(token)

@@ -1,0 +1,152 @@
+"""Serving an edge: the listener, the data plane in front of the aiohttp application, the
+worker processes, and draining.
+
+``run`` is what ``minicdn edge`` calls once its flags are parsed.  With one worker the
+edge serves in this process; with more, ``edge.workers.supervise`` forks them and each
+runs ``serve`` on its own SO_REUSEPORT socket of the same port.
+
+Draining (Kubernetes' convention): on the first signal /readyz turns 503 at once; after
+``drain_delay`` (time for load balancers to notice) the listener closes; connections of
+the data plane finish what they were asked and close, and aiohttp's get the same bound
+(``drain_timeout``); background disk writes are given it too, and the process exits 0.
+A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from edge.app import make_app
+from edge.dataplane import Limits, Plane, Returned, Stats
+from edge.service import Edge
+from edge.workers import Slot, WorkerRegistry, supervise
+
+__all__ = ["ServeOptions", "run", "serve"]
+
+log = logging.getLogger("minicdn.edge")
+
+# Builds this process's node for its slot, on the registry its metrics must use.
+MakeNode = Callable[[Slot, WorkerRegistry], Edge]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    workers: int = 1
+    fast_path: bool = True  # False: every request through aiohttp (to measure against)
+    limits: Limits = field(default_factory=Limits)
+
+
+def run(make_node: MakeNode, options: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status."""
+    if options.workers <= 1:
+        return _worker(make_node, options, Slot())
+    metrics_dir = Path(tempfile.mkdtemp(prefix="minicdn-edge-metrics-"))
+    try:
+        return supervise(options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker(make_node: MakeNode, options: ServeOptions, slot: Slot) -> int:
+    _install_uvloop()
+    registry = WorkerRegistry(slot)
+    if slot.metrics_dir is not None:
+        registry.retire_previous()
+    node = make_node(slot, registry)
+    if slot.count > 1:
+        node.disk.owns = slot.owns
+    asyncio.run(serve(node, options, registry))
+    return 0
+
+
+async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | None = None) -> None:
+    s = node.settings
+    runner = web.AppRunner(
+        make_app(node),
+        # Not a log: Returned tells the data plane when aiohttp has answered a lent request.
+        access_log=logging.getLogger("minicdn.edge.aiohttp"),
+        access_log_class=Returned,
+        shutdown_timeout=s.drain_timeout,
+        keepalive_timeout=options.limits.keepalive_timeout,
+    )
+    await runner.setup()
+    assert runner.server is not None
+    aiohttp_server: Callable[[], asyncio.Protocol] = runner.server
+    loop = asyncio.get_running_loop()
+    plane: Plane | None = None
+    if options.fast_path:
+        stats = Stats(node.metrics)
+        if registry is not None:
+            registry.before_collect(stats.flush)
+        plane = Plane(node, aiohttp_server, options.limits, stats)
+        plane.start()
+        factory: Callable[[], asyncio.Protocol] = plane.connection
+    else:
+        factory = aiohttp_server
+    server = await loop.create_server(
+        factory, options.host, options.port, reuse_port=options.workers > 1 or None, backlog=1024
+    )
+    snapshots = None
+    if registry is not None and registry.slot.metrics_dir is not None:
+        snapshots = asyncio.ensure_future(registry.snapshots())
+    log.info(
+        "edge listening on http://%s:%d (pid %d), upstreams %s",
+        options.host,
+        options.port,
+        os.getpid(),
+        ", ".join(s.upstreams),
+    )
+    if node.cluster is not None:
+        c = s.cluster
+        members = ", ".join(c.peers) or (f"every address of {c.dns[0]}:{c.dns[1]}" if c.dns else "")
+        log.info("in a ring as %s with %s", node.cluster.self_url or "(to be found)", members)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(1)  # a second signal: the operator wants out now
+        node.draining = True
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await stop.wait()
+        log.info("draining: not ready; closing the listener in %.1fs", s.drain_delay)
+        await asyncio.sleep(s.drain_delay)
+    finally:
+        server.close()
+        if plane is not None:
+            await plane.drain(s.drain_timeout)
+            await plane.close()
+        # Waits up to drain_timeout for aiohttp's requests in flight, then runs cleanup_ctx
+        # (which gives disk writes the same bound).
+        await runner.cleanup()
+        if snapshots is not None:
+            snapshots.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await snapshots
+        if registry is not None:
+            registry.write_snapshot()
+        log.info("drained; exiting")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return
+    uvloop.install()

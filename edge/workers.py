@@ -1,0 +1,234 @@
+"""``--workers N``: N processes serving one port (SO_REUSEPORT), one disk tier, one set of
+metrics.
+
+- **Processes.** The command's process forks N workers after parsing its flags and
+  supervises them: SIGTERM/SIGINT are passed on (each worker drains as one edge does); a
+  worker that dies unasked is started again in its slot; the supervisor exits when every
+  worker has, 0 when all did.  Each worker binds its own listening socket with
+  SO_REUSEPORT, so the kernel spreads connections over them.
+- **Memory.** Each worker has its own memory tier of ``--memory-size / N``, so the node's
+  total stays the configured bound.
+- **Disk.** One directory, shared.  Each key is *owned* by one worker
+  (``crc32(key) % N``): only its owner indexes it, writes it and evicts it, with a limit of
+  ``--disk-size / N``, so the node never holds more than ``--disk-size`` and no two
+  workers evict each other's files by accident.  Every worker *reads* every key: a key it
+  does not own is looked up on disk directly (the lookup-before-index path), so a file
+  any worker wrote is a disk hit for all.  A worker that fills a key it does not own keeps
+  it in memory only (its owner writes it when it fills it), so a key may be fetched from
+  upstream once per worker at worst, never stored twice.
+- **Metrics.** Each worker's registry is its own; every second (and when it exits) a
+  worker writes a snapshot of its samples to ``slot-<i>.json`` in a directory the
+  supervisor made, and a scrape of any worker answers its own live samples plus every
+  other worker's latest snapshot, summed (counters, histograms and gauges alike: each
+  worker's gauges count its own share).  A worker started again in a slot first renames
+  the slot's last snapshot to ``retired-*``, whose counters and histograms keep counting,
+  so the node's counters never go backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from common.fsutil import atomic_write
+
+__all__ = ["Slot", "WorkerRegistry", "supervise"]
+
+log = logging.getLogger("minicdn.edge.workers")
+
+SNAPSHOT_EVERY = 1.0
+RESTART_BACKOFF = 1.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Which worker this process is: ``index`` of ``count``, and where snapshots go."""
+
+    index: int = 0
+    count: int = 1
+    metrics_dir: Path | None = None
+
+    def owns(self, key: str) -> bool:
+        return zlib.crc32(key.encode()) % self.count == self.index
+
+    def share(self, total: int) -> int:
+        return total // self.count
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class WorkerRegistry(CollectorRegistry):
+    """A registry whose ``collect`` first runs the ``before_collect`` hooks (the data
+    plane's plain counters are added then) and, with several workers, adds the other
+    workers' snapshots to this one's samples."""
+
+    def __init__(self, slot: Slot = Slot()) -> None:
+        super().__init__()
+        self.slot = slot
+        self.hooks: list[Callable[[], None]] = []
+
+    def before_collect(self, hook: Callable[[], None]) -> None:
+        self.hooks.append(hook)
+
+    def own(self) -> list[Metric]:
+        for hook in self.hooks:
+            hook()
+        return list(super().collect())
+
+    def collect(self) -> Iterator[Metric]:
+        own = self.own()
+        if self.slot.metrics_dir is None:
+            return iter(own)
+        return iter(merge([_as_rows(own), *self._others()]))
+
+    # -- snapshots between workers ----------------------------------------------------------
+
+    def _path(self) -> Path:
+        assert self.slot.metrics_dir is not None
+        return self.slot.metrics_dir / f"slot-{self.slot.index}.json"
+
+    def retire_previous(self) -> None:
+        """A worker started again in a slot keeps its predecessor's counters counting."""
+        path = self._path()
+        if path.exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, path.with_name(f"retired-{self.slot.index}-{time.time_ns()}.json"))
+
+    def write_snapshot(self) -> None:
+        if self.slot.metrics_dir is not None:
+            atomic_write(self._path(), json.dumps(_as_rows(self.own())).encode())
+
+    def _others(self) -> Iterator[list[Any]]:
+        assert self.slot.metrics_dir is not None
+        mine = self._path().name
+        for path in sorted(self.slot.metrics_dir.glob("*.json")):
+            if path.name == mine:
+                continue
+            try:
+                rows = json.loads(path.read_bytes())
+            except (FileNotFoundError, ValueError):
+                continue  # a worker that has not written yet, or a snapshot being replaced
+            if path.name.startswith("retired-"):
+                rows = [r for r in rows if r[1] in ("counter", "histogram")]
+            yield rows
+
+    async def snapshots(self) -> None:
+        """Write this worker's snapshot every second (owned by the server, cancelled at exit)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SNAPSHOT_EVERY)
+            rows = json.dumps(_as_rows(self.own())).encode()
+            await loop.run_in_executor(None, atomic_write, self._path(), rows)
+
+
+def _as_rows(families: Iterable[Metric]) -> list[Any]:
+    return [
+        [m.name, m.type, m.documentation, [[s.name, s.labels, s.value] for s in m.samples]] for m in families
+    ]
+
+
+# Gauges that describe the node, not a worker's share: every worker sees the same ring.
+NODE_GAUGES = frozenset({"minicdn_edge_ring_size", "minicdn_edge_peers"})
+
+
+def merge(snapshots: Iterable[list[Any]]) -> list[Metric]:
+    """Families by name, samples with equal names and labels summed (``_created`` is the
+    earliest, not a sum; a node-wide gauge of NODE_GAUGES is the largest, not a sum)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[Sample, float]] = {}
+    for rows in snapshots:
+        for name, typ, doc, samples in rows:
+            if name not in families:
+                families[name] = Metric(name, doc, typ)
+                values[name] = {}
+            acc = values[name]
+            for sname, labels, value in samples:
+                key = (sname, tuple(sorted(labels.items())))
+                if sname.endswith("_created"):
+                    acc[key] = min(acc.get(key, value), value)
+                elif name in NODE_GAUGES:
+                    acc[key] = max(acc.get(key, value), value)
+                else:
+                    acc[key] = acc.get(key, 0.0) + value
+    for name, family in families.items():
+        for (sname, labels), value in values[name].items():
+            family.add_sample(sname, dict(labels), value)
+    return list(families.values())
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int:
+    """Fork ``count`` workers, each running ``work(slot)`` (its exit status); keep them
+    running until SIGTERM/SIGINT, then pass the signal on and wait for all of them."""
+    children: dict[int, Slot] = {}
+    stopping = False
+    failed = False
+
+    def spawn(slot: Slot) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = work(slot)
+            except BaseException:
+                log.exception("worker %d failed", slot.index)
+            finally:
+                os._exit(code)
+        children[pid] = slot
+        log.info("worker %d: pid %d", slot.index, pid)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # a second signal: the operator wants out now
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for i in range(count):
+        spawn(Slot(i, count, metrics_dir))
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        if slot is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed |= code != 0
+            continue
+        log.error("worker %d (pid %d) exited with %d: starting it again", slot.index, pid, code)
+        time.sleep(RESTART_BACKOFF)
+        if not stopping:
+            spawn(slot)
+    return 1 if failed else 0

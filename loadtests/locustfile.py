@@ -1,0 +1,186 @@
+"""Phones opening mini-programs through a ring of edges (run by ``make loadtest``, which
+sets everything up: see loadtests/cluster.py).
+
+Each simulated phone is attached to one edge (its nearest PoP) and keeps a chunk store,
+as the client SDK does.  Opening an app: ``GET`` the channel ref (with ``If-None-Match``
+once known); if it names a manifest the phone does not have, ``GET`` the manifest and ask
+for the chunks the phone lacks with ``POST /v1/chunks:batch`` (at most 1024 ids a batch):
+every chunk on a cold install, only the changed ones on an update.  Apps are chosen by
+Zipf popularity; now and then a phone is replaced by a new one (an empty store), so cold
+installs go on all run long.
+
+Environment: ``MINICDN_LOAD_EDGES`` (space-separated base URLs), ``MINICDN_LOAD_APPS``
+(app ids, most popular first), ``MINICDN_LOAD_ORIGIN`` (for the closing report),
+``MINICDN_LOAD_ZIPF`` (exponent, default 1.0).
+
+At the end it prints, for each edge, its hit ratio (hits / (hits + misses) of every object
+it served, to phones and to its peers) and where its misses were filled from, then the
+origin's request counts and the share of the chunks phones asked for that the origin served.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import itertools
+import os
+import random
+import urllib.request
+from typing import Any
+
+import msgpack
+from locust import HttpUser, between, events, task
+
+EDGES = os.environ.get("MINICDN_LOAD_EDGES", "http://127.0.0.1:8081").split()
+APPS = os.environ.get("MINICDN_LOAD_APPS", "demo").split()
+ORIGIN = os.environ.get("MINICDN_LOAD_ORIGIN", "")
+ZIPF = float(os.environ.get("MINICDN_LOAD_ZIPF", "1.0"))
+NEW_PHONE = 0.05  # chance, per app opened, that this user becomes a new phone
+MAX_BATCH = 1024
+
+_weights = list(itertools.accumulate(1 / (rank**ZIPF) for rank in range(1, len(APPS) + 1)))
+_phone_ids = itertools.count()
+asked = {"chunks": 0, "installs": 0, "updates": 0, "launches": 0}
+
+
+def zipf_app(rnd: random.Random) -> str:
+    return APPS[bisect.bisect_left(_weights, rnd.random() * _weights[-1])]
+
+
+def payload(envelope: bytes) -> dict[str, Any]:
+    body = msgpack.unpackb(msgpack.unpackb(envelope, raw=False)["payload"], raw=False)
+    assert isinstance(body, dict)
+    return body
+
+
+class Phone(HttpUser):
+    wait_time = between(0.05, 0.5)
+    host = EDGES[0]
+
+    def on_start(self) -> None:
+        n = next(_phone_ids)
+        self.rnd = random.Random(n)
+        self.edge = EDGES[n % len(EDGES)]
+        self.new_phone()
+
+    def new_phone(self) -> None:
+        self.store: set[bytes] = set()  # chunk ids held, shared by every app (as the SDK's store)
+        self.installed: dict[str, bytes] = {}  # app → manifest id
+        self.etags: dict[str, str] = {}
+
+    @task
+    def open_app(self) -> None:
+        if self.rnd.random() < NEW_PHONE:
+            self.new_phone()
+        app = zipf_app(self.rnd)
+        headers = {"If-None-Match": self.etags[app]} if app in self.etags else {}
+        with self.client.get(
+            f"{self.edge}/v1/apps/{app}/channels/release", headers=headers, name="ref", catch_response=True
+        ) as r:
+            if r.status_code == 304:
+                r.success()
+                asked["launches"] += 1
+                return
+            if r.status_code != 200:
+                r.failure(f"ref {r.status_code}")
+                return
+            self.etags[app] = r.headers.get("ETag", "")
+            manifest_id = payload(r.content)["manifest"]
+        if self.installed.get(app) == manifest_id:
+            asked["launches"] += 1
+            return
+        kind = "update" if app in self.installed else "install"
+        r = self.client.get(
+            f"{self.edge}/v1/manifests/{manifest_id.hex()}",
+            name="manifest",
+            headers={"Accept-Encoding": "zstd"},
+        )
+        if r.status_code != 200:
+            return
+        # requests decodes Content-Encoding: zstd when it can; a raw frame is decoded here.
+        body = r.content if r.content[:4] != b"\x28\xb5\x2f\xfd" else _unzstd(r.content)
+        manifest = payload(body)
+        wanted = [c[0] for p in manifest["packages"] for c in p["chunks"]]
+        missing = list(dict.fromkeys(c for c in wanted if c not in self.store))
+        for i in range(0, len(missing), MAX_BATCH):
+            self.batch(missing[i : i + MAX_BATCH], kind)
+        self.installed[app] = manifest_id
+        asked[f"{kind}s"] += 1
+
+    def batch(self, ids: list[bytes], kind: str) -> None:
+        body = msgpack.packb([c.hex() for c in ids])
+        with self.client.post(
+            f"{self.edge}/v1/chunks:batch", data=body, name=f"batch ({kind})", catch_response=True
+        ) as r:
+            got = 0
+            if r.status_code == 200:
+                for hexid, frame in msgpack.Unpacker(io.BytesIO(r.content), raw=False):
+                    if frame is not None:
+                        self.store.add(bytes.fromhex(hexid))
+                        got += 1
+            if got != len(ids):
+                r.failure(f"{got} of {len(ids)} chunks")
+        asked["chunks"] += len(ids)
+
+
+def _unzstd(frame: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(frame)
+
+
+# -- the closing report ---------------------------------------------------------------------------
+
+
+def scrape(base: str) -> dict[tuple[str, str], float]:
+    """Every sample of a /metrics page: (name, label text) → value."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            out[(name, labels.rstrip("}"))] = float(value)
+    return out
+
+
+def total(samples: dict[tuple[str, str], float], name: str, labels: str = "") -> float:
+    return sum(v for (n, lab), v in samples.items() if n == name and labels in lab)
+
+
+@events.test_stop.add_listener
+def report(environment: Any = None, **_kw: Any) -> None:
+    if environment is not None and environment.stats is not None:
+        t = environment.stats.total
+        print(
+            f"\nthroughput {t.total_rps:.0f} req/s, p50 {t.get_response_time_percentile(0.5):.0f} ms, "
+            f"p99 {t.get_response_time_percentile(0.99):.0f} ms "
+            f"({t.num_requests} requests, {t.num_failures} failed)"
+        )
+    print(
+        "\nedge                     hit ratio   hits     misses   from peers  from upstream  peer errors ring"
+    )
+    peer, upstream = 'kind="peer"', 'kind="upstream"'
+    for base in EDGES:
+        m = scrape(base)
+        hits, misses = total(m, "minicdn_edge_hits_total"), total(m, "minicdn_edge_misses_total")
+        ratio = hits / (hits + misses) if hits + misses else 0.0
+        print(
+            f"{base:24} {ratio:9.3f}  {hits:8.0f} {misses:8.0f} "
+            f"{total(m, 'minicdn_edge_upstream_requests_total', peer):10.0f} "
+            f"{total(m, 'minicdn_edge_upstream_requests_total', upstream):14.0f} "
+            f"{total(m, 'minicdn_edge_peer_errors_total'):11.0f} "
+            f"{total(m, 'minicdn_edge_ring_size'):4.0f}"
+        )
+    print(
+        f"phones: {asked['installs']} installs, {asked['updates']} updates, {asked['launches']} launches "
+        f"(nothing new); {asked['chunks']} chunks asked for"
+    )
+    if ORIGIN:
+        o = scrape(ORIGIN)
+        chunks = total(o, "minicdn_origin_chunk_requests_total")
+        print(
+            f"origin: {total(o, 'minicdn_origin_requests_total'):.0f} requests, {chunks:.0f} chunk requests"
+            + (f" ({chunks / asked['chunks']:.2%} of the chunks phones asked for)" if asked["chunks"] else "")
+        )

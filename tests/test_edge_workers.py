@@ -1,0 +1,179 @@
+"""``minicdn edge --workers 2``: two processes on one port serve from one shared disk tier,
+and /metrics on either adds up what both did (edge/workers.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.edge_support import App, cache_dir, chunk_files, edge, eventually, publish_app, random_app
+from tests.procs import Service, metric
+
+
+@pytest.fixture(scope="module")
+def app(origin: Service, tmp_path_factory: pytest.TempPathFactory) -> App:
+    tmp = tmp_path_factory.mktemp("workers-app")
+    return publish_app(origin.url, "workers", random_app(tmp / "app", 1.0, seed=23))
+
+
+def children(svc: Service) -> list[int]:
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def written(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/<pid>/io")
+
+
+def fetch(port: int, hexid: str) -> int:
+    """One request on a connection of its own (SO_REUSEPORT spreads connections, not
+    requests); the body's length after checking it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", f"/v1/chunks/{hexid}")
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:200])
+        assert hashlib.sha256(body).hexdigest() == hexid
+        return len(body)
+    finally:
+        conn.close()
+
+
+def requests_counted(svc: Service) -> float:
+    return metric(svc.url, "minicdn_edge_requests_total", 'route="chunk"')
+
+
+@pytest.fixture
+def node(origin: Service, tmp_path: Path) -> Iterator[Service]:
+    svc = edge(tmp_path, origin.url, extra=("--workers", "2", "--memory-size", "64MiB", "--disk-size", "1GiB"))
+    svc.start()
+    try:
+        eventually(lambda: len(children(svc)) == 2, what="two workers")
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_two_workers_share_one_disk_tier_and_their_metrics_add_up(app: App, node: Service) -> None:
+    workers = children(node)
+    before = {pid: written(pid) for pid in workers}
+    made = 0
+
+    def one_pass() -> int:
+        nonlocal made
+        with ThreadPoolExecutor(16) as pool:
+            sizes = list(pool.map(lambda h: fetch(node.port, h), app.chunks * 2))
+        made += len(sizes)
+        return sum(sizes)
+
+    # A worker stores on disk only the keys it owns; passes go on until every owner has
+    # seen its keys (each pass lands every key on either worker, so this ends quickly).
+    eventually(lambda: one_pass() > 0 and len(chunk_files(node)) == len(app.chunks), timeout=60,
+               what="every chunk on disk, once")
+    files = chunk_files(node)
+    assert set(files) == set(app.chunks)
+    on_disk = sum(p.stat().st_size for p in files.values())
+    # Both workers served: each wrote a good share of the bodies to its sockets.
+    for pid in workers:
+        assert written(pid) - before[pid] > on_disk, f"worker {pid} served (almost) nothing"
+
+    def adds_up() -> bool:
+        hits = metric(node.url, "minicdn_edge_hits_total")
+        misses = metric(node.url, "minicdn_edge_misses_total")
+        return requests_counted(node) == made and hits + misses == made
+
+    eventually(adds_up, what="both workers' requests in /metrics")  # snapshots are 1 s apart
+    # Each file is indexed (and counted) by its owner alone: the node's disk bytes are the files'.
+    eventually(lambda: metric(node.url, "minicdn_edge_cache_bytes", 'tier="disk"') == on_disk,
+               what="disk bytes = the files")
+    assert metric(node.url, "minicdn_edge_cache_limit_bytes", 'tier="disk"') == 1 << 30
+    assert metric(node.url, "minicdn_edge_cache_limit_bytes", 'tier="memory"') == 64 << 20
+
+    # A restarted node (memory empty) answers every chunk from the one disk tier, whichever
+    # worker a connection lands on and whichever wrote the file.
+    node.stop()
+    node.start()
+    eventually(lambda: len(children(node)) == 2, what="two workers again")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda h: fetch(node.port, h), app.chunks))
+    eventually(lambda: requests_counted(node) == len(app.chunks), what="requests counted")
+    assert metric(node.url, "minicdn_edge_hits_total", 'tier="disk"') == len(app.chunks)
+    assert metric(node.url, "minicdn_edge_misses_total") == 0
+    assert cache_dir(node).is_dir()
+
+
+def test_a_killed_worker_is_replaced_and_the_counters_keep_counting(app: App, node: Service) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda h: fetch(node.port, h), app.chunks))
+    eventually(lambda: requests_counted(node) == len(app.chunks), what="requests counted")
+    victim = children(node)[0]
+    os.kill(victim, signal.SIGKILL)
+    eventually(lambda: victim not in children(node) and len(children(node)) == 2, what="a new worker")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda h: fetch(node.port, h), app.chunks))
+    # The dead worker's last snapshot still counts (it may lag its last second of work).
+    eventually(lambda: requests_counted(node) >= len(app.chunks) * 1.5, what="counters kept")
+    assert node.proc is not None and node.proc.poll() is None
+
+
+# -- the pieces, without processes ----------------------------------------------------------------
+
+
+def test_each_key_has_exactly_one_owning_slot() -> None:
+    from edge.workers import Slot
+
+    keys = [f"chunks/{i:064x}" for i in range(2000)] + [f"refs/app{i}/release" for i in range(50)]
+    for n in (1, 2, 3, 8):
+        slots = [Slot(i, n) for i in range(n)]
+        assert all(sum(s.owns(k) for s in slots) == 1 for k in keys)
+        if n > 1:  # and the shares are roughly even
+            assert min(sum(s.owns(k) for k in keys) for s in slots) > len(keys) / n * 0.8
+
+
+async def test_a_disk_tier_indexes_writes_and_sweeps_only_what_it_owns(tmp_path: Path) -> None:
+    from common.fsutil import TEMP_PREFIX, atomic_write
+    from edge import paths
+    from edge.disk import DiskTier
+    from edge.policy import make_policy
+
+    mine, theirs = "chunks/" + "a" * 64, "chunks/" + "b" * 64
+    for key in (mine, theirs):
+        atomic_write(paths.path_of(tmp_path, key), key.encode())
+    their_temp = paths.path_of(tmp_path, theirs).with_name(f"{TEMP_PREFIX}{'b' * 64}.0123")
+    my_temp = paths.path_of(tmp_path, mine).with_name(f"{TEMP_PREFIX}{'a' * 64}.4567")
+    their_temp.write_bytes(b"a write in progress")
+    my_temp.write_bytes(b"a crash's leftover")
+    disk = DiskTier(tmp_path, make_policy("s3fifo", 1 << 20))
+    disk.owns = lambda key: key == mine
+    await disk.open()
+    assert list(disk.keys()) == [mine] and disk.used == len(mine)
+    assert their_temp.exists() and not my_temp.exists()
+    blob = await disk.get(theirs, None)  # read, not indexed
+    assert blob is not None and blob.body == theirs.encode() and theirs not in disk.policy
+    assert not await disk.put(theirs, b"x")  # its owner writes it
+    assert await disk.put(mine, mine.encode())
+
+
+def test_snapshots_merge_by_name_and_labels() -> None:
+    from edge.workers import merge
+
+    a = [["m", "counter", "doc", [["m_total", {"k": "1"}, 2.0], ["m_created", {"k": "1"}, 50.0]]],
+         ["g", "gauge", "doc", [["g", {}, 3.0]]]]
+    b = [["m", "counter", "doc", [["m_total", {"k": "1"}, 5.0], ["m_total", {"k": "2"}, 1.0],
+                                  ["m_created", {"k": "1"}, 40.0]]]]
+    out = {f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples} for f in merge([a, b])}
+    assert out["m"] == {("m_total", (("k", "1"),)): 7.0, ("m_total", (("k", "2"),)): 1.0,
+                        ("m_created", (("k", "1"),)): 40.0}
+    assert out["g"] == {("g", ()): 3.0}
