@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish bench-edge bench-slow lint clean
+.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-slow loadtest lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ bench-publish: $(STAMP) data
 	$(PY) -m loadtests.bench_publish
 
 ## make bench: every benchmark at full length (publish; edge vs nginx under wrk)
-bench: $(STAMP) data bench-publish bench-edge bench-slow
+bench: $(STAMP) data bench-publish bench-edge bench-delivery bench-slow
 
 ## the full-length load and soak tests (make test runs their bounded versions)
 bench-slow: $(STAMP) data
@@ -39,6 +39,17 @@ bench-slow: $(STAMP) data
 
 bench-edge: $(STAMP) data
 	$(PY) -m loadtests.bench_edge
+
+## make bench-delivery: bytes and requests of installs and updates through a real edge, against zstd -19 and --patch-from
+bench-delivery: $(STAMP) data
+	$(PY) -m loadtests.bench_delivery
+
+## make loadtest: locust phones (Zipf over apps built from `make data`) against an origin and a ring
+## of three edges, headless for LOAD_SECONDS (default 30); prints each edge's hit ratio and the origin's requests
+LOAD_SECONDS ?= 30
+loadtest: $(STAMP) data
+	$(PY) -m pip install -q -e '.[load]'
+	$(PY) -m loadtests.cluster --duration $(LOAD_SECONDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
