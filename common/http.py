@@ -6,6 +6,7 @@ RFC 9110 sections are cited where a rule comes from.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ __all__ = [
     "read_limited",
     "serve_immutable",
     "status_of",
+    "stream_batch",
 ]
 
 log = logging.getLogger("minicdn.http")
@@ -126,6 +128,40 @@ async def read_batch_ids(request: web.Request, max_ids: int = MAX_BATCH) -> list
     for i in ids:
         parse_hex_id(i)
     return ids
+
+
+async def stream_batch(
+    request: web.Request,
+    ids: list[str],
+    load: Callable[[bytes], Awaitable[bytes | None]],
+    window: int,
+    wrote: Callable[[int], None] = lambda n: None,
+) -> web.StreamResponse:
+    """Answer ``POST /v1/chunks:batch``: ``[hex id, frame or nil]`` for each id, strictly in
+    request order, each written as soon as it and those before it are ready; ``load`` runs
+    at most ``window`` ids ahead; ``wrote`` hears the size of each piece written.
+
+    Once the status line has left, a failure can only break the stream (the client's batch
+    reader reports it and re-asks for what it did not get): a MinicdnError becomes a reset.
+    """
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
+    await resp.prepare(request)
+    tasks: list[asyncio.Task[bytes | None]] = []
+    n = 0
+    try:
+        for n, hexid in enumerate(ids):
+            while len(tasks) < min(len(ids), n + window):
+                tasks.append(asyncio.ensure_future(load(bytes.fromhex(ids[len(tasks)]))))
+            piece = msgpack.packb([hexid, await tasks[n]], use_bin_type=True)
+            await resp.write(piece)
+            wrote(len(piece))
+    except errors.MinicdnError as exc:
+        raise ConnectionResetError(f"batch aborted after {n} answers: {exc.message}") from exc
+    finally:
+        for t in tasks:
+            t.cancel()
+    await resp.write_eof()
+    return resp
 
 
 def accepts_zstd(request: web.Request) -> bool:

@@ -11,13 +11,20 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import msgpack
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import codec, dcz
-from common.errors import BadRequest, MinicdnError, Unauthorized
-from common.http import MAX_BATCH, accepts_zstd, etag_matches, read_batch_ids, read_limited, serve_immutable
+from common.errors import BadRequest, Unauthorized
+from common.http import (
+    MAX_BATCH,
+    accepts_zstd,
+    etag_matches,
+    read_batch_ids,
+    read_limited,
+    serve_immutable,
+    stream_batch,
+)
 from common.ids import check_app, check_channel, check_version, parse_hex_id
 from common.manifest import app_of
 from edge.cluster import NODE_HEADER
@@ -138,31 +145,16 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
 async def post_batch(request: web.Request) -> web.StreamResponse:
     ids = await read_batch_ids(request, MAX_BATCH)
     objects = request.app[EDGE].objects
-    resp = web.StreamResponse(headers={"Content-Type": MSGPACK})
-    await resp.prepare(request)
+
+    async def frame(cid: bytes) -> bytes | None:
+        entry = await objects.load_or_none(Obj("chunk", cid))
+        return None if entry is None else entry.body
+
+    def wrote(n: int) -> None:
+        request[SENT] += n
+
     request[SENT] = 0
-    # Fills run ahead in a bounded window; answers leave strictly in request order, each
-    # as soon as it and those before it are ready.
-    tasks: list[asyncio.Task[Entry | None]] = []
-    n = 0
-    try:
-        for n, hexid in enumerate(ids):
-            while len(tasks) < min(len(ids), n + BATCH_WINDOW):
-                obj = Obj("chunk", bytes.fromhex(ids[len(tasks)]))
-                tasks.append(asyncio.ensure_future(objects.load_or_none(obj)))
-            entry = await tasks[n]
-            piece = msgpack.packb([hexid, None if entry is None else entry.body], use_bin_type=True)
-            await resp.write(piece)
-            request[SENT] += len(piece)
-    except MinicdnError as exc:
-        # The status line has left: the only honest signal is a broken stream, which the
-        # client's batch reader reports and re-asks for what it did not get.
-        raise ConnectionResetError(f"batch aborted after {n} answers: {exc.message}") from exc
-    finally:
-        for t in tasks:
-            t.cancel()
-    await resp.write_eof()
-    return resp
+    return await stream_batch(request, ids, frame, BATCH_WINDOW, wrote)
 
 
 async def list_apps(request: web.Request) -> web.Response:

@@ -48,6 +48,7 @@ from common.chunking import cut
 from common.fsutil import atomic_write
 from common.ids import sha256
 from loadtests.data import _library_files, ensure_data, packages
+from loadtests.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "common"]
@@ -99,31 +100,6 @@ def big_chunks(cache: Path, count: int = 256) -> list[str]:
     return [c.hex() for c in seen]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(url: str, timeout: float = 30, ok: tuple[int, ...] = (200,)) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status in ok:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not answer within {timeout}s")
-        time.sleep(0.1)
-
-
 @contextmanager
 def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as out:
@@ -167,7 +143,7 @@ def edge(cache: Path, work: Path, fast_path: bool = True) -> Iterator[Running]:
     ]
     with process(args, work / "edge.log") as proc:
         url = f"http://127.0.0.1:{port}"
-        wait(url + "/readyz")
+        wait_http(url + "/readyz", 30)
         yield Running("edge" if fast_path else "edge-aiohttp", url, proc.pid)
 
 
@@ -236,7 +212,7 @@ def varnish(backend: str, work: Path) -> Iterator[Running]:
     ]  # fmt: skip
     with process(args, work / "varnish.log") as proc:
         url = f"http://127.0.0.1:{port}"
-        wait(url + "/v1/chunks/" + "0" * 64, ok=(200, 404))
+        wait_http(url + "/v1/chunks/" + "0" * 64, 30, ok=(200, 404))
         yield Running("varnish", url, proc.pid)
 
 

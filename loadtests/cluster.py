@@ -30,7 +30,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,18 +42,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from loadtests.data import build_app, chains, ensure_data
+from loadtests.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "common"]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 HOST = "127.0.0.1"
 VANT, WEUI = "@vant/weapp", "weui-miniprogram"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class Procs:
@@ -69,15 +63,10 @@ class Procs:
             proc = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.procs.append(proc)
         url = f"http://{HOST}:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {proc.returncode}; see {self.logs / name}.log")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/healthz", timeout=2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not answer on {url} within 30s")
-            time.sleep(0.1)
+        try:
+            wait_http(url + "/healthz", 30, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"{name}: {exc}; see {self.logs / name}.log") from exc
         print(f"{name:7} {url} (pid {proc.pid})", flush=True)
         return url
 

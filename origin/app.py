@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import msgpack
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +25,7 @@ from common.http import (
     read_batch_ids,
     read_limited,
     serve_immutable,
+    stream_batch,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
 from origin.channels import Channels, RolloutSpec
@@ -81,23 +81,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 
 async def post_batch(request: web.Request) -> web.StreamResponse:
     ids = await read_batch_ids(request, MAX_BATCH)
-    origin = request.app[ORIGIN]
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
-    await resp.prepare(request)
-    # Reads run ahead in a bounded window; answers leave strictly in request order, each
-    # as soon as it and those before it are ready.
-    tasks: list[asyncio.Task[bytes | None]] = []
-    try:
-        for n, hexid in enumerate(ids):
-            while len(tasks) < min(len(ids), n + BATCH_WINDOW):
-                tasks.append(asyncio.ensure_future(origin.chunk_or_none(bytes.fromhex(ids[len(tasks)]))))
-            frame = await tasks[n]
-            await resp.write(msgpack.packb([hexid, frame], use_bin_type=True))
-    finally:
-        for t in tasks:
-            t.cancel()
-    await resp.write_eof()
-    return resp
+    return await stream_batch(request, ids, request.app[ORIGIN].chunk_or_none, BATCH_WINDOW)
 
 
 async def get_bundle(request: web.Request) -> web.StreamResponse:

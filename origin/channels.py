@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from common import wire
 from common.errors import BadRequest, NotFound
@@ -24,7 +25,13 @@ from common.signing import SigningKey
 from origin import paths
 from origin.storage import Storage
 
-__all__ = ["Channels", "RolloutSpec"]
+__all__ = ["Channels", "Resigned", "RolloutSpec"]
+
+
+class Resigned(NamedTuple):
+    resigned: int  # refs re-signed in this round
+    soonest: float  # the soonest ``expires`` of every live ref after it (+inf: none)
+
 
 DAY = 86400
 
@@ -92,39 +99,32 @@ class Channels:
             self._remember(app, channel, now, version, old)
         return envelope
 
-    def earliest_expiry(self) -> float:
-        """The soonest ``expires`` among live refs (unix seconds); +inf when there are none."""
-        soonest = float("inf")
-        for app in self.apps():
-            for channel in self.channel_names(app):
-                ref = self.current(app, channel)
-                if ref is not None:
-                    soonest = min(soonest, ref.expires)
-        return soonest
-
-    def resign_due(self) -> int:
-        """Re-sign every ref with less than half its lifetime left; returns how many."""
-        count = 0
+    def resign_due(self) -> Resigned:
+        """Re-sign every ref with less than half its lifetime left; returns how many, and
+        the soonest ``expires`` of all live refs afterwards (+inf when there are none)."""
+        count, soonest = 0, float("inf")
         for app in self.apps():
             for channel in self.channel_names(app):
                 with self._lock:
                     ref = self.current(app, channel)
-                    now = int(self.clock())
-                    if ref is None or ref.expires - now > self.ttl // 2:
+                    if ref is None:
                         continue
-                    fresh = Ref(
-                        ref.app,
-                        ref.channel,
-                        ref.serial,
-                        now,
-                        now + self.ttl,
-                        ref.version,
-                        ref.manifest,
-                        ref.rollout,
-                    )
-                    self.storage.put(paths.channel_key(app, channel), fresh.seal(self.key))
-                    count += 1
-        return count
+                    now = int(self.clock())
+                    if ref.expires - now <= self.ttl // 2:
+                        ref = Ref(
+                            ref.app,
+                            ref.channel,
+                            ref.serial,
+                            now,
+                            now + self.ttl,
+                            ref.version,
+                            ref.manifest,
+                            ref.rollout,
+                        )
+                        self.storage.put(paths.channel_key(app, channel), ref.seal(self.key))
+                        count += 1
+                    soonest = min(soonest, ref.expires)
+        return Resigned(count, soonest)
 
     def repoint(self, app: str, version: str, old: set[bytes], new: bytes) -> int:
         """Move every ref of ``app`` that names ``version`` by one of the ``old`` manifests

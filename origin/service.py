@@ -307,13 +307,12 @@ class Origin:
         """Re-sign live refs well before they expire (owned by the app's cleanup_ctx)."""
         while True:
             try:
-                n = await self._run(self.channels.resign_due)
-                if n:
-                    log.info("re-signed %d refs", n)
-                # After re-signing: what is left is what an operator must hear about
+                done = await self._run(self.channels.resign_due)
+                if done.resigned:
+                    log.info("re-signed %d refs", done.resigned)
+                # What is left after re-signing is what an operator must hear about
                 # (expiry times only grow, so between rounds this errs early, never late).
-                soonest = await self._run(self.channels.earliest_expiry)
-                self.metrics.ref_earliest_expiry.set(soonest)
+                self.metrics.ref_earliest_expiry.set(done.soonest)
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("re-signing refs failed")
             await asyncio.sleep(self.settings.resign_interval)

@@ -7,19 +7,42 @@ import io
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from common.manifest import MAIN_PACKAGE
 from common.signing import PublicKey
 from tests.procs import Service, origin_service
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "demo"
 TOKEN = "test-token"
+
+# The demo app's subpackages (root → app.json entry) and one of each kind.
+DEMO_APP_JSON = json.loads((DEMO / "app.json").read_text())
+SUBS = {s["root"].strip("/"): s for s in DEMO_APP_JSON["subPackages"]}
+NORMAL = next(r for r, s in SUBS.items() if not s.get("independent"))
+INDEPENDENT = next(r for r, s in SUBS.items() if s.get("independent"))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, by relative path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def source_files(root: Path, packages: Iterable[str]) -> dict[str, bytes]:
+    """The files of a demo-shaped app under ``root`` that belong to ``packages`` (subpackage
+    roots, or "__APP__" for the main package): what an install of them must hold."""
+    wanted = set(packages)
+    return {
+        rel: data
+        for rel, data in tree(root).items()
+        if next((r for r in SUBS if rel.startswith(r + "/")), MAIN_PACKAGE) in wanted
+    }
 
 
 @dataclass

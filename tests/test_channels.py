@@ -57,10 +57,10 @@ def test_live_refs_are_resigned_when_half_their_life_is_gone(
     ch, _storage, key, clock = setup
     first = open_ref(ch.move("demo", "release", "1.0.0", None), [key.public])
     clock.now += 3 * 86400  # 4 days left of 7: not yet
-    assert ch.resign_due() == 0
+    assert ch.resign_due().resigned == 0
     clock.now += 1 * 86400  # 3 days left: re-sign
-    assert ch.resign_due() == 1
+    assert ch.resign_due().resigned == 1
     fresh = open_ref(ch.envelope("demo", "release"), [key.public])
     assert fresh.serial == first.serial and fresh.version == first.version and fresh.manifest == first.manifest
     assert fresh.expires == int(clock.now) + 7 * 86400 > first.expires
-    assert ch.resign_due() == 0  # fresh again
+    assert ch.resign_due() == (0, fresh.expires)  # fresh again; the soonest expiry is its

@@ -18,30 +18,22 @@ from client.client import Client, ClientConfig
 from common.errors import ExpiredRef, IntegrityError, RollbackRef, SignatureError
 from common.manifest import Ref, in_rollout, open_ref
 from common.signing import PublicKey, SigningKey
-from tests.conftest import DEMO, TOKEN, http, publish, set_channel, tar_gz_of
+from tests.conftest import (
+    DEMO,
+    DEMO_APP_JSON,
+    INDEPENDENT,
+    NORMAL,
+    SUBS,
+    TOKEN,
+    http,
+    publish,
+    set_channel,
+    source_files,
+    tar_gz_of,
+    tree,
+)
 from tests.procs import Service, edge_service, metric, origin_service
 from tests.tamper import TamperProxy
-
-APP_JSON = json.loads((DEMO / "app.json").read_text()) if (DEMO / "app.json").exists() else {}
-SUBS = {s["root"].strip("/"): s for s in APP_JSON.get("subPackages", APP_JSON.get("subpackages", []))}
-NORMAL = next((r for r, s in SUBS.items() if not s.get("independent")), "")
-INDEPENDENT = next((r for r, s in SUBS.items() if s.get("independent")), "")
-
-
-def source_files(root: Path, packages: set[str]) -> dict[str, bytes]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        owner = next((r for r in SUBS if rel.startswith(r + "/")), "__APP__")
-        if owner in packages:
-            out[rel] = p.read_bytes()
-    return out
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @dataclass
@@ -126,7 +118,7 @@ def test_independent_subpackage_installs_alone(cdn: Cdn, tmp_path: Path) -> None
 
 
 def test_open_page_installs_its_package_and_preloads(cdn: Cdn, tmp_path: Path) -> None:
-    page, names = next(iter(APP_JSON["preloadRule"].items()))
+    page, names = next(iter(DEMO_APP_JSON["preloadRule"].items()))
     out = tmp_path / "open"
     r = fetch_cli(cdn, tmp_path, "--out", str(out), "--open", page, "--json")
     assert r.returncode == 0, r.stderr

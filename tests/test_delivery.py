@@ -21,29 +21,22 @@ from common import dcz
 from common.errors import IntegrityError
 from common.manifest import MAIN_PACKAGE, Manifest, open_manifest
 from common.signing import PublicKey
-from tests.conftest import DEMO, TOKEN, http, publish, set_channel, tar_gz_of
+from tests.conftest import (
+    DEMO,
+    INDEPENDENT,
+    NORMAL,
+    TOKEN,
+    http,
+    publish,
+    set_channel,
+    source_files,
+    tar_gz_of,
+    tree,
+)
 from tests.procs import Service, edge_service, metric, origin_service
 from tests.tamper import TamperProxy
 
-APP_JSON = json.loads((DEMO / "app.json").read_text())
-SUBS = {s["root"].strip("/"): s for s in APP_JSON["subPackages"]}
-NORMAL = next(r for r, s in SUBS.items() if not s.get("independent"))
-INDEPENDENT = next(r for r, s in SUBS.items() if s.get("independent"))
 ALL = (MAIN_PACKAGE, NORMAL, INDEPENDENT)
-
-
-def source(root: Path, packages: tuple[str, ...]) -> dict[str, bytes]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        owner = next((r for r in SUBS if rel.startswith(r + "/")), MAIN_PACKAGE)
-        if p.is_file() and owner in packages:
-            out[rel] = p.read_bytes()
-    return out
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @dataclass
@@ -117,7 +110,7 @@ async def test_every_plan_yields_byte_identical_installs(cdn: Cdn, tmp_path: Pat
     config, out = cdn.config(tmp_path / "store", plan), tmp_path / "app"
     sent = metric(cdn.edge.url, "minicdn_edge_sent_bytes_total")
     cold = await install(cdn, config, out, "v1")
-    assert tree(out) == source(cdn.src["1.0.0"], ALL)
+    assert tree(out) == source_files(cdn.src["1.0.0"], ALL)
     assert cold.bytes_downloaded == metric(cdn.edge.url, "minicdn_edge_sent_bytes_total") - sent
     expected_cold = {"chunks": "chunks", "bundle": "bundle"}.get(plan)
     if expected_cold:  # no base yet: a forced delta falls back to the cheapest
@@ -125,7 +118,7 @@ async def test_every_plan_yields_byte_identical_installs(cdn: Cdn, tmp_path: Pat
     assert cold.chunks_downloaded == cold.chunks and cold.requests <= 2 + 3
 
     update = await install(cdn, config, out, "v2")
-    assert tree(out) == source(cdn.src["1.1.0"], ALL)
+    assert tree(out) == source_files(cdn.src["1.1.0"], ALL)
     changed = {"chunks": "chunks", "bundle": "bundle"}.get(plan, "delta")  # auto: the delta is cheapest
     assert update.plans == {MAIN_PACKAGE: changed, NORMAL: changed, INDEPENDENT: "none"}
     assert update.plan == changed and update.version == "1.1.0"
@@ -182,7 +175,7 @@ async def test_a_delta_whose_base_the_client_lacks_is_never_chosen(cdn: Cdn, tmp
     await install(cdn, cdn.config(store), out, "v1", packages=(MAIN_PACKAGE,))
     s = await install(cdn, cdn.config(store, "delta"), out, "v2", packages=(MAIN_PACKAGE, NORMAL))
     assert s.plans[MAIN_PACKAGE] == "delta" and s.plans[NORMAL] in ("chunks", "bundle")
-    assert tree(out) == source(cdn.src["1.1.0"], (MAIN_PACKAGE, NORMAL))
+    assert tree(out) == source_files(cdn.src["1.1.0"], (MAIN_PACKAGE, NORMAL))
 
     # 2. the store lost the chunks, but the installed files are intact: they are the base
     store, out = tmp_path / "s2", tmp_path / "a2"
@@ -190,7 +183,7 @@ async def test_a_delta_whose_base_the_client_lacks_is_never_chosen(cdn: Cdn, tmp
     shutil.rmtree(store / "chunks")
     s = await install(cdn, cdn.config(store, "delta"), out, "v2", packages=(MAIN_PACKAGE,))
     assert s.plans == {MAIN_PACKAGE: "delta"}
-    assert tree(out) == source(cdn.src["1.1.0"], (MAIN_PACKAGE,))
+    assert tree(out) == source_files(cdn.src["1.1.0"], (MAIN_PACKAGE,))
 
     # 3. the store lost the chunks and an installed file was edited: no base, no delta
     store, out = tmp_path / "s3", tmp_path / "a3"
@@ -199,7 +192,7 @@ async def test_a_delta_whose_base_the_client_lacks_is_never_chosen(cdn: Cdn, tmp
     (out / "app.wxss").write_bytes(b"/* edited on the phone */\n")
     s = await install(cdn, cdn.config(store, "delta"), out, "v2", packages=(MAIN_PACKAGE,))
     assert s.plans[MAIN_PACKAGE] in ("chunks", "bundle")
-    assert tree(out) == source(cdn.src["1.1.0"], (MAIN_PACKAGE,))
+    assert tree(out) == source_files(cdn.src["1.1.0"], (MAIN_PACKAGE,))
 
 
 # -- manifests travel as dcz --------------------------------------------------------------------
@@ -246,7 +239,7 @@ async def test_client_asks_for_dcz_against_the_installed_manifest(cdn: Cdn, tmp_
     dcz_size = len(http("GET", f"{base}/v1/manifests/{new}", headers=ask).body)
     s = await install(cdn, config, out, "v2")
     assert s.manifest == new and s.by_kind["manifest"] == dcz_size
-    assert tree(out) == source(cdn.src["1.1.0"], ALL)
+    assert tree(out) == source_files(cdn.src["1.1.0"], ALL)
     stored = (tmp_path / "store" / "manifests" / new).read_bytes()
     assert isinstance(open_manifest(stored, [cdn.key], bytes.fromhex(new)), Manifest)
 
