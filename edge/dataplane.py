@@ -42,7 +42,9 @@ import bisect
 import contextlib
 import json
 import logging
+import os
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -62,7 +64,7 @@ from common.errors import MinicdnError
 from common.http import IMMUTABLE, Unsatisfiable, etag_matches, parse_range, status_of
 from common.negotiate import accepts_coding
 from edge.metrics import EdgeMetrics
-from edge.objects import Entry, Obj
+from edge.objects import Entry, Obj, Sealed
 from edge.service import Edge
 
 __all__ = [
@@ -248,12 +250,12 @@ class Reply:
     __slots__ = ("body", "head", "route", "sent", "status")
 
     def __init__(
-        self, route: str, status: int, head: bytes, body: bytes | memoryview | None, sent: int
+        self, route: str, status: int, head: bytes, body: bytes | memoryview | Sealed | None, sent: int
     ) -> None:
         self.route = route
         self.status = status
         self.head = head  # status line and fields, without Date and the blank line
-        self.body = body  # None: nothing to send (HEAD, 304)
+        self.body = body  # None: nothing to send (HEAD, 304); Sealed: sent from its memfd
         self.sent = sent
 
 
@@ -294,21 +296,23 @@ def accepts_zstd(header: str) -> bool:
 def immutable(
     req: Request,
     entry: Entry | None,
-    body: bytes,
+    body: bytes | Sealed,
     *,
     content_type: str = OCTETS,
     content_encoding: str | None = None,
     vary: str | None = None,
 ) -> Reply:
     """common.http.serve_immutable on the fast path: 304, Range/206/416, HEAD.  The plain
-    200 head is built once per entry and variant and kept on the entry."""
+    200 head is built once per entry and variant and kept on the entry.  A sealed body is
+    read only for the bytes a range selects, and sent from its memfd otherwise."""
     route, low = req.kind, req.low
+    size = body.size if isinstance(body, Sealed) else len(body)
     if entry is not None and entry.heads is not None and F_IF_NONE_MATCH not in low and F_RANGE not in low:
         cached = entry.heads.get((content_type, content_encoding, vary))
         if cached is not None:  # the hot path: a plain 200 of a cached object
             if req.method == b"HEAD":
                 return Reply(route, 200, cached, None, 0)
-            return Reply(route, 200, cached, body, len(body))
+            return Reply(route, 200, cached, body, size)
     etag = req.etag
     fields = [("ETag", etag), ("Cache-Control", IMMUTABLE), ("Accept-Ranges", "bytes")]
     if content_encoding:
@@ -319,7 +323,6 @@ def immutable(
         inm = req.field(F_IF_NONE_MATCH)
         if inm is not None and etag_matches(inm, etag):  # RFC 9110 §13.1.2
             return Reply(route, 304, _head(304, fields), None, 0)
-    size = len(body)
     if F_RANGE in req.low:
         rng_header, if_range = req.field(F_RANGE), req.field(F_IF_RANGE)
         if rng_header and (if_range is None or if_range == etag):  # RFC 9110 §13.1.5
@@ -335,7 +338,11 @@ def immutable(
                     ("Content-Range", f"bytes {rng.start}-{rng.end}/{size}"),
                     ("Content-Type", content_type),
                 ]
-                part = memoryview(body)[rng.start : rng.end + 1]
+                part = (
+                    body.read(rng.start, rng.end + 1)
+                    if isinstance(body, Sealed)
+                    else memoryview(body)[rng.start : rng.end + 1]
+                )
                 fields.append(("Content-Length", str(len(part))))
                 if req.method == b"HEAD":
                     return Reply(route, 206, _head(206, fields), None, 0)
@@ -529,6 +536,16 @@ class _Parsed:
         self.keep_alive = self.parser.should_keep_alive()
 
 
+class _Borrowed(socket.socket):
+    """The connection's own socket, wrapped to ``send`` with MSG_MORE and to ``sendfile``
+    from: the descriptor stays the transport's, so this never closes it (the connection
+    detaches it when it is lost or handed over; if it is ever dropped undetached, its
+    finalizer detaches instead of closing)."""
+
+    def __del__(self) -> None:
+        self.detach()
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -553,6 +570,11 @@ class Connection(asyncio.Protocol):
         self._paused_since = 0.0
         self._shape = b""  # see _hot
         self._zstd: bool | None = None
+        self._keep = False
+        self.entries = plane.node.memory.entries
+        self._touch = plane.node.memory.policy.touch  # the tier's policy is fixed at start
+        self._sock: _Borrowed | None = None  # see _send_sealed
+        self._no_sock = False
         self._logging = plane.node.access_log is not None  # the inline hot path does not log
         self._handoff_end: int | None = None  # where the request to hand over ends in _buf
         self._lent: tuple[_Lent, asyncio.Protocol] | None = None  # the request aiohttp answers
@@ -570,6 +592,7 @@ class Connection(asyncio.Protocol):
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._give_back()
         self.plane.connections.discard(self)
         self.transport = None
         self._closing = True
@@ -589,6 +612,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._active = CLOCK.now
+        if (
+            not (
+                self._buf or self._queue or self._skip or self._closing or self._handoff or self._write_paused
+            )
+            and self._lent is None
+            and self._hot(data, time.perf_counter(), True)
+        ):
+            return
         if self._skip:  # the rest of a body aiohttp answered without reading
             n = min(self._skip, len(data))
             self._skip -= n
@@ -714,7 +745,7 @@ class Connection(asyncio.Protocol):
 
     # -- answering -------------------------------------------------------------------------------
 
-    def _hot(self, head: bytes, t0: float) -> bool:
+    def _hot(self, head: bytes, t0: float, quick: bool = False) -> bool:
         """The common case, inline (one call instead of a dozen): a keep-alive HTTP/1.1 GET
         or HEAD, without conditionals or ranges, of an object in memory whose 200 head for
         the variant is prebuilt.  False, having changed nothing, for anything else.
@@ -731,41 +762,48 @@ class Connection(asyncio.Protocol):
         end = head.find(b" ", start)
         shape = head[end:]
         if shape != self._shape:
+            if quick:
+                return False
             self._shape = shape
             self._zstd = _plain_shape(shape)
+            self._keep = self._parsed.keep_alive
         zstd = self._zstd
-        if zstd is None or self._logging or head[start : start + 4] != b"/v1/" or not self._parsed.keep_alive:
+        if zstd is None or self._logging or head[start : start + 4] != b"/v1/" or not self._keep:
             return False
         try:
             key = head[start + 4 : end].decode("ascii")
         except UnicodeDecodeError:
             return False
-        entry = self.memory.peek(key)
+        entry = self.entries.get(key)
         if entry is None or entry.heads is None:
             return False
         kind = key[: key.find("/")]
-        body: bytes | None = entry.body
+        body, sealed = entry.data, entry.sealed
         if kind == "chunks":
             if not zstd:
                 return False
             prebuilt = entry.heads.get(CHUNK_ZSTD)
         elif kind == "manifests":
             if zstd:
-                body = entry.encoded
+                body, sealed = entry.encoded, None
             prebuilt = entry.heads.get(MANIFEST_ZSTD if zstd else MANIFEST_RAW)
         else:
             prebuilt = entry.heads.get(BUNDLE)
-        if prebuilt is None or body is None:
+        if prebuilt is None or (body is None and sealed is None):
             return False
-        self.memory.policy.touch(key)
+        self._touch(key)
         transport = self.transport
         assert transport is not None
         stats = self.stats
-        if start == 4:
+        if start == 5:
+            transport.write(prebuilt + CLOCK.date)
+        elif body is not None:
             transport.writelines((prebuilt + CLOCK.date, body))
             stats.sent += len(body)
         else:
-            transport.write(prebuilt + CLOCK.date)
+            assert sealed is not None
+            self._send_sealed(transport, prebuilt + CLOCK.date, sealed)
+            stats.sent += sealed.size
         stats.memory_hits += 1
         stats.hot[kind] += 1
         seconds = time.perf_counter() - t0
@@ -775,6 +813,51 @@ class Connection(asyncio.Protocol):
         else:
             stats.buckets[bisect.bisect_left(stats.bounds, seconds)] += 1
         return True
+
+    def _send_sealed(self, transport: asyncio.Transport, head: bytes, sealed: Sealed) -> None:
+        """``head`` and then a sealed body, without copying the body: ``send`` with
+        MSG_MORE (head and body leave in full segments) and ``sendfile`` straight to the
+        socket, which is in order only while the transport's buffer is empty.  What the
+        socket does not take now goes to the transport, which sends it after, in order;
+        so does everything when the socket cannot be borrowed (TLS, not TCP)."""
+        sock = self._sock
+        if sock is None and not self._no_sock:
+            sock = self._sock = self._borrow(transport)
+        if sock is None or transport.get_write_buffer_size():
+            transport.writelines((head, sealed.read()))
+            return
+        try:
+            n = sock.send(head, socket.MSG_MORE)
+        except OSError:  # full (EAGAIN) or broken: the transport finds out and tells us
+            n = 0
+        if n < len(head):
+            transport.writelines((head[n:], sealed.read()))
+            return
+        try:
+            m = os.sendfile(sock.fileno(), sealed.fd, 0, sealed.size)
+        except OSError:
+            m = 0
+        if m < sealed.size:
+            transport.write(sealed.read(m))
+
+    def _borrow(self, transport: asyncio.Transport) -> _Borrowed | None:
+        raw = transport.get_extra_info("socket")
+        if (
+            raw is None
+            or transport.get_extra_info("sslcontext") is not None
+            or raw.family not in (socket.AF_INET, socket.AF_INET6)
+        ):
+            self._no_sock = True
+            return None
+        sock = _Borrowed(raw.family, raw.type, fileno=raw.fileno())
+        sock.settimeout(0)
+        return sock
+
+    def _give_back(self) -> None:
+        if self._sock is not None:
+            self._sock.detach()
+            self._sock = None
+        self._no_sock = True
 
     def _answer(self, head: bytes, t0: float) -> None:
         parser = self._parser
@@ -825,14 +908,14 @@ class Connection(asyncio.Protocol):
     def _finish(self, req: Request, entry: Entry) -> Reply | None:
         kind = req.kind
         if kind == "bundle":
-            return immutable(req, entry, entry.body)
+            return immutable(req, entry, entry.stored)
         zstd = accepts_zstd(req.field(F_ACCEPT_ENCODING) or "")
         if kind == "chunk":
             if zstd:
-                return immutable(req, entry, entry.body, content_encoding="zstd", vary="Accept-Encoding")
+                return immutable(req, entry, entry.stored, content_encoding="zstd", vary="Accept-Encoding")
             return None  # decoded in a task
         if not zstd:
-            return immutable(req, entry, entry.body, content_type=MSGPACK, vary=dcz.VARY)
+            return immutable(req, entry, entry.stored, content_type=MSGPACK, vary=dcz.VARY)
         if entry.encoded is None:
             return None  # encoded in a task
         return immutable(
@@ -904,6 +987,8 @@ class Connection(asyncio.Protocol):
             head = reply.head + CLOCK.date
         if reply.body is None:
             transport.write(head)
+        elif isinstance(reply.body, Sealed):
+            self._send_sealed(transport, head, reply.body)
         else:
             transport.writelines((head, reply.body))
         seconds = time.perf_counter() - (req.t0 if req is not None else time.perf_counter())
@@ -1016,6 +1101,7 @@ class Connection(asyncio.Protocol):
         self._settle_reading()
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
+        self._give_back()
         self.plane.connections.discard(self)
         self.transport = None
         self._closing = True
@@ -1049,6 +1135,7 @@ class Connection(asyncio.Protocol):
             and not self._queue
             and not self._write_paused
             and now - self._active > limits.keepalive_timeout
+            and not self.transport.get_write_buffer_size()  # an answer still leaving is not idle
         ):
             self.transport.close()
 

@@ -121,8 +121,9 @@ class Filler:
             if self.hot.admit(obj.key):
                 self.memory.put(obj.key, entry)
             return
+        body = entry.body  # before the tier may seal it (reading it back would copy)
         self.memory.put(obj.key, entry)
-        self.writes.spawn(self.disk.put(obj.key, entry.body))
+        self.writes.spawn(self.disk.put(obj.key, body))
 
     def _verifier(self, obj: Obj) -> Callable[[Answer], Any]:
         async def accept(answer: Answer) -> Entry:

@@ -1,23 +1,54 @@
 """The memory tier: entries ready to send, bounded by the bytes of their bodies.
 
 Plain dict operations on the event loop's thread; nothing here blocks or awaits.
+
+Bodies of at least ``SEAL_MIN`` bytes (except refs, which change) are moved into sealed
+memfds as they are admitted, so the data plane sends them with ``sendfile`` rather than
+copying them into the socket: at 64 KiB that copy was the largest single cost of a hit
+(docs/performance.md).  Each costs a descriptor, so at most ``max_sealed`` entries are
+sealed (by default a quarter of the process's descriptor limit); past that, and whenever
+the system refuses a memfd, bodies stay bytes and are copied as before.
 """
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Callable, Iterator
 
 from edge.objects import Entry
 from edge.policy import Policy
 
-__all__ = ["MemoryTier"]
+__all__ = ["SEAL_MIN", "MemoryTier", "default_max_sealed"]
+
+log = logging.getLogger("minicdn.edge.memory")
+
+SEAL_MIN = 32 << 10
+
+
+def default_max_sealed() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(0, soft // 4)
 
 
 class MemoryTier:
-    def __init__(self, policy: Policy, on_evict: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        on_evict: Callable[[int], None] = lambda n: None,
+        max_sealed: int | None = None,
+        seal_min: int = SEAL_MIN,
+    ) -> None:
         self.policy = policy
         self.on_evict = on_evict
+        self.max_sealed = default_max_sealed() if max_sealed is None else max_sealed
+        self.seal_min = seal_min
+        self.sealed = 0  # entries held in a memfd now
         self._items: dict[str, Entry] = {}
+        # Read-only view for the data plane's inline path (a dict lookup, not a call).
+        self.entries: dict[str, Entry] = self._items
 
     @property
     def used(self) -> int:
@@ -43,16 +74,34 @@ class MemoryTier:
             self.remove(key)
         evicted = self.policy.admit(key, entry.size)
         for k, size in evicted:
-            del self._items[k]
+            self._forget(self._items.pop(k))
             self.on_evict(size)
         if key not in self.policy:
             return False
+        if (
+            entry.sealed is None
+            and entry.size >= self.seal_min
+            and self.sealed < self.max_sealed
+            and not key.startswith("refs/")
+        ):
+            try:
+                entry.seal()
+            except OSError as exc:  # out of descriptors or memory: keep the bytes
+                log.warning("memory tier: body of %s stays unsealed: %s", key, exc)
+        if entry.sealed is not None:
+            self.sealed += 1
         self._items[key] = entry
         return True
 
     def remove(self, key: str) -> None:
-        if self._items.pop(key, None) is not None:
+        entry = self._items.pop(key, None)
+        if entry is not None:
+            self._forget(entry)
             self.policy.remove(key)
+
+    def _forget(self, entry: Entry) -> None:
+        if entry.sealed is not None:
+            self.sealed -= 1
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         return (k for k in list(self._items) if k.startswith(prefix))

@@ -5,8 +5,10 @@ mid-response, HTTP/1.0, and requests that fall through to aiohttp on the same co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import socket
 import struct
 import time
@@ -18,6 +20,7 @@ import msgpack
 import pytest
 
 from common import codec
+from edge.memory import SEAL_MIN
 from tests.edge_support import App, batch_items, edge, eventually, publish_app, random_app, scripted
 from tests.procs import Service, metric
 
@@ -397,6 +400,92 @@ def test_a_client_that_reads_nothing_is_held_by_flow_control(apps: dict[str, App
             check_chunk(ids[i % len(ids)], c.response())
     finally:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    assert node.proc is not None and node.proc.poll() is None
+
+
+# -- large bodies, sent from sealed memfds -----------------------------------------------------
+
+
+def memfds(node: Service) -> int:
+    """How many sealed bodies (edge.objects.Sealed) the edge process holds open."""
+    assert node.proc is not None
+    n = 0
+    for fd in os.listdir(f"/proc/{node.proc.pid}/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/{node.proc.pid}/fd/{fd}").startswith("/memfd:minicdn-body")
+    return n
+
+
+def large(node: Service, app: App, count: int) -> list[str]:
+    """``count`` chunks whose zstd frame is large enough to be sealed, warmed."""
+    c = Raw(node.port)
+    found = []
+    try:
+        for h in app.chunks:
+            if app.raw[h] >= SEAL_MIN:
+                c.send(get(chunk(h), "Accept-Encoding: zstd"))
+                r = c.response()
+                check_chunk(h, r)
+                if len(r.body) >= SEAL_MIN:
+                    found.append(h)
+    finally:
+        c.close()
+    assert len(found) >= count, f"the big app has {len(found)} chunks of at least {SEAL_MIN} B stored"
+    return found[-count:]
+
+
+def test_large_bodies_go_out_of_sealed_memfds_whole_and_in_order(apps: dict[str, App], node: Service) -> None:
+    ids = large(node, apps["big"], 3)
+    assert memfds(node) >= len(ids)
+    zstd = "Accept-Encoding: zstd"
+    c = Raw(node.port)
+    try:
+        for _ in range(3):  # the first parsed in full, the next ones by the known-shape path
+            for h in ids:
+                c.send(get(chunk(h), zstd))
+                r = c.response()
+                check_chunk(h, r)
+                assert r.headers["content-encoding"] == "zstd" and r.headers["etag"] == f'"{h}"'
+        c.send(b"".join(get(chunk(h), zstd) for h in ids))  # pipelined: one read, three answers
+        frames = []
+        for h in ids:
+            r = c.response()
+            check_chunk(h, r)
+            frames.append(r.body)
+        h, frame = ids[0], frames[0]
+        c.send(get(chunk(h), zstd, method="HEAD"))
+        head = c.response(head_only=True)
+        assert head.status == 200 and int(head.headers["content-length"]) == len(frame)
+        c.send(get(chunk(h), zstd, "Range: bytes=40000-40009"))
+        part = c.response()
+        assert part.status == 206 and part.body == frame[40000:40010]
+        c.send(get(chunk(h), zstd, f'If-None-Match: "{h}"'))
+        assert c.response().status == 304
+        c.send(get(chunk(h)))  # identity: decoded from the sealed frame
+        r = c.response()
+        assert "content-encoding" not in r.headers and hashlib.sha256(r.body).hexdigest() == h
+    finally:
+        c.close()
+
+
+def test_a_slow_reader_of_sealed_bodies_gets_every_byte(apps: dict[str, App], node: Service) -> None:
+    """The socket takes part of a body: the rest, and every answer after it, go through
+    the transport's buffer in order."""
+    ids = large(node, apps["big"], 3)
+    c = Raw(node.port)
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        order = ids * 60  # ~6 MiB: more than the socket buffers on both sides hold
+        for h in order:  # one request at a time, none of the answers read yet
+            c.send(get(chunk(h), "Accept-Encoding: zstd"))
+            time.sleep(0.002)
+        time.sleep(0.2)
+        for h in order:
+            check_chunk(h, c.response())
+        c.send(get(chunk(ids[0]), "Accept-Encoding: zstd"))  # and the connection goes on
+        check_chunk(ids[0], c.response())
+    finally:
         c.close()
     assert node.proc is not None and node.proc.poll() is None
 

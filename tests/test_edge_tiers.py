@@ -3,9 +3,12 @@ index rebuilt from the files alone, verification before serving, and a full disk
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import random
+import resource
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from common.ids import sha256
 from edge import paths
 from edge.disk import DiskTier
 from edge.memory import MemoryTier
-from edge.objects import Entry, Obj
+from edge.objects import Entry, Obj, Sealed
 from edge.policy import LRU, S3FIFO
 
 
@@ -43,6 +46,80 @@ def test_memory_tier_stays_within_its_limit_and_counts_evictions() -> None:
     assert not mem.put("huge", Entry(b"x" * 10_001, '"e"')) and mem.get("huge") is None
     mem.put("k99", Entry(b"y" * 10, '"e"'))  # replace
     assert mem.get("k99").body == b"y" * 10 and mem.used == 9_010  # type: ignore[union-attr]
+
+
+def _open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def _memfds() -> set[int]:
+    out = set()
+    for fd in _open_fds():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:minicdn-body"):
+                out.add(fd)
+    return out
+
+
+def test_large_bodies_are_sealed_in_memfds_that_close_with_their_entry() -> None:
+    mem = MemoryTier(S3FIFO(1 << 20), seal_min=1000, max_sealed=2)
+    big, small, ref = os.urandom(5000), b"s" * 999, b"r" * 5000
+    before = _memfds()
+    mem.put("chunks/a", Entry(big, '"a"'))
+    mem.put("chunks/small", Entry(small, '"s"'))
+    mem.put("refs/app/stable", Entry(ref, '"r"'))  # refs change: never sealed
+    a = mem.peek("chunks/a")
+    assert a is not None and a.sealed is not None and a.data is None and mem.sealed == 1
+    assert a.body == big and a.sealed.read(10, 20) == big[10:20] and a.size == 5000
+    assert mem.peek("chunks/small").sealed is None  # type: ignore[union-attr]
+    assert mem.peek("refs/app/stable").sealed is None  # type: ignore[union-attr]
+    fd = a.sealed.fd
+    assert _memfds() - before == {fd}
+    # The kernel holds the body immutable: no write, no resize, no removing the seals.
+    with pytest.raises(PermissionError):
+        os.write(fd, b"x")
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 10)
+    assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & Sealed.SEALS == Sealed.SEALS
+    # At most max_sealed: the third large body stays bytes.
+    mem.put("chunks/b", Entry(os.urandom(5000), '"b"'))
+    mem.put("chunks/c", Entry(os.urandom(5000), '"c"'))
+    assert mem.sealed == 2 and mem.peek("chunks/c").sealed is None  # type: ignore[union-attr]
+    # Removed from the tier, the memfd closes once nothing holds the entry any more.
+    mem.remove("chunks/a")
+    assert mem.sealed == 1 and fd in _memfds()  # ``a`` still holds it
+    del a
+    assert fd not in _memfds()
+    mem.put("chunks/d", Entry(os.urandom(5000), '"d"'))
+    assert mem.sealed == 2
+
+
+def test_evicted_sealed_entries_give_their_descriptors_back() -> None:
+    mem = MemoryTier(S3FIFO(20_000), seal_min=1000, max_sealed=100)
+    before = _memfds()
+    for i in range(50):
+        mem.put(f"chunks/{i}", Entry(os.urandom(4000), f'"{i}"'))
+        assert mem.sealed == len(mem) <= 5
+    assert len(_memfds() - before) == mem.sealed == len(mem)
+
+
+def test_a_refused_memfd_leaves_the_body_as_bytes() -> None:
+    mem = MemoryTier(S3FIFO(1 << 20), seal_min=1000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(_open_fds()) + 1, hard))
+    filler: list[int] = []
+    try:
+        with pytest.raises(OSError) as full:  # take every descriptor left below the limit
+            while True:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+        assert full.value.errno == errno.EMFILE
+        assert mem.put("chunks/a", Entry(b"z" * 5000, '"a"'))
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    a = mem.peek("chunks/a")
+    assert a is not None and a.sealed is None and a.body == b"z" * 5000 and mem.sealed == 0
 
 
 # -- disk --------------------------------------------------------------------------------------
