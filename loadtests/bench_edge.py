@@ -11,15 +11,25 @@ worker (and Varnish) serving the same chunk files.
   ``--with-aiohttp`` adds the edge with ``--no-fast-path`` (every request through aiohttp).
 - Every server is pinned to CPU 0, wrk (Debian's, one thread) to CPU 1; the same wrk
   load (``-c`` connections, a Lua script picking chunk URLs at random, ``Accept-Encoding:
-  zstd``) runs against each, in a rotating order, for ``--rounds`` rounds.  The tables
-  show medians of requests per second and the ratios, and of each server's CPU time (user
-  + system of its whole process tree, from /proc) per request, which a busy machine
-  disturbs much less; then the edge's peak RSS against what its memory tier held.
+  zstd``) runs against each, in a rotating order, for ``--rounds`` short rounds.  A
+  ratio is taken within each round (the servers' runs are seconds apart, so a slow phase
+  of a shared machine hits both) and the table shows the median of those ratios, with
+  their range, and the median requests per second.
+- Two modes.  *open*: each server has all of CPU 0.  With 64 KiB bodies one wrk thread
+  saturates its core before the servers do (it copies every body out of the socket), so
+  those requests per second measure wrk; the table says so (wrk's CPU share is shown).
+  *capped*: each server is held to ``--cap`` of a core by a cgroup CPU quota (v2
+  ``cpu.max`` or v1 ``cpu.cfs_quota_us``), so the server, not wrk, is the bottleneck and
+  requests per second compare what each server does with the same CPU time: per core.
+  Capped mode needs root and a cgroup CPU controller; without them it is left out, with
+  the reason printed.
+- It also reads each server's CPU time (user + system of its whole process tree, from
+  /proc) per request, and the edge's peak RSS against what its memory tier held.
 
 nginx, wrk and Varnish are installed with apt-get when missing (root needed)::
 
-    python -m loadtests.bench_edge [--rounds 3] [--duration 10] [--connections 32]
-                                   [--no-varnish] [--with-aiohttp]
+    python -m loadtests.bench_edge [--rounds 9] [--duration 3] [--connections 32]
+                                   [--cap 0.6] [--no-varnish] [--with-aiohttp]
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -292,14 +303,84 @@ class PeakRss:
         self._thread.join()
 
 
+class CpuCap:
+    """One cgroup per server whose CPU quota the bench switches between none (open mode)
+    and a share of one core (capped mode): cgroup v2's ``cpu.max`` where the unified
+    hierarchy has the cpu controller, else v1's ``cpu.cfs_quota_us``."""
+
+    PERIOD = 100_000  # µs
+
+    def __init__(self, path: Path, v2: bool) -> None:
+        self.path = path
+        self.v2 = v2
+        self.pids: list[int] = []
+
+    @staticmethod
+    def where() -> tuple[Path, bool] | str:
+        """The parent cgroup directory and whether it is v2; or why capping cannot work."""
+        if os.geteuid() != 0:
+            return "capped mode needs root (it writes cgroup files)"
+        root = Path("/sys/fs/cgroup")
+        with suppress(OSError):
+            if "cpu" in (root / "cgroup.controllers").read_text().split():
+                with suppress(OSError):
+                    (root / "cgroup.subtree_control").write_text("+cpu")
+                if "cpu" in (root / "cgroup.subtree_control").read_text().split():
+                    return root, True
+        if (root / "cpu" / "cpu.cfs_quota_us").exists():
+            return root / "cpu", False
+        return "no cgroup CPU controller here (neither v2 cpu.max nor v1 cpu.cfs_quota_us)"
+
+    @classmethod
+    def make(cls, name: str) -> CpuCap:
+        where = cls.where()
+        assert not isinstance(where, str), where
+        parent, v2 = where
+        path = parent / f"minicdn-bench-{os.getpid()}-{name}"
+        path.mkdir()
+        return cls(path, v2)
+
+    def adopt(self, pid: int) -> None:
+        """Move a server's whole process tree (every thread of each) into the cgroup."""
+        for p in tree(pid):
+            with suppress(ProcessLookupError, OSError):
+                (self.path / "cgroup.procs").write_text(str(p))
+                self.pids.append(p)
+
+    def set(self, share: float | None) -> None:
+        quota = None if share is None else max(1000, int(share * self.PERIOD))
+        if self.v2:
+            (self.path / "cpu.max").write_text(f"{quota or 'max'} {self.PERIOD}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota or -1))
+
+    def remove(self) -> bool:
+        """Called once the server has stopped (a cgroup with processes cannot be removed)."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                time.sleep(0.1)
+        print(f"could not remove {self.path}", file=sys.stderr)
+        return False
+
+
 @dataclass
 class Run:
     rps: float
     cpu_us: float  # the server's CPU time (user + system, whole process tree) per request
+    server_share: float  # the server's CPU time over the run's wall time (1.0: one core)
+    load_share: float  # wrk's, likewise
 
 
 def run_wrk(server: Running, script: Path, duration: int, connections: int) -> Run:
     cpu0 = cpu_seconds(server.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
     out = subprocess.run(
         [
             "taskset",
@@ -317,6 +398,8 @@ def run_wrk(server: Running, script: Path, duration: int, connections: int) -> R
         text=True,
         check=True,
     ).stdout
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk (and taskset) only: reaped just now
     cpu = cpu_seconds(server.pid) - cpu0
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw errors against {server.url}:\n{out}")
@@ -324,22 +407,29 @@ def run_wrk(server: Running, script: Path, duration: int, connections: int) -> R
     n = re.search(r"(\d+) requests in", out)
     if not m or not n:
         raise SystemExit(f"cannot read wrk's output:\n{out}")
-    return Run(float(m.group(1)), cpu * 1e6 / max(1, int(n.group(1))))
+    load = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return Run(float(m.group(1)), cpu * 1e6 / max(1, int(n.group(1))), cpu / wall, load / wall)
 
 
 @dataclass
 class Row:
     label: str
+    mode: str
     mean_body: int
-    runs: dict[str, list[Run]]
-    edge_rss: int
-    edge_held: int
+    runs: dict[str, list[Run]]  # by server, one per round
 
     def rps(self, name: str) -> float:
         return statistics.median(r.rps for r in self.runs[name])
 
     def cpu(self, name: str) -> float:
         return statistics.median(r.cpu_us for r in self.runs[name])
+
+    def share(self, name: str, load: bool = False) -> float:
+        return statistics.median(r.load_share if load else r.server_share for r in self.runs[name])
+
+    def ratios(self, name: str, peer: str) -> list[float]:
+        """``name`` over ``peer``, round by round (their runs in one round are adjacent)."""
+        return [a.rps / b.rps for a, b in zip(self.runs[name], self.runs[peer], strict=True)]
 
 
 def memory_held(url: str) -> int:
@@ -348,9 +438,21 @@ def memory_held(url: str) -> int:
     return int(float(m.group(1))) if m else 0
 
 
-def bench(label: str, cache: Path, ids: list[str], work: Path, args: argparse.Namespace) -> Row:
+@dataclass
+class Memory:
+    label: str
+    edge_rss: int
+    edge_held: int
+
+
+def bench(
+    label: str, cache: Path, ids: list[str], work: Path, args: argparse.Namespace, caps: bool
+) -> tuple[list[Row], Memory]:
     script = lua_script(ids, work / f"{label.replace(' ', '-')}.lua")
+    cgroups: dict[str, CpuCap] = {}
     with ExitStack() as stack:
+        # Unwound last, once every server has stopped: an empty cgroup can be removed.
+        stack.callback(lambda: [c.remove() for c in cgroups.values()])
         servers = [stack.enter_context(edge(cache, work))]
         ngx = stack.enter_context(nginx(cache, work))
         servers.append(ngx)
@@ -362,82 +464,134 @@ def bench(label: str, cache: Path, ids: list[str], work: Path, args: argparse.Na
         for s in servers[1:]:
             warm(s.url, ids)
         held = memory_held(servers[0].url)
+        if caps:
+            for s in servers:
+                cgroups[s.name] = CpuCap.make(s.name)
+                cgroups[s.name].adopt(s.pid)
         print(f"{label}: {len(ids)} chunks, mean body {body_bytes // len(ids)} B", flush=True)
-        runs: dict[str, list[Run]] = {s.name: [] for s in servers}
+        modes: list[tuple[str, float | None]] = [("open", None)]
+        if caps:
+            modes.append((f"capped at {args.cap:g} CPU", args.cap))
+        rows = []
         with PeakRss(servers[0].pid) as rss:
-            for r in range(args.rounds):
-                for s in servers[r % len(servers) :] + servers[: r % len(servers)]:  # alternate the order
-                    run = run_wrk(s, script, args.duration, args.connections)
-                    runs[s.name].append(run)
-                    print(
-                        f"  round {r + 1} {s.name:12}: {run.rps:9,.0f} req/s  {run.cpu_us:5.1f} CPU-us/req",
-                        flush=True,
-                    )
-        return Row(label, body_bytes // len(ids), runs, rss.peak, held)
+            for mode, share in modes:
+                for c in cgroups.values():
+                    c.set(share)
+                runs: dict[str, list[Run]] = {s.name: [] for s in servers}
+                for r in range(args.rounds):
+                    for s in servers[r % len(servers) :] + servers[: r % len(servers)]:  # rotate the order
+                        run = run_wrk(s, script, args.duration, args.connections)
+                        runs[s.name].append(run)
+                        print(
+                            f"  {mode:16} round {r + 1} {s.name:12}: {run.rps:9,.0f} req/s  "
+                            f"{run.cpu_us:5.1f} CPU-us/req  server {run.server_share:4.2f} CPU  "
+                            f"wrk {run.load_share:4.2f} CPU",
+                            flush=True,
+                        )
+                rows.append(Row(label, mode, body_bytes // len(ids), runs))
+        return rows, Memory(label, rss.peak, held)
 
 
-def table(rows: list[Row], args: argparse.Namespace) -> str:
+LOAD_BOUND = 0.95  # wrk's share of its core from which its own speed, not the server's, is measured
+
+
+def table(rows: list[Row], memory: list[Memory], args: argparse.Namespace) -> str:
     names = list(rows[0].runs)
     others = [n for n in names if n != "edge"]
     lines = [
-        f"medians of {args.rounds} alternating runs, {args.duration}s each, wrk -t1 -c{args.connections}, "
-        f"servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",
+        f"{args.rounds} rounds of {args.duration}s per server, in rotating order; "
+        f"wrk -t1 -c{args.connections}; servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}.",
+        "req/s: medians; edge / peer: the median of the per-round ratios [lowest-highest].",
         "",
-        "| bodies | "
+        "| bodies | mode | "
         + " | ".join(f"{n} req/s" for n in names)
         + " | "
         + " | ".join(f"edge / {n}" for n in others)
-        + " |",
-        "|---" * (1 + len(names) + len(others)) + "|",
+        + " | wrk CPU |",
+        "|---" * (3 + len(names) + len(others)) + "|",
     ]
     for row in rows:
+        cells = []
+        for n in others:
+            ratios = row.ratios("edge", n)
+            cells.append(f"**{statistics.median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}]")
+        load = max(row.share(n, load=True) for n in names)
         lines.append(
-            f"| {row.label} (mean {row.mean_body:,} B) | "
+            f"| {row.label} (mean {row.mean_body:,} B) | {row.mode} | "
             + " | ".join(f"{row.rps(n):,.0f}" for n in names)
             + " | "
-            + " | ".join(f"{row.rps('edge') / row.rps(n):.2f}x" for n in others)
-            + " |"
+            + " | ".join(cells)
+            + f" | {load:.2f}{' (load-bound)' if load >= LOAD_BOUND else ''} |"
         )
     lines += [
         "",
-        "CPU time of each server's processes (user + system) per request, microseconds:",
+        "CPU time of each server's processes (user + system) per request, microseconds, and each "
+        "server's CPU share (1.00: all of its core):",
         "",
-        "| bodies | " + " | ".join(names) + " |",
-        "|---" * (1 + len(names)) + "|",
+        "| bodies | mode | " + " | ".join(names) + " |",
+        "|---" * (2 + len(names)) + "|",
     ]
     for row in rows:
-        lines.append(f"| {row.label} | " + " | ".join(f"{row.cpu(n):.1f}" for n in names) + " |")
-    lines.append("")
-    for row in rows:
-        verdict = "within" if row.edge_rss <= row.edge_held + (150 << 20) else "OVER"
         lines.append(
-            f"{row.label}: edge peak RSS {row.edge_rss / 2**20:.0f} MiB while its memory tier held "
-            f"{row.edge_held / 2**20:.1f} MiB ({verdict} memory tier + 150 MiB)"
+            f"| {row.label} | {row.mode} | "
+            + " | ".join(f"{row.cpu(n):.1f} µs ({row.share(n):.2f})" for n in names)
+            + " |"
+        )
+    if any(row.share(n, load=True) >= LOAD_BOUND for row in rows for n in names):
+        lines += [
+            "",
+            f"load-bound: wrk used ≥ {LOAD_BOUND:.0%} of its core, so those req/s are wrk's speed; "
+            "the capped rows compare the servers.",
+        ]
+    lines.append("")
+    for m in memory:
+        verdict = "within" if m.edge_rss <= m.edge_held + (150 << 20) else "OVER"
+        lines.append(
+            f"{m.label}: edge peak RSS {m.edge_rss / 2**20:.0f} MiB while its memory tier held "
+            f"{m.edge_held / 2**20:.1f} MiB ({verdict} memory tier + 150 MiB)"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument(
+        "--cap",
+        type=float,
+        default=0.6,
+        help="capped mode: each server's share of one core (0: open mode only)",
+    )
     ap.add_argument("--no-varnish", dest="varnish", action="store_false", help="leave Varnish out")
     ap.add_argument("--with-aiohttp", action="store_true", help="also the edge with --no-fast-path")
     args = ap.parse_args()
+    if not 0 <= args.cap <= 1:
+        raise SystemExit("--cap is a share of one core: between 0 and 1")
     ensure_tools(args)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_edge pins servers and load to different CPUs: it needs at least 2")
-    rows = []
+    caps = False
+    if args.cap:
+        where = CpuCap.where()
+        if isinstance(where, str):
+            print(f"capped mode left out: {where}", flush=True)
+        else:
+            caps = True
+    rows: list[Row] = []
+    memory: list[Memory] = []
     with tempfile.TemporaryDirectory(prefix="minicdn-bench-edge-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # Varnish's child runs as its own user
         for label, make in (("real chunk mix", real_chunks), ("64 KiB chunks", big_chunks)):
             cache = work / label.replace(" ", "-")
             ids = make(cache)
-            rows.append(bench(label, cache, ids, work, args))
+            got, mem = bench(label, cache, ids, work, args, caps)
+            rows += got
+            memory.append(mem)
     print()
-    print(table(rows, args))
+    print(table(rows, memory, args))
 
 
 if __name__ == "__main__":
