@@ -823,7 +823,9 @@ class Connection(asyncio.Protocol):
         sock = self._sock
         if sock is None and not self._no_sock:
             sock = self._sock = self._borrow(transport)
-        if sock is None or transport.get_write_buffer_size():
+        # Once the transport is closing (an abort closes the descriptor at once, and its
+        # number may be reused before connection_lost), only the transport may write.
+        if sock is None or transport.get_write_buffer_size() or transport.is_closing():
             transport.writelines((head, sealed.read()))
             return
         try:

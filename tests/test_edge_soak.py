@@ -2,8 +2,8 @@
 
 A cache directory three times the memory tier (64 KiB incompressible chunks, written in the
 edge's layout) and a dead upstream: keep-alive clients ask for random chunks (memory hits,
-disk hits that evict, misses that fail), and the RSS of every process of the edge is
-sampled from /proc.  ``make test`` runs a bounded few seconds; ``make bench-slow``
+disk hits that evict, misses that fail), and the RSS of every process of the edge, plus
+the sealed memfds its memory tier holds bodies in, is sampled from /proc.  ``make test`` runs a bounded few seconds; ``make bench-slow``
 (``pytest --run-slow -m slow``) the full 60 seconds, with one worker and with two."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from common import codec
 from common.fsutil import atomic_write
 from common.ids import sha256
+from loadtests.procmem import memfd_bytes
 from tests.procs import Service, edge_service, free_port
 
 MEMORY_TIER = 32 << 20
@@ -27,9 +28,10 @@ ALLOWANCE = 150 << 20
 
 
 def memory_of_tree(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes of ``pid`` and its children (the workers), from /proc.  Forked
-    workers share the supervisor's pages: summed RSS counts them once per process, PSS
-    (proportional set size) once in all — the tree's real footprint."""
+    """(RSS, PSS) in bytes of ``pid`` and its children (the workers), from /proc, each
+    plus the bytes of the memfds they hold bodies in.  Forked workers share the
+    supervisor's pages: summed RSS counts them once per process, PSS (proportional set
+    size) once in all — the tree's real footprint."""
     pids = [pid]
     try:
         pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -45,7 +47,8 @@ def memory_of_tree(pid: int) -> tuple[int, int]:
                     pss += int(line.split()[1]) * 1024
         except (FileNotFoundError, ProcessLookupError):
             pass
-    return rss, pss
+    sealed = memfd_bytes(pids)  # large bodies in sealed memfds: memory no mapping shows
+    return rss + sealed, pss + sealed
 
 
 @pytest.fixture(scope="module")
