@@ -59,9 +59,9 @@ class Sealed:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __del__(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class Entry:

@@ -453,6 +453,14 @@ def test_large_bodies_go_out_of_sealed_memfds_whole_and_in_order(apps: dict[str,
             r = c.response()
             check_chunk(h, r)
             frames.append(r.body)
+        # Pipelined, small (written through the transport) and sealed (sent on the socket)
+        # answers interleaved: a sealed one must not overtake what the transport holds.
+        small = apps["demo"].chunks[:3]
+        warm(node, *small)
+        mixed = [x for pair in zip(small, ids, strict=True) for x in pair] * 3
+        c.send(b"".join(get(chunk(h), zstd) for h in mixed))
+        for h in mixed:
+            check_chunk(h, c.response())
         h, frame = ids[0], frames[0]
         c.send(get(chunk(h), zstd, method="HEAD"))
         head = c.response(head_only=True)
