@@ -46,9 +46,9 @@ class MemoryTier:
         self.max_sealed = default_max_sealed() if max_sealed is None else max_sealed
         self.seal_min = seal_min
         self.sealed = 0  # entries held in a memfd now
-        self._items: dict[str, Entry] = {}
-        # Read-only view for the data plane's inline path (a dict lookup, not a call).
-        self.entries: dict[str, Entry] = self._items
+        # Public so the data plane's inline path can look up with a dict lookup, not a
+        # call; everyone else reads and changes it through the methods below.
+        self.entries: dict[str, Entry] = {}
 
     @property
     def used(self) -> int:
@@ -59,22 +59,22 @@ class MemoryTier:
         return self.policy.limit
 
     def get(self, key: str) -> Entry | None:
-        entry = self._items.get(key)
+        entry = self.entries.get(key)
         if entry is not None:
             self.policy.touch(key)
         return entry
 
     def peek(self, key: str) -> Entry | None:
         """The entry without recording a hit (the caller touches the policy if it uses it)."""
-        return self._items.get(key)
+        return self.entries.get(key)
 
     def put(self, key: str, entry: Entry) -> bool:
         """Hold ``entry`` under ``key`` (replacing a previous one); False when it does not fit."""
-        if key in self._items:
+        if key in self.entries:
             self.remove(key)
         evicted = self.policy.admit(key, entry.size)
         for k, size in evicted:
-            self._forget(self._items.pop(k))
+            self._forget(self.entries.pop(k))
             self.on_evict(size)
         if key not in self.policy:
             return False
@@ -90,11 +90,11 @@ class MemoryTier:
                 log.warning("memory tier: body of %s stays unsealed: %s", key, exc)
         if entry.sealed is not None:
             self.sealed += 1
-        self._items[key] = entry
+        self.entries[key] = entry
         return True
 
     def remove(self, key: str) -> None:
-        entry = self._items.pop(key, None)
+        entry = self.entries.pop(key, None)
         if entry is not None:
             self._forget(entry)
             self.policy.remove(key)
@@ -104,7 +104,7 @@ class MemoryTier:
             self.sealed -= 1
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        return (k for k in list(self._items) if k.startswith(prefix))
+        return (k for k in list(self.entries) if k.startswith(prefix))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.entries)

@@ -336,9 +336,7 @@ class CpuCap:
         return "no cgroup CPU controller here (neither v2 cpu.max nor v1 cpu.cfs_quota_us)"
 
     @classmethod
-    def make(cls, name: str) -> CpuCap:
-        where = cls.where()
-        assert not isinstance(where, str), where
+    def make(cls, where: tuple[Path, bool], name: str) -> CpuCap:
         parent, v2 = where
         path = parent / f"minicdn-bench-{os.getpid()}-{name}"
         path.mkdir()
@@ -450,7 +448,12 @@ class Memory:
 
 
 def bench(
-    label: str, cache: Path, ids: list[str], work: Path, args: argparse.Namespace, caps: bool
+    label: str,
+    cache: Path,
+    ids: list[str],
+    work: Path,
+    args: argparse.Namespace,
+    caps: tuple[Path, bool] | None,
 ) -> tuple[list[Row], Memory]:
     script = lua_script(ids, work / f"{label.replace(' ', '-')}.lua")
     cgroups: dict[str, CpuCap] = {}
@@ -470,7 +473,7 @@ def bench(
         held = memory_held(servers[0].url)
         if caps:
             for s in servers:
-                cgroups[s.name] = CpuCap.make(s.name)
+                cgroups[s.name] = CpuCap.make(caps, s.name)
                 cgroups[s.name].adopt(s.pid)
         print(f"{label}: {len(ids)} chunks, mean body {body_bytes // len(ids)} B", flush=True)
         modes: list[tuple[str, float | None]] = [("open", None)]
@@ -576,13 +579,13 @@ def main() -> None:
     ensure_tools(args)
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_edge pins servers and load to different CPUs: it needs at least 2")
-    caps = False
+    caps: tuple[Path, bool] | None = None  # where the servers' cgroups go; None: open mode only
     if args.cap:
         where = CpuCap.where()
         if isinstance(where, str):
             print(f"capped mode left out: {where}", flush=True)
         else:
-            caps = True
+            caps = where
     rows: list[Row] = []
     memory: list[Memory] = []
     with tempfile.TemporaryDirectory(prefix="minicdn-bench-edge-") as tmp:
