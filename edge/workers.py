@@ -20,7 +20,9 @@ metrics.
   worker writes a snapshot of its samples to ``slot-<i>.json`` in a directory the
   supervisor made, and a scrape of any worker answers its own live samples plus every
   other worker's latest snapshot, summed (counters, histograms and gauges alike: each
-  worker's gauges count its own share).  A worker started again in a slot first renames
+  worker's gauges count its own share).  A scrape publishes its own worker's snapshot
+  before reading the others', so no counter shows lower than an earlier scrape on another
+  worker showed it.  A worker started again in a slot first renames
   the slot's last snapshot to ``retired-*``, whose counters and histograms keep counting,
   so the node's counters never go backwards.
 """
@@ -43,7 +45,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from common.fsutil import atomic_write
+from common.fsutil import TEMP_PREFIX
 
 __all__ = ["Slot", "WorkerRegistry", "supervise"]
 
@@ -96,7 +98,12 @@ class WorkerRegistry(CollectorRegistry):
         own = self.own()
         if self.slot.metrics_dir is None:
             return iter(own)
-        return iter(merge([_as_rows(own), *self._others()]))
+        rows = _as_rows(own)
+        # Publish what this scrape shows of us before reading the others: a later scrape on
+        # another worker then reads our counts at least this fresh, so no counter a scrape
+        # has shown ever goes down in the next (Prometheus would take that for a restart).
+        self._publish(rows)
+        return iter(merge([rows, *self._others()]))
 
     # -- snapshots between workers ----------------------------------------------------------
 
@@ -113,7 +120,20 @@ class WorkerRegistry(CollectorRegistry):
 
     def write_snapshot(self) -> None:
         if self.slot.metrics_dir is not None:
-            atomic_write(self._path(), json.dumps(_as_rows(self.own())).encode())
+            self._publish(_as_rows(self.own()))
+
+    def _publish(self, rows: list[Any]) -> None:
+        """Replace our snapshot, on the loop's thread (so snapshots land in the order their
+        counts were taken) and without fsync (the directory lives as long as the node)."""
+        path = self._path()
+        temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
+        try:
+            temp.write_bytes(json.dumps(rows).encode())
+            os.replace(temp, path)
+        except OSError as exc:  # a full $TMPDIR: the others see our older counts, no worse
+            log.warning("cannot write the metrics snapshot %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                temp.unlink()
 
     def _others(self) -> Iterator[list[Any]]:
         assert self.slot.metrics_dir is not None
@@ -131,11 +151,9 @@ class WorkerRegistry(CollectorRegistry):
 
     async def snapshots(self) -> None:
         """Write this worker's snapshot every second (owned by the server, cancelled at exit)."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SNAPSHOT_EVERY)
-            rows = json.dumps(_as_rows(self.own())).encode()
-            await loop.run_in_executor(None, atomic_write, self._path(), rows)
+            self.write_snapshot()
 
 
 def _as_rows(families: Iterable[Metric]) -> list[Any]:

@@ -25,11 +25,12 @@ import io
 import itertools
 import os
 import random
-import urllib.request
 from typing import Any
 
 import msgpack
 from locust import HttpUser, between, events, task
+
+from loadtests.net import scrape, total
 
 EDGES = os.environ.get("MINICDN_LOAD_EDGES", "http://127.0.0.1:8081").split()
 APPS = os.environ.get("MINICDN_LOAD_APPS", "demo").split()
@@ -130,23 +131,6 @@ def _unzstd(frame: bytes) -> bytes:
 
 
 # -- the closing report ---------------------------------------------------------------------------
-
-
-def scrape(base: str) -> dict[tuple[str, str], float]:
-    """Every sample of a /metrics page: (name, label text) → value."""
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            name, _, labels = key.partition("{")
-            out[(name, labels.rstrip("}"))] = float(value)
-    return out
-
-
-def total(samples: dict[tuple[str, str], float], name: str, labels: str = "") -> float:
-    return sum(v for (n, lab), v in samples.items() if n == name and labels in lab)
 
 
 @events.test_stop.add_listener

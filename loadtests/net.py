@@ -1,5 +1,5 @@
 """Loopback helpers shared by the benchmarks, the load test and the test suite: a free
-port, and waiting for a server to answer."""
+port, waiting for a server to answer, reading a /metrics page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["free_port", "wait_http"]
+__all__ = ["free_port", "scrape", "total", "wait_http"]
 
 
 def free_port() -> int:
@@ -42,3 +42,20 @@ def wait_http(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer within {timeout}s")
         time.sleep(0.05)
+
+
+def scrape(base: str) -> dict[tuple[str, str], float]:
+    """Every sample of a /metrics page: (name, label text) → value."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            out[(name, labels.rstrip("}"))] = float(value)
+    return out
+
+
+def total(samples: dict[tuple[str, str], float], name: str, labels: str = "") -> float:
+    return sum(v for (n, lab), v in samples.items() if n == name and labels in lab)

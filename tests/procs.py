@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.net import free_port, wait_http
+from loadtests.net import free_port, scrape, total, wait_http
 
 __all__ = [
     "MINICDN",
@@ -137,14 +136,4 @@ def edge_service(
 def metric(url: str, name: str, labels: str = "") -> float:
     """The sum of a Prometheus metric's samples whose labels contain ``labels``
     (e.g. metric(u, "minicdn_edge_hits_total", 'tier="disk"')); 0 if absent."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        metric_name, _, label_text = key.partition("{")
-        if metric_name == name and labels in label_text:
-            total += float(value)
-    return total
+    return total(scrape(url), name, labels)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from loadtests.net import scrape, total
 from tests.edge_support import App, cache_dir, chunk_files, edge, eventually, publish_app, random_app
 from tests.procs import Service, metric
 
@@ -55,6 +59,17 @@ def requests_counted(svc: Service) -> float:
     return metric(svc.url, "minicdn_edge_requests_total", 'route="chunk"')
 
 
+def counts(svc: Service) -> dict[str, float]:
+    """One scrape, on a connection of its own (so it lands on either worker)."""
+    s = scrape(svc.url)
+    return {
+        "requests": total(s, "minicdn_edge_requests_total", 'route="chunk"'),
+        "hits": total(s, "minicdn_edge_hits_total"),
+        "disk hits": total(s, "minicdn_edge_hits_total", 'tier="disk"'),
+        "misses": total(s, "minicdn_edge_misses_total"),
+    }
+
+
 @pytest.fixture
 def node(origin: Service, tmp_path: Path) -> Iterator[Service]:
     svc = edge(tmp_path, origin.url, extra=("--workers", "2", "--memory-size", "64MiB", "--disk-size", "1GiB"))
@@ -90,11 +105,10 @@ def test_two_workers_share_one_disk_tier_and_their_metrics_add_up(app: App, node
         assert written(pid) - before[pid] > on_disk, f"worker {pid} served (almost) nothing"
 
     def adds_up() -> bool:
-        hits = metric(node.url, "minicdn_edge_hits_total")
-        misses = metric(node.url, "minicdn_edge_misses_total")
-        return requests_counted(node) == made and hits + misses == made
+        c = counts(node)  # one scrape; the other worker's part of it is up to 1 s old
+        return c["requests"] == made and c["hits"] + c["misses"] == made
 
-    eventually(adds_up, what="both workers' requests in /metrics")  # snapshots are 1 s apart
+    eventually(adds_up, what="both workers' requests in /metrics")
     # Each file is indexed (and counted) by its owner alone: the node's disk bytes are the files'.
     eventually(lambda: metric(node.url, "minicdn_edge_cache_bytes", 'tier="disk"') == on_disk,
                what="disk bytes = the files")
@@ -108,9 +122,11 @@ def test_two_workers_share_one_disk_tier_and_their_metrics_add_up(app: App, node
     eventually(lambda: len(children(node)) == 2, what="two workers again")
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda h: fetch(node.port, h), app.chunks))
-    eventually(lambda: requests_counted(node) == len(app.chunks), what="requests counted")
-    assert metric(node.url, "minicdn_edge_hits_total", 'tier="disk"') == len(app.chunks)
-    assert metric(node.url, "minicdn_edge_misses_total") == 0
+    # One scrape is one consistent view (a worker's snapshot holds its requests and hits
+    # of one instant); two scrapes may land on different workers, so read them together.
+    n = len(app.chunks)
+    want = {"requests": n, "hits": n, "disk hits": n, "misses": 0}
+    eventually(lambda: counts(node) == want, what=f"one scrape showing {want}")
     assert cache_dir(node).is_dir()
 
 
@@ -126,6 +142,35 @@ def test_a_killed_worker_is_replaced_and_the_counters_keep_counting(app: App, no
     # The dead worker's last snapshot still counts (it may lag its last second of work).
     eventually(lambda: requests_counted(node) >= len(app.chunks) * 1.5, what="counters kept")
     assert node.proc is not None and node.proc.poll() is None
+
+
+def test_counters_never_go_backwards_whichever_worker_a_scrape_lands_on(app: App, node: Service) -> None:
+    """Prometheus reads a counter that goes down as a restart. A scrape answers its own
+    worker's live counts plus the others' snapshots: those must never be older than what an
+    earlier scrape, on another worker, already showed of them."""
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            for h in app.chunks:
+                fetch(node.port, h)
+
+    seen: list[dict[str, float]] = []
+    with ThreadPoolExecutor(4) as pool:
+        loaders = [pool.submit(load) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                seen.append(counts(node))
+        finally:
+            stop.set()
+        for f in loaders:
+            f.result()
+    assert seen[-1]["requests"] > seen[0]["requests"] + 100, "the load did not run"
+    assert len(seen) > 50
+    for earlier, later in itertools.pairwise(seen):
+        for name in ("requests", "hits"):
+            assert later[name] >= earlier[name], (name, earlier, later)
 
 
 # -- the pieces, without processes ----------------------------------------------------------------
