@@ -192,9 +192,22 @@ async def _json_body(request: web.Request) -> dict[str, object]:
     return body
 
 
+def from_sibling(request: web.Request) -> bool:
+    """Whether ``request`` came in on this worker's control socket (a Unix socket in the
+    node's private directory: another worker of this node passing on an admin call)."""
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
 async def admin_prefetch(request: web.Request) -> web.Response:
     require_token(request)
     body = await _json_body(request)
+    if from_sibling(request):  # this worker's share of the manifests a sibling resolved
+        ids, everything = body.get("manifests"), body.get("everything")
+        if not isinstance(ids, list) or len(ids) > 16 or not isinstance(everything, bool):
+            raise BadRequest('a worker\'s share is {"app", "manifests": [id, ...], "everything": bool}')
+        manifests = [parse_hex_id(i) for i in ids]
+        return web.json_response(await request.app[EDGE].warm_share(manifests, everything, split=True))
     channel, version = body.get("channel"), body.get("version")
     if isinstance(channel, str) == isinstance(version, str):
         raise BadRequest('prefetch names exactly one of "channel" or "version"')
@@ -214,7 +227,8 @@ async def admin_purge(request: web.Request) -> web.Response:
     if not isinstance(cluster, bool):
         raise BadRequest('"cluster" must be true or false')
     authorization = request.headers.get("Authorization", "")
-    return web.json_response(await request.app[EDGE].purge(str(body["app"]), cluster, authorization))
+    answer = await request.app[EDGE].purge(str(body["app"]), cluster, authorization, from_sibling(request))
+    return web.json_response(answer)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -39,6 +39,8 @@ log = logging.getLogger("minicdn.edge")
 # Builds this process's node for its slot, on the registry its metrics must use.
 MakeNode = Callable[[Slot, WorkerRegistry], Edge]
 
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -54,6 +56,12 @@ def run(make_node: MakeNode, options: ServeOptions) -> int:
     if options.workers <= 1:
         return _worker(make_node, options, Slot())
     metrics_dir = Path(tempfile.mkdtemp(prefix="minicdn-edge-metrics-"))
+    longest = len(os.fsencode(Slot(options.workers - 1, options.workers, metrics_dir).control_socket()))
+    if longest > UNIX_PATH_MAX:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        raise SystemExit(
+            f"minicdn edge: $TMPDIR is too long for the workers' sockets ({longest} > {UNIX_PATH_MAX} bytes)"
+        )
     try:
         return supervise(options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir)
     finally:
@@ -68,6 +76,7 @@ def _worker(make_node: MakeNode, options: ServeOptions, slot: Slot) -> int:
     node = make_node(slot, registry)
     if slot.count > 1:
         node.disk.owns = slot.owns
+        node.siblings = slot.siblings()
     asyncio.run(serve(node, options, registry))
     return 0
 
@@ -99,9 +108,13 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
     server = await loop.create_server(
         factory, options.host, options.port, reuse_port=options.workers > 1 or None, backlog=1024
     )
-    snapshots = None
+    snapshots = control = None
     if registry is not None and registry.slot.metrics_dir is not None:
         snapshots = asyncio.ensure_future(registry.snapshots())
+        path = registry.slot.control_socket()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a predecessor's, in a slot started again
+        control = await loop.create_unix_server(aiohttp_server, str(path))
     log.info(
         "edge listening on http://%s:%d (pid %d), upstreams %s",
         options.host,
@@ -129,6 +142,8 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         await asyncio.sleep(s.drain_delay)
     finally:
         server.close()
+        if control is not None:
+            control.close()
         if plane is not None:
             await plane.drain(s.drain_timeout)
             await plane.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,8 @@ __all__ = ["Edge", "EdgeSettings"]
 log = logging.getLogger("minicdn.edge")
 
 PREFETCH_WINDOW = 32
-ADMIN_PEER_TIMEOUT = 600.0  # bound on a peer's share of a cluster-wide admin call
+ADMIN_PEER_TIMEOUT = 600.0  # bound on a peer's (or sibling worker's) share of an admin call
+SIBLING_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class Edge:
         self.object_flights: Flights[Entry] = Flights(settings.coalesce_timeout)
         self.ref_flights: Flights[Served] = Flights()
         self.session: aiohttp.ClientSession | None = None
+        # With --workers N: the other workers' control sockets, by slot (edge.server).  An
+        # admin call that did not come from a sibling is passed to each, so it acts on the
+        # node: every worker's memory, every owner's share of the disk.
+        self.siblings: dict[int, Path] = {}
         self.access_log: AccessLog | None = None
         self.draining = False
         self.upstreams = Sources([], m)
@@ -144,17 +149,29 @@ class Edge:
 
         return await self.upstreams.fetch(path, accept, {"Accept": "application/json"})
 
-    async def purge(self, app: str, cluster: bool = False, authorization: str = "") -> dict[str, Any]:
-        """Drop the app's cached refs here, and with ``cluster`` on every known peer too."""
+    async def purge(
+        self, app: str, cluster: bool = False, authorization: str = "", sibling: bool = False
+    ) -> dict[str, Any]:
+        """Drop the app's cached refs here (every worker of this node), and with ``cluster``
+        on every known peer too.  ``purged`` counts copies dropped: a ref held in two
+        workers' memory and on disk counts three."""
         purged = await self.refs.purge(app)
+        answer: dict[str, Any] = {"purged": purged}
+        if sibling:
+            return answer
+        failed: list[str] = []
+        if self.siblings:
+            answers, failed = await self._each_sibling("/v1/admin/purge", {"app": app}, authorization)
+            answer["purged"] += sum(int(a.get("purged", 0)) for a in answers)
+            answer["workers"] = 1 + len(answers)
+            answer["failed"] = failed
         if not cluster or self.cluster is None or hops.current().peer:
-            return {"purged": purged}
-        answers, failed = await self._each_peer("/v1/admin/purge", {"app": app}, authorization)
-        return {
-            "purged": purged + sum(int(a.get("purged", 0)) for a in answers),
-            "nodes": 1 + len(answers),
-            "failed": failed,
-        }
+            return answer
+        answers, peers_failed = await self._each_peer("/v1/admin/purge", {"app": app}, authorization)
+        answer["purged"] += sum(int(a.get("purged", 0)) for a in answers)
+        answer["nodes"] = 1 + len(answers)
+        answer["failed"] = failed + peers_failed
+        return answer
 
     async def prefetch(
         self, app: str, channel: str | None, version: str | None, authorization: str = ""
@@ -164,32 +181,59 @@ class Edge:
         the answer adds their counts up.  A peer that fails has its share warmed from here,
         through the ring."""
         if self.cluster is None:
-            return await self._warm(app, channel, version, everything=True)
+            return await self._warm(app, channel, version, True, authorization)
         if hops.current().peer:  # our share of another node's prefetch
             with hops.own_request():
-                return await self._warm(app, channel, version, everything=False)
+                return await self._warm(app, channel, version, False, authorization)
         body = {"app": app, **({"channel": channel} if channel else {"version": version})}
         mine, (answers, failed) = await asyncio.gather(
-            self._warm(app, channel, version, everything=False),
+            self._warm(app, channel, version, False, authorization),
             self._each_peer("/v1/admin/prefetch", body, authorization),
         )
         if failed:
-            await self._warm(app, channel, version, everything=True)
+            await self._warm(app, channel, version, True, authorization)
         shares = [mine, *answers]
-        return {
+        answer: dict[str, Any] = {
             "manifests": mine["manifests"],
             "chunks": sum(int(a.get("chunks", 0)) for a in shares),
             "cached": sum(int(a.get("cached", 0)) for a in shares),
             "nodes": len(shares),
+        }
+        if "workers" in mine:
+            answer["workers"] = mine["workers"]
+        answer["failed"] = mine.get("failed", []) + failed
+        return answer
+
+    async def _warm(
+        self, app: str, channel: str | None, version: str | None, everything: bool, authorization: str
+    ) -> dict[str, Any]:
+        """Load the manifests (through the ring) and every chunk this node owns, or every
+        chunk when ``everything`` (each through its owner).  With sibling workers each
+        loads its own share of those chunks (the keys it owns on disk), in parallel; the
+        share of a sibling that fails is loaded here."""
+        manifests = await self._manifest_ids(app, channel, version)
+        if not self.siblings:
+            return await self.warm_share(manifests, everything, split=False)
+        body = {"app": app, "manifests": [m.hex() for m in manifests], "everything": everything}
+        mine, (answers, failed) = await asyncio.gather(
+            self.warm_share(manifests, everything, split=True),
+            self._each_sibling("/v1/admin/prefetch", body, authorization),
+        )
+        if failed:
+            await self.warm_share(manifests, everything, split=False)
+        shares = [mine, *answers]
+        return {
+            "manifests": len(manifests),
+            "chunks": sum(int(a.get("chunks", 0)) for a in shares),
+            "cached": sum(int(a.get("cached", 0)) for a in shares),
+            "workers": len(shares),
             "failed": failed,
         }
 
-    async def _warm(
-        self, app: str, channel: str | None, version: str | None, everything: bool
-    ) -> dict[str, int]:
-        """Load the manifests (through the ring) and every chunk this node owns, or every
-        chunk when ``everything`` (each through its owner)."""
-        manifests = await self._manifest_ids(app, channel, version)
+    async def warm_share(self, manifests: list[bytes], everything: bool, split: bool) -> dict[str, int]:
+        """Load ``manifests`` and their chunks: those this node owns in its ring (all of
+        them when ``everything``), and of those only the ones this worker owns on disk when
+        ``split``."""
         chunk_ids: list[bytes] = []
         for mid in manifests:
             entry = await self.objects.load(Obj("manifest", mid))
@@ -202,6 +246,8 @@ class Edge:
         unique = list(dict.fromkeys(chunk_ids))
         if not everything and self.cluster is not None:
             unique = [c for c in unique if self.cluster.owns(Obj("chunk", c).key)]
+        if split:
+            unique = [c for c in unique if self.disk.owns(Obj("chunk", c).key)]
         cached = sum(1 for c in unique if self._holds(Obj("chunk", c).key))
         sem = asyncio.Semaphore(PREFETCH_WINDOW)
 
@@ -226,27 +272,26 @@ class Edge:
             total=ADMIN_PEER_TIMEOUT, sock_connect=self.settings.cluster.peer_timeout
         )
 
-        async def one(url: str) -> dict[str, Any]:
-            async with session.post(url + path, json=body, headers=headers, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise MinicdnError(f"{url}{path} answered {resp.status}: {(await resp.text())[:200]}")
-                answer = await resp.json()
-                if not isinstance(answer, dict):
-                    raise MinicdnError(f"{url}{path} answered {answer!r}")
-                return answer
+        def call(url: str) -> Awaitable[dict[str, Any]]:
+            return _post_json(session, url + path, body, headers, timeout)
 
-        urls = self.cluster.peer_urls()
-        results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
-        answers, failed = [], []
-        for url, result in zip(urls, results, strict=True):
-            if isinstance(result, dict):
-                answers.append(result)
-            elif isinstance(result, MinicdnError | aiohttp.ClientError | OSError | TimeoutError | ValueError):
-                log.warning("admin %s on peer %s failed: %s", path, url, result)
-                failed.append(url)
-            else:
-                raise result
-        return answers, failed
+        return await _fan_out({url: call(url) for url in self.cluster.peer_urls()}, path)
+
+    async def _each_sibling(
+        self, path: str, body: dict[str, Any], authorization: str
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """POST ``body`` to ``path`` on every sibling worker, over its control socket (a
+        call there comes from a sibling, so it goes no further): the JSON answers of those
+        that gave one, and the names of the others ("worker <slot>")."""
+        headers = {"Authorization": authorization}
+        timeout = aiohttp.ClientTimeout(total=ADMIN_PEER_TIMEOUT, sock_connect=SIBLING_CONNECT_TIMEOUT)
+
+        async def call(socket_path: Path) -> dict[str, Any]:
+            connector = aiohttp.UnixConnector(path=str(socket_path))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                return await _post_json(session, f"http://localhost{path}", body, headers, timeout)
+
+        return await _fan_out({f"worker {i}": call(p) for i, p in sorted(self.siblings.items())}, path)
 
     def _holds(self, key: str) -> bool:
         return key in self.memory.policy or key in self.disk.policy
@@ -263,6 +308,40 @@ class Edge:
             if v.get("version") == version:
                 return [bytes.fromhex(v["manifest"])]
         raise NotFound(f"no version {version} of app {app}")
+
+
+async def _post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    timeout: aiohttp.ClientTimeout,
+) -> dict[str, Any]:
+    async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+        if resp.status != 200:
+            raise MinicdnError(f"{url} answered {resp.status}: {(await resp.text())[:200]}")
+        answer = await resp.json()
+    if not isinstance(answer, dict):
+        raise MinicdnError(f"{url} answered {answer!r}")
+    return answer
+
+
+async def _fan_out(
+    calls: dict[str, Awaitable[dict[str, Any]]], path: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the admin ``calls`` (by target) together: the answers of those that gave one,
+    and the targets of the others."""
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    answers, failed = [], []
+    for target, result in zip(calls, results, strict=True):
+        if isinstance(result, dict):
+            answers.append(result)
+        elif isinstance(result, MinicdnError | aiohttp.ClientError | OSError | TimeoutError | ValueError):
+            log.warning("admin %s on %s failed: %s", path, target, result)
+            failed.append(target)
+        else:
+            raise result
+    return answers, failed
 
 
 def _payload(envelope: bytes, what: str) -> Any:

@@ -16,6 +16,10 @@ metrics.
   any worker wrote is a disk hit for all.  A worker that fills a key it does not own keeps
   it in memory only (its owner writes it when it fills it), so a key may be fetched from
   upstream once per worker at worst, never stored twice.
+- **Admin calls.** Each worker also listens on a Unix socket in the supervisor's private
+  directory.  A prefetch or purge that comes in on the port is passed on to every other
+  worker there (edge.service): a purge drops the refs in every worker's memory, and a
+  prefetch has each worker load the chunks it owns on disk, so the whole disk is warm.
 - **Metrics.** Each worker's registry is its own; every second (and when it exits) a
   worker writes a snapshot of its samples to ``slot-<i>.json`` in a directory the
   supervisor made, and a scrape of any worker answers its own live samples plus every
@@ -57,7 +61,8 @@ RESTART_BACKOFF = 1.0
 
 @dataclass(frozen=True)
 class Slot:
-    """Which worker this process is: ``index`` of ``count``, and where snapshots go."""
+    """Which worker this process is: ``index`` of ``count``, and the node's private
+    directory (the supervisor's, mode 0700): metrics snapshots and control sockets."""
 
     index: int = 0
     count: int = 1
@@ -65,6 +70,15 @@ class Slot:
 
     def owns(self, key: str) -> bool:
         return zlib.crc32(key.encode()) % self.count == self.index
+
+    def control_socket(self, index: int | None = None) -> Path:
+        """The Unix socket on which worker ``index`` (this one by default) takes the admin
+        calls its siblings pass on."""
+        assert self.metrics_dir is not None
+        return self.metrics_dir / f"slot-{self.index if index is None else index}.sock"
+
+    def siblings(self) -> dict[int, Path]:
+        return {i: self.control_socket(i) for i in range(self.count) if i != self.index}
 
     def share(self, total: int) -> int:
         return total // self.count

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -84,6 +85,15 @@ def publish(base: str, app: str, version: str, archive: bytes, token: str = TOKE
 def set_channel(base: str, app: str, channel: str, body: dict[str, object], token: str = TOKEN) -> Reply:
     return http("PUT", f"{base}/v1/apps/{app}/channels/{channel}", json.dumps(body).encode(),
                 {**auth(token), "Content-Type": "application/json"})
+
+
+def wait_enriched(url: str, app: str, version: str, timeout: float = 60) -> None:
+    """Poll until the origin has made the version's bundles and deltas (in the background)."""
+    deadline = time.monotonic() + timeout
+    while not next(v["enriched"] for v in http("GET", f"{url}/v1/apps/{app}").json()["versions"]  # type: ignore[index]
+                   if v["version"] == version):
+        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
+        time.sleep(0.05)
 
 
 def batch(base: str, ids: list[str]) -> list[list[object]]:

@@ -137,3 +137,8 @@ def metric(url: str, name: str, labels: str = "") -> float:
     """The sum of a Prometheus metric's samples whose labels contain ``labels``
     (e.g. metric(u, "minicdn_edge_hits_total", 'tier="disk"')); 0 if absent."""
     return total(scrape(url), name, labels)
+
+
+def origin_chunks(origin: Service) -> float:
+    """Chunk requests the origin has answered."""
+    return metric(origin.url, "minicdn_origin_chunk_requests_total")

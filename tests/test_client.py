@@ -31,6 +31,7 @@ from tests.conftest import (
     source_files,
     tar_gz_of,
     tree,
+    wait_enriched,
 )
 from tests.procs import Service, edge_service, metric, origin_service
 from tests.tamper import TamperProxy
@@ -67,15 +68,6 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cdn]:
         for e in edges:
             e.stop()
         origin.stop()
-
-
-def wait_enriched(url: str, app: str, version: str, timeout: float = 60) -> None:
-    """Poll until the origin has made the version's bundles and deltas (in the background)."""
-    deadline = time.monotonic() + timeout
-    while not next(v["enriched"] for v in http("GET", f"{url}/v1/apps/{app}").json()["versions"]  # type: ignore[index]
-                   if v["version"] == version):
-        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
-        time.sleep(0.05)
 
 
 def config(cdn: Cdn, store: Path, edges: list[str] | None = None, **kw: object) -> ClientConfig:

@@ -27,11 +27,7 @@ from tests.edge_support import (
     ring_size,
     verify_chunk,
 )
-from tests.procs import Service, free_port, metric, start_all
-
-
-def origin_chunks(origin: Service) -> float:
-    return metric(origin.url, "minicdn_origin_chunk_requests_total")
+from tests.procs import Service, free_port, metric, origin_chunks, start_all
 
 
 def fetch_everywhere(nodes: list[Service], app: App, workers: int = 24) -> None:

@@ -28,7 +28,7 @@ from tests.edge_support import (
     scripted,
     verify_chunk,
 )
-from tests.procs import Service, free_port, metric
+from tests.procs import Service, free_port, metric, origin_chunks
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,6 @@ def node(origin: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield svc
     finally:
         svc.stop()
-
-
-def origin_chunks(origin: Service) -> float:
-    return metric(origin.url, "minicdn_origin_chunk_requests_total")
 
 
 # -- must show 1: 64 concurrent requests for one cold chunk -----------------------------------

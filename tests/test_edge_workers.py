@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import itertools
+import json
 import os
 import signal
 import threading
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from common import wire
 from loadtests.net import scrape, total
+from tests.conftest import auth, wait_enriched
+from tests.conftest import http as call
 from tests.edge_support import App, cache_dir, chunk_files, edge, eventually, publish_app, random_app
-from tests.procs import Service, metric
+from tests.procs import Service, metric, origin_chunks
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +175,62 @@ def test_counters_never_go_backwards_whichever_worker_a_scrape_lands_on(app: App
     for earlier, later in itertools.pairwise(seen):
         for name in ("requests", "hits"):
             assert later[name] >= earlier[name], (name, earlier, later)
+
+
+def test_prefetch_warms_every_owners_disk_and_purge_reaches_every_workers_memory(
+    origin: Service, node: Service, tmp_path: Path
+) -> None:
+    """An admin call lands on one worker; it acts on the node.  A prefetch has each worker
+    load the chunks it owns (so every chunk is on disk once, and later requests on any
+    worker leave nothing to fetch); a purge drops the ref from every worker's memory."""
+    app = publish_app(origin.url, "workers-admin", random_app(tmp_path / "app", 0.5, seed=29))
+    wait_enriched(origin.url, app.name, "1.0.0")  # so the ref does not move under the test
+    before = origin_chunks(origin)
+    body = json.dumps({"app": app.name, "channel": "release"}).encode()
+    assert call("POST", f"{node.url}/v1/admin/prefetch", body).status == 401
+    r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
+    assert r.status == 200, r.body
+    n = len(app.chunks)
+    assert r.json() == {"manifests": 1, "chunks": n, "cached": 0, "workers": 2, "failed": []}
+    assert origin_chunks(origin) - before == n  # each chunk fetched once, by its owner
+    eventually(lambda: set(chunk_files(node)) >= set(app.chunks), what="every chunk on disk")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda h: fetch(node.port, h), app.chunks * 2))
+    assert origin_chunks(origin) - before == n, "a worker fetched what the prefetch had warmed"
+
+    # Both workers hold the ref (30 s fresh); a new release, then one purge on one worker.
+    def released(base: str, times: int = 24) -> set[str]:
+        """The manifest the release channel names, as ``times`` fresh connections see it."""
+        envelopes = (wire.unpack(call("GET", f"{base}/v1/apps/{app.name}/channels/release").body)
+                     for _ in range(times))
+        return {wire.unpack(env["payload"])["manifest"].hex() for env in envelopes}
+
+    old = released(origin.url, 1)
+    assert released(node.url) == old
+    publish_app(origin.url, app.name, random_app(tmp_path / "app2", 0.1, seed=31), version="1.0.1")
+    wait_enriched(origin.url, app.name, "1.0.1")
+    new = released(origin.url, 1)
+    assert new != old and released(node.url) == old  # fresh for 30 s, in both workers
+    r = call("POST", f"{node.url}/v1/admin/purge", json.dumps({"app": app.name}).encode(), auth())
+    assert r.status == 200, r.body
+    answer = r.json()
+    assert isinstance(answer, dict) and answer["workers"] == 2 and answer["failed"] == []
+    assert answer["purged"] >= 2  # at least the ref in each worker's memory
+    assert released(node.url) == new, "a worker still served the purged ref"
+
+
+def test_the_workers_admin_sockets_are_private_and_the_port_is_not_one(node: Service) -> None:
+    """The shares a worker passes to its siblings go over Unix sockets in the supervisor's
+    private directory (mode 0700); the same body on the public port is an ordinary
+    prefetch, and a bad one."""
+    bound = [line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]]
+    ours = [Path(p) for p in bound if "/minicdn-edge-metrics-" in p and p.endswith(".sock")]
+    node_dirs = {p.parent for p in ours if (p.parent / "slot-0.sock").exists()}
+    assert any({q.name for q in ours if q.parent == d} == {"slot-0.sock", "slot-1.sock"} for d in node_dirs)
+    assert all(d.stat().st_mode & 0o777 == 0o700 for d in node_dirs)
+    body = json.dumps({"app": "workers", "manifests": ["0" * 64], "everything": True}).encode()
+    r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
+    assert r.status == 400 and b"channel" in r.body  # not taken as a worker's share
 
 
 # -- the pieces, without processes ----------------------------------------------------------------
