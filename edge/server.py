@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -40,6 +41,7 @@ log = logging.getLogger("minicdn.edge")
 MakeNode = Callable[[Slot, WorkerRegistry], Edge]
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
+NOFILE_CEILING = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class ServeOptions:
 
 def run(make_node: MakeNode, options: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; the exit status."""
+    raise_nofile()
     if options.workers <= 1:
         return _worker(make_node, options, Slot())
     metrics_dir = Path(tempfile.mkdtemp(prefix="minicdn-edge-metrics-"))
@@ -66,6 +69,24 @@ def run(make_node: MakeNode, options: ServeOptions) -> int:
         return supervise(options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def raise_nofile(ceiling: int = NOFILE_CEILING) -> int:
+    """Raise the soft limit on open files to the hard one (at most ``ceiling``), as nginx's
+    worker_rlimit_nofile or Go's runtime do: every connection and every sealed body is a
+    descriptor, and a soft limit of 1024 (a shell's default) would cap both.  The soft
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+            return soft
+        log.info("open-files limit raised from %d to %d (the hard limit is %s)", soft, target, hard)
+        return target
+    return soft
 
 
 def _worker(make_node: MakeNode, options: ServeOptions, slot: Slot) -> int:

@@ -20,6 +20,7 @@ __all__ = [
     "edge_service",
     "free_port",
     "metric",
+    "origin_chunks",
     "origin_service",
     "running",
     "start_all",

@@ -5,6 +5,7 @@ batches, timeouts, failover, draining and the access log."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -291,3 +292,29 @@ def test_sigterm_drains_not_ready_finishes_in_flight_and_exits(
         finally:
             up.release()
             svc.kill()
+
+
+def test_the_edge_raises_its_open_files_limit_to_the_hard_one(origin: Service, tmp_path: Path) -> None:
+    """Started with a shell's soft limit (256 here), the edge serves with the hard one:
+    each connection and each sealed body is a descriptor."""
+    import resource
+    import subprocess
+
+    from tests.procs import MINICDN
+
+    hard = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
+    assert hard > 256, f"this machine's hard limit on open files is {hard}"
+    svc = edge(tmp_path, origin.url)
+    with open(svc.log, "ab") as log:
+        svc.proc = subprocess.Popen(
+            ["prlimit", f"--nofile=256:{hard}", "--", *MINICDN, *svc.args],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **svc.env},
+        )
+    try:
+        svc.wait_ready()
+        limits = Path(f"/proc/{svc.proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+        assert f"open-files limit raised from 256 to {hard}" in svc.output()
+    finally:
+        svc.stop()
