@@ -68,7 +68,8 @@ def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
 
 def make_app(edge: Edge) -> web.Application:
     app = web.Application(
-        middlewares=[observe, error_middleware, hops.middleware(edge.node)], client_max_size=1 << 20
+        middlewares=[observe, error_middleware, hops.middleware(edge.node, edge.settings.token)],
+        client_max_size=1 << 20,
     )
     app[EDGE] = edge
     r = app.router

@@ -101,10 +101,16 @@ class Cluster:
     """The ``PeerPicker`` of a node in a ring."""
 
     def __init__(
-        self, settings: ClusterSettings, node: str, metrics: EdgeMetrics, resolve: Resolver = resolve_dns
+        self,
+        settings: ClusterSettings,
+        node: str,
+        metrics: EdgeMetrics,
+        resolve: Resolver = resolve_dns,
+        secret: str | None = None,
     ) -> None:
         self.settings = settings
         self.node = node
+        self.secret = secret  # the ring's shared token: proves this node's peer marks
         self.metrics = metrics
         self.resolve = resolve
         self.self_url = _base(settings.self_url) if settings.self_url else None
@@ -156,7 +162,9 @@ class Cluster:
 
     def _source(self, url: str) -> PeerSource:
         assert self._session is not None
-        http = HttpSource(url, self._session, self.settings.peer_timeout, self._max_body, "peer", self.node)
+        http = HttpSource(
+            url, self._session, self.settings.peer_timeout, self._max_body, "peer", self.node, self.secret
+        )
         return PeerSource(http, lambda u, why: self.mark(u, False, why))
 
     def _set_members(self, urls: tuple[str, ...] | list[str]) -> None:

@@ -8,7 +8,11 @@ that keep a tier of edges from forwarding in circles.
   joining the fill it is itself waiting on.  A request that already crossed ``MAX_HOPS``
   hops is refused the same way, whatever the names.
 - ``X-Minicdn-Peer: <node>`` marks a request from a ring peer: the owner fills it from its
-  upstreams and never forwards it to another peer.
+  upstreams and never forwards it to another peer.  When the edge has a token
+  (``MINICDN_TOKEN``, which every member of a ring shares), the mark counts only with
+  ``X-Minicdn-Peer-Proof``: HMAC-SHA256 under the token of ``"<node> <request target>"``.
+  A mark without it is ignored (the request is a client's), so a client cannot make every
+  edge bypass the ring and fill from the origin.  Without a token marks are taken on trust.
 
 The incoming hop is kept in a context variable set by ``middleware``: it follows the
 request into the fill it starts (asyncio copies the context into every task), so the
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -32,6 +39,7 @@ from common.errors import LoopDetected
 __all__ = [
     "MAX_HOPS",
     "PEER",
+    "PEER_PROOF",
     "VIA",
     "Hop",
     "current",
@@ -40,10 +48,12 @@ __all__ = [
     "outgoing",
     "own_request",
     "parse_via",
+    "peer_mark",
 ]
 
 VIA = "Via"
 PEER = "X-Minicdn-Peer"
+PEER_PROOF = "X-Minicdn-Peer-Proof"
 MAX_HOPS = 8  # edges a request may cross: a chain of shields deeper than this is a mistake
 _COMMENT = re.compile(r"\([^)]*\)")
 
@@ -98,19 +108,44 @@ def check(hop: Hop, node: str) -> None:
         raise LoopDetected(f"a request may cross at most {MAX_HOPS} edges (Via: {', '.join(hop.via)})")
 
 
-def outgoing(node: str, peer: bool = False) -> dict[str, str]:
+def _proof(secret: str, node: str, target: str) -> str:
+    return hmac.new(secret.encode(), f"{node} {target}".encode(), hashlib.sha256).hexdigest()
+
+
+def peer_mark(node: str, secret: str | None, url: str) -> dict[str, str]:
+    """The headers that mark a request for ``url`` as coming from peer ``node``; with the
+    ring's shared ``secret``, proven (over the URL's path and query, as the peer reads them)."""
+    if secret is None:
+        return {PEER: node}
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return {PEER: node, PEER_PROOF: _proof(secret, node, target)}
+
+
+def outgoing(node: str, peer: bool = False, secret: str | None = None, url: str = "") -> dict[str, str]:
     """Headers for a request this edge sends on, in the context of the request it serves.
     (Not for admin calls to peers: those are this edge's own, marked only as from a peer.)"""
     headers = {VIA: ", ".join([*current().via, f"1.1 {node}"])}
     if peer:
-        headers[PEER] = node
+        headers.update(peer_mark(node, secret, url))
     return headers
 
 
-def middleware(node: str) -> Middleware:
+def from_peer(request: web.Request, secret: str | None) -> bool:
+    """Whether ``request`` carries a peer mark this edge accepts (see the module's doc)."""
+    node = request.headers.get(PEER)
+    if node is None:
+        return False
+    if secret is None:
+        return True
+    proof = request.headers.get(PEER_PROOF, "")
+    return hmac.compare_digest(proof.encode(), _proof(secret, node, request.raw_path).encode())
+
+
+def middleware(node: str, secret: str | None = None) -> Middleware:
     @web.middleware
     async def hops(request: web.Request, handler: Handler) -> web.StreamResponse:
-        hop = Hop(parse_via(request.headers.getall(VIA, [])), PEER in request.headers)
+        hop = Hop(parse_via(request.headers.getall(VIA, [])), from_peer(request, secret))
         check(hop, node)
         token = _current.set(hop)
         try:

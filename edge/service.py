@@ -74,7 +74,11 @@ class Edge:
         self.settings = settings
         self.metrics = m = metrics or EdgeMetrics.create()
         self.node = settings.node
-        self.cluster = Cluster(settings.cluster, self.node, m) if settings.cluster.enabled else None
+        self.cluster = (
+            Cluster(settings.cluster, self.node, m, secret=settings.token)
+            if settings.cluster.enabled
+            else None
+        )
         self.peers: PeerPicker = peers or self.cluster or NoPeers()
         self.memory = MemoryTier(
             make_policy(settings.policy, settings.memory_size), m.evicted_bytes.labels("memory").inc
@@ -267,13 +271,13 @@ class Edge:
         well need objects this edge owns)."""
         assert self.cluster is not None and self.session is not None
         session = self.session
-        headers = {"Authorization": authorization, hops.PEER: self.node}
         timeout = aiohttp.ClientTimeout(
             total=ADMIN_PEER_TIMEOUT, sock_connect=self.settings.cluster.peer_timeout
         )
 
         def call(url: str) -> Awaitable[dict[str, Any]]:
-            return _post_json(session, url + path, body, headers, timeout)
+            mark = hops.peer_mark(self.node, self.settings.token, url + path)
+            return _post_json(session, url + path, body, {"Authorization": authorization, **mark}, timeout)
 
         return await _fan_out({url: call(url) for url in self.cluster.peer_urls()}, path)
 

@@ -66,7 +66,8 @@ class NoPeers:
 
 class HttpSource:
     """An upstream or a peer over HTTP; ``node`` is this edge's name in the ``Via`` it
-    adds, and a source of kind "peer" also marks its requests as coming from a peer."""
+    adds, and a source of kind "peer" also marks its requests as coming from a peer
+    (proven with ``secret``, the ring's shared token, when there is one)."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class HttpSource:
         max_body: int,
         kind: str = "upstream",
         node: str = "edge",
+        secret: str | None = None,
     ) -> None:
         self.name = base.rstrip("/")
         self.kind = kind
@@ -83,10 +85,12 @@ class HttpSource:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.max_body = max_body
         self.node = node
+        self.secret = secret  # proves a peer mark (edge.hops)
 
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
         url = self.name + path
-        sent = {**headers, **hops.outgoing(self.node, peer=self.kind == "peer")}
+        mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
+        sent = {**headers, **mark}
         try:
             async with self.session.get(url, headers=sent, timeout=self.timeout) as resp:
                 body = await read_limited(resp.content, self.max_body, url)

@@ -4,6 +4,8 @@ upstreams, and membership from DNS."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import threading
@@ -146,6 +148,29 @@ def test_prefetch_warms_each_chunk_on_its_owner_so_next_installs_are_all_hits(
         assert http("GET", f"{n.url}/v1/apps/warm/channels/release").status == 200
     assert [metric(n.url, "minicdn_edge_upstream_requests_total", 'kind="upstream"') for n in trio] == \
         [u + 1 for u in ups]
+
+
+def test_a_peer_mark_counts_only_with_its_proof(origin: Service, trio: list[Service], tmp_path: Path) -> None:
+    """X-Minicdn-Peer makes an edge fill from its upstreams instead of asking the owner;
+    from a client that would let anyone have every edge bypass the ring.  With the ring's
+    token, the mark counts only with its HMAC over "<node> <target>"."""
+    app = publish_app(origin.url, "marks", random_app(tmp_path / "app", 0.3, seed=41))
+    a = trio[0]
+    forged, wrong_path, proven = [c for c in app.chunks if owner_of(trio, c) is not a][:3]
+
+    def proof(node: str, target: str) -> str:
+        return hmac.new(TOKEN.encode(), f"{node} {target}".encode(), hashlib.sha256).hexdigest()
+
+    def ask(cid: str, headers: dict[str, str]) -> tuple[float, float]:
+        """(requests a sent to peers, to upstreams) for one GET of ``cid`` on a."""
+        before = cluster_state(trio)[0]
+        verify_chunk(cid, http("GET", f"{a.url}/v1/chunks/{cid}", headers=headers))
+        after = cluster_state(trio)[0]
+        return after["peer"] - before["peer"], after["upstream"] - before["upstream"]
+
+    assert ask(forged, {"X-Minicdn-Peer": "edge-x", "X-Minicdn-Peer-Proof": "0" * 64}) == (1, 0)
+    assert ask(wrong_path, {"X-Minicdn-Peer": "edge-x", "X-Minicdn-Peer-Proof": proof("edge-x", f"/v1/chunks/{forged}")}) == (1, 0)
+    assert ask(proven, {"X-Minicdn-Peer": "edge-x", "X-Minicdn-Peer-Proof": proof("edge-x", f"/v1/chunks/{proven}")}) == (0, 1)
 
 
 # -- must show 2: SIGKILL one member; nobody notices; it rejoins ----------------------------------
