@@ -41,7 +41,8 @@ __all__ = ["Edge", "EdgeSettings"]
 log = logging.getLogger("minicdn.edge")
 
 PREFETCH_WINDOW = 32
-ADMIN_PEER_TIMEOUT = 600.0  # bound on a peer's (or sibling worker's) share of an admin call
+ADMIN_PEER_TIMEOUT = 600.0  # bound on a peer's (or sibling worker's) share of a prefetch
+PURGE_TIMEOUT = 30.0  # and of a purge (a few file removals: one that takes longer is stuck)
 SIBLING_CONNECT_TIMEOUT = 5.0
 
 
@@ -165,13 +166,17 @@ class Edge:
             return answer
         failed: list[str] = []
         if self.siblings:
-            answers, failed = await self._each_sibling("/v1/admin/purge", {"app": app}, authorization)
+            answers, failed = await self._each_sibling(
+                "/v1/admin/purge", {"app": app}, authorization, PURGE_TIMEOUT
+            )
             answer["purged"] += sum(int(a.get("purged", 0)) for a in answers)
             answer["workers"] = 1 + len(answers)
             answer["failed"] = failed
         if not cluster or self.cluster is None or hops.current().peer:
             return answer
-        answers, peers_failed = await self._each_peer("/v1/admin/purge", {"app": app}, authorization)
+        answers, peers_failed = await self._each_peer(
+            "/v1/admin/purge", {"app": app}, authorization, PURGE_TIMEOUT
+        )
         answer["purged"] += sum(int(a.get("purged", 0)) for a in answers)
         answer["nodes"] = 1 + len(answers)
         answer["failed"] = failed + peers_failed
@@ -223,12 +228,13 @@ class Edge:
             self.warm_share(manifests, everything, split=True),
             self._each_sibling("/v1/admin/prefetch", body, authorization),
         )
-        if failed:
-            await self.warm_share(manifests, everything, split=False)
         shares = [mine, *answers]
+        chunks = sum(int(a.get("chunks", 0)) for a in shares)
+        if failed:  # their shares too, from here (the whole scope: the count is all of it)
+            chunks = (await self.warm_share(manifests, everything, split=False))["chunks"]
         return {
             "manifests": len(manifests),
-            "chunks": sum(int(a.get("chunks", 0)) for a in shares),
+            "chunks": chunks,
             "cached": sum(int(a.get("cached", 0)) for a in shares),
             "workers": len(shares),
             "failed": failed,
@@ -263,7 +269,7 @@ class Edge:
         return {"manifests": len(manifests), "chunks": len(unique), "cached": cached}
 
     async def _each_peer(
-        self, path: str, body: dict[str, Any], authorization: str
+        self, path: str, body: dict[str, Any], authorization: str, within: float = ADMIN_PEER_TIMEOUT
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """POST ``body`` to ``path`` on every known peer, marked as from a peer (so it goes
         no further): the JSON answers of those that gave one, and the URLs of the others.
@@ -271,9 +277,7 @@ class Edge:
         well need objects this edge owns)."""
         assert self.cluster is not None and self.session is not None
         session = self.session
-        timeout = aiohttp.ClientTimeout(
-            total=ADMIN_PEER_TIMEOUT, sock_connect=self.settings.cluster.peer_timeout
-        )
+        timeout = aiohttp.ClientTimeout(total=within, sock_connect=self.settings.cluster.peer_timeout)
 
         def call(url: str) -> Awaitable[dict[str, Any]]:
             mark = hops.peer_mark(self.node, self.settings.token, url + path)
@@ -282,13 +286,13 @@ class Edge:
         return await _fan_out({url: call(url) for url in self.cluster.peer_urls()}, path)
 
     async def _each_sibling(
-        self, path: str, body: dict[str, Any], authorization: str
+        self, path: str, body: dict[str, Any], authorization: str, within: float = ADMIN_PEER_TIMEOUT
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """POST ``body`` to ``path`` on every sibling worker, over its control socket (a
         call there comes from a sibling, so it goes no further): the JSON answers of those
         that gave one, and the names of the others ("worker <slot>")."""
         headers = {"Authorization": authorization}
-        timeout = aiohttp.ClientTimeout(total=ADMIN_PEER_TIMEOUT, sock_connect=SIBLING_CONNECT_TIMEOUT)
+        timeout = aiohttp.ClientTimeout(total=within, sock_connect=SIBLING_CONNECT_TIMEOUT)
 
         async def call(socket_path: Path) -> dict[str, Any]:
             connector = aiohttp.UnixConnector(path=str(socket_path))

@@ -3,6 +3,7 @@ and /metrics on either adds up what both did (edge/workers.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import itertools
@@ -74,12 +75,29 @@ def counts(svc: Service) -> dict[str, float]:
     }
 
 
+def admin_sockets(svc: Service) -> list[Path]:
+    """The Unix sockets the node's workers listen on (matched by inode in /proc/net/unix)."""
+    inodes = set()
+    for pid in children(svc):
+        with contextlib.suppress(FileNotFoundError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    rows = [line.split() for line in Path("/proc/net/unix").read_text().splitlines()[1:]]
+    return sorted(Path(r[7]) for r in rows if len(r) >= 8 and r[6] in inodes)
+
+
 @pytest.fixture
 def node(origin: Service, tmp_path: Path) -> Iterator[Service]:
     svc = edge(tmp_path, origin.url, extra=("--workers", "2", "--memory-size", "64MiB", "--disk-size", "1GiB"))
     svc.start()
     try:
         eventually(lambda: len(children(svc)) == 2, what="two workers")
+        # Each worker binds its admin socket after its port: with both bound, both serve.
+        eventually(lambda: [p.name for p in admin_sockets(svc)] == ["slot-0.sock", "slot-1.sock"],
+                   what="both workers up")
         yield svc
     finally:
         svc.stop()
@@ -219,15 +237,48 @@ def test_prefetch_warms_every_owners_disk_and_purge_reaches_every_workers_memory
     assert released(node.url) == new, "a worker still served the purged ref"
 
 
+def test_a_worker_that_is_down_is_named_and_a_prefetch_warms_its_share_itself(
+    origin: Service, node: Service, tmp_path: Path
+) -> None:
+    app = publish_app(origin.url, "workers-down", random_app(tmp_path / "app", 0.3, seed=37))
+    assert node.proc is not None
+    supervisor = node.proc.pid
+    victim = children(node)[0]
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+    os.kill(supervisor, signal.SIGSTOP)  # so it does not start the victim again mid-test
+    try:
+        eventually(lambda: state(supervisor) == "T", what="the supervisor stopped")
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: state(victim) == "Z", what="the worker dead (not reaped)")
+        before = origin_chunks(origin)
+        body = json.dumps({"app": app.name, "channel": "release"}).encode()
+        r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
+        assert r.status == 200, r.body
+        answer = r.json()
+        assert isinstance(answer, dict) and answer["workers"] == 1 and len(answer["failed"]) == 1
+        assert answer["failed"][0].startswith("worker ")
+        assert answer["chunks"] == len(app.chunks) and answer["manifests"] == 1
+        assert origin_chunks(origin) - before == len(app.chunks)
+        r = call("POST", f"{node.url}/v1/admin/purge", json.dumps({"app": app.name}).encode(), auth())
+        assert r.status == 200 and r.json() == {"purged": 1, "workers": 1, "failed": answer["failed"]}
+        # The survivor holds every chunk now: asking for them all again goes nowhere.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda h: fetch(node.port, h), app.chunks))
+        assert origin_chunks(origin) - before == len(app.chunks)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    eventually(lambda: victim not in children(node) and len(children(node)) == 2, what="the worker back")
+
+
 def test_the_workers_admin_sockets_are_private_and_the_port_is_not_one(node: Service) -> None:
     """The shares a worker passes to its siblings go over Unix sockets in the supervisor's
     private directory (mode 0700); the same body on the public port is an ordinary
     prefetch, and a bad one."""
-    bound = [line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]]
-    ours = [Path(p) for p in bound if "/minicdn-edge-metrics-" in p and p.endswith(".sock")]
-    node_dirs = {p.parent for p in ours if (p.parent / "slot-0.sock").exists()}
-    assert any({q.name for q in ours if q.parent == d} == {"slot-0.sock", "slot-1.sock"} for d in node_dirs)
-    assert all(d.stat().st_mode & 0o777 == 0o700 for d in node_dirs)
+    sockets = admin_sockets(node)
+    assert [p.name for p in sockets] == ["slot-0.sock", "slot-1.sock"]
+    assert len({p.parent for p in sockets}) == 1 and sockets[0].parent.stat().st_mode & 0o777 == 0o700
     body = json.dumps({"app": "workers", "manifests": ["0" * 64], "everything": True}).encode()
     r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
     assert r.status == 400 and b"channel" in r.body  # not taken as a worker's share
