@@ -57,6 +57,7 @@ log = logging.getLogger("minicdn.edge.workers")
 
 SNAPSHOT_EVERY = 1.0
 RESTART_BACKOFF = 1.0
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 @dataclass(frozen=True)
@@ -216,19 +217,27 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
     failed = False
 
     def spawn(slot: Slot) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 1
-            try:
-                code = work(slot)
-            except BaseException:
-                log.exception("worker %d failed", slot.index)
-            finally:
-                os._exit(code)
-        children[pid] = slot
+        # Signals wait until the child has dropped the supervisor's handlers and the parent
+        # has recorded the child: a SIGTERM in between would otherwise run on_signal in the
+        # child (which then serves on, orphaned) or miss the child in the parent.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
+                    for sig in STOP_SIGNALS:
+                        signal.signal(sig, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                    code = work(slot)
+                except BaseException:
+                    log.exception("worker %d failed", slot.index)
+                finally:
+                    os._exit(code)
+            children[pid] = slot
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("worker %d: pid %d", slot.index, pid)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -243,10 +252,11 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    for i in range(count):
-        spawn(Slot(i, count, metrics_dir))
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # before the first fork: no worker left unsignalled
     signal.signal(signal.SIGINT, on_signal)
+    for i in range(count):
+        if not stopping:
+            spawn(Slot(i, count, metrics_dir))
     while children:
         try:
             pid, status = os.wait()
@@ -256,8 +266,8 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
         if slot is None:
             continue
         code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            failed |= code != 0
+        if stopping:  # (one stopped before it could install its handler exits by the signal)
+            failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
             continue
         log.error("worker %d (pid %d) exited with %d: starting it again", slot.index, pid, code)
         time.sleep(RESTART_BACKOFF)
