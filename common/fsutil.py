@@ -45,12 +45,14 @@ class AtomicFile:
 
 @contextlib.contextmanager
 def open_atomic(
-    target: str | os.PathLike[str], *, mode: int = 0o644, replace: bool = True
+    target: str | os.PathLike[str], *, mode: int = 0o644, replace: bool = True, durable: bool = True
 ) -> Iterator[AtomicFile]:
     """Yield a file that becomes ``target`` only if the block completes.
 
     With ``replace=False`` an existing target is kept (first writer wins): content-addressed
-    objects are immutable, so a second write of the same id is a successful no-op.
+    objects are immutable, so a second write of the same id is a successful no-op.  With
+    ``durable=False`` nothing is fsynced: readers never see a partial file, but a power
+    loss may lose it (for files that do not outlive the process that wrote them).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,8 @@ def open_atomic(
             handle = AtomicFile(f)
             yield handle
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if replace:
             os.replace(tmp, target)
             handle.created = True
@@ -73,7 +76,8 @@ def open_atomic(
             except FileExistsError:
                 pass
             os.unlink(tmp)
-        fsync_dir(target.parent)
+        if durable:
+            fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -86,10 +90,11 @@ def atomic_write(
     *,
     mode: int = 0o644,
     replace: bool = True,
+    durable: bool = True,
 ) -> bool:
-    """Write ``data`` to ``target`` crash-safely; returns whether ``target`` now holds it
-    (False only with replace=False when the target already existed)."""
-    with open_atomic(target, mode=mode, replace=replace) as f:
+    """Write ``data`` to ``target`` crash-safely (see ``open_atomic``); returns whether
+    ``target`` now holds it (False only with replace=False when the target already existed)."""
+    with open_atomic(target, mode=mode, replace=replace, durable=durable) as f:
         f.write(data)
     return f.created
 

@@ -116,8 +116,7 @@ def edge(
     for u in upstreams:
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"upstream: {u!r} is not an http(s) URL")
-    if upstream_timeout <= 0:
-        raise ConfigError("upstream_timeout: must be positive")
+    require_positive(upstream_timeout=upstream_timeout)
     cluster = cluster_settings(
         peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
     )
@@ -140,13 +139,9 @@ def edge(
     )
     if workers < 1:
         raise ConfigError("workers: must be at least 1")
-    for key, value in (
-        ("header_timeout", header_timeout),
-        ("keepalive_timeout", keepalive_timeout),
-        ("send_timeout", send_timeout),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive")
+    require_positive(
+        header_timeout=header_timeout, keepalive_timeout=keepalive_timeout, send_timeout=send_timeout
+    )
     options = ServeOptions(
         listen[0], listen[1], workers, fast_path, Limits(header_timeout, keepalive_timeout, send_timeout)
     )
@@ -156,6 +151,13 @@ def edge(
         return Edge(share, EdgeMetrics.create(registry))
 
     raise SystemExit(run(make_node, options))
+
+
+def require_positive(**values: float) -> None:
+    """ConfigError naming the first of ``values`` (by its setting's name) that is not > 0."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive")
 
 
 def cluster_settings(
@@ -174,13 +176,9 @@ def cluster_settings(
             raise ConfigError(f"peer: {url!r} is not an http(s) URL")
     if self_url and not (peers or peers_dns):
         raise ConfigError("self: names this edge among --peer or --peers-dns members; give those too")
-    for key, value in (
-        ("peer_timeout", peer_timeout),
-        ("peer_check_interval", check_interval),
-        ("peers_dns_interval", dns_interval),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive")
+    require_positive(
+        peer_timeout=peer_timeout, peer_check_interval=check_interval, peers_dns_interval=dns_interval
+    )
     urls = tuple(u.rstrip("/") for u in peers)
     if self_url is None and f"http://{listen[0]}:{listen[1]}" in urls:
         self_url = f"http://{listen[0]}:{listen[1]}"

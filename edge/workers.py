@@ -49,7 +49,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from common.fsutil import TEMP_PREFIX
+from common.fsutil import atomic_write
 
 __all__ = ["Slot", "WorkerRegistry", "supervise"]
 
@@ -140,15 +140,10 @@ class WorkerRegistry(CollectorRegistry):
     def _publish(self, rows: list[Any]) -> None:
         """Replace our snapshot, on the loop's thread (so snapshots land in the order their
         counts were taken) and without fsync (the directory lives as long as the node)."""
-        path = self._path()
-        temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
         try:
-            temp.write_bytes(json.dumps(rows).encode())
-            os.replace(temp, path)
+            atomic_write(self._path(), json.dumps(rows).encode(), durable=False)
         except OSError as exc:  # a full $TMPDIR: the others see our older counts, no worse
-            log.warning("cannot write the metrics snapshot %s: %s", path, exc)
-            with contextlib.suppress(OSError):
-                temp.unlink()
+            log.warning("cannot write the metrics snapshot %s: %s", self._path(), exc)
 
     def _others(self) -> Iterator[list[Any]]:
         assert self.slot.metrics_dir is not None

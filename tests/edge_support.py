@@ -5,6 +5,7 @@ and the origin in a thread of its own, and polling with a deadline instead of sl
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import random
 import shutil
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import msgpack
@@ -139,13 +141,19 @@ def get_chunk(base: str, hexid: str, zstd: bool = False, **headers: str) -> Repl
     return http("GET", f"{base}/v1/chunks/{hexid}", headers=h)
 
 
-def verify_chunk(hexid: str, reply: Reply) -> None:
+class Answered(Protocol):
+    """An HTTP answer as the tests' clients give it (header names lowercased)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def verify_chunk(hexid: str, reply: Answered) -> None:
     assert reply.status == 200, (reply.status, reply.body[:200])
     if reply.headers.get("content-encoding") == "zstd":
         codec.decode_chunk(bytes.fromhex(hexid), reply.body)
     else:
-        import hashlib
-
         assert hashlib.sha256(reply.body).hexdigest() == hexid
 
 

@@ -21,7 +21,16 @@ import pytest
 
 from common import codec
 from edge.memory import SEAL_MIN
-from tests.edge_support import App, batch_items, edge, eventually, publish_app, random_app, scripted
+from tests.edge_support import (
+    App,
+    batch_items,
+    edge,
+    eventually,
+    publish_app,
+    random_app,
+    scripted,
+    verify_chunk,
+)
 from tests.procs import Service, metric
 
 HEADER_TIMEOUT = "1s"
@@ -152,19 +161,11 @@ def chunk(hexid: str) -> str:
     return f"/v1/chunks/{hexid}"
 
 
-def check_chunk(hexid: str, r: Response) -> None:
-    assert r.status == 200, (r.status, r.body[:200])
-    if r.headers.get("content-encoding") == "zstd":
-        codec.decode_chunk(bytes.fromhex(hexid), r.body)
-    else:
-        assert hashlib.sha256(r.body).hexdigest() == hexid
-
-
 def warm(node: Service, *ids: str) -> None:
     c = Raw(node.port)
     for h in ids:
         c.send(get(chunk(h), "Accept-Encoding: zstd"))
-        check_chunk(h, c.response())
+        verify_chunk(h, c.response())
     c.close()
 
 
@@ -180,7 +181,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(apps: dict[str, App],
             for h in ids:
                 c.send(get(chunk(h), "Accept-Encoding: zstd" if round_ % 2 == 0 else "Accept-Encoding: gzip"))
                 r = c.response()
-                check_chunk(h, r)
+                verify_chunk(h, r)
                 assert r.headers["etag"] == f'"{h}"' and "connection" not in r.headers
                 assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
                 assert "date" in r.headers and r.headers["vary"] == "Accept-Encoding"
@@ -202,8 +203,8 @@ def test_pipelined_requests_are_answered_in_order(apps: dict[str, App], node: Se
             + get(chunk(hot), f'If-None-Match: "{hot}"')
             + get(f"/v1/manifests/{apps['demo'].manifest}", "Accept-Encoding: zstd")
         )
-        check_chunk(hot, c.response())
-        check_chunk(cold, c.response())
+        verify_chunk(hot, c.response())
+        verify_chunk(cold, c.response())
         head = c.response(head_only=True)
         assert head.status == 200 and head.body == b"" and head.headers["etag"] == f'"{hot}"'
         part = c.response()
@@ -228,12 +229,12 @@ def test_a_held_miss_holds_back_the_answers_after_it(
             warm(svc, first, last)
             c = Raw(svc.port)
             c.send(b"".join(get(chunk(h), "Accept-Encoding: zstd") for h in (first, held, last)))
-            check_chunk(first, c.response())
+            verify_chunk(first, c.response())
             eventually(lambda: up.held() == 1, what="the miss reached the upstream")
             assert c.nothing_yet() and not c.buf  # the hit after the miss waits its turn
             up.release()
-            check_chunk(held, c.response())
-            check_chunk(last, c.response())
+            verify_chunk(held, c.response())
+            verify_chunk(last, c.response())
             c.close()
         finally:
             up.release()
@@ -250,7 +251,7 @@ def test_head_304_range_and_416_on_the_fast_path(apps: dict[str, App], node: Ser
     try:
         c.send(get(chunk(cid)))
         full = c.response()
-        check_chunk(cid, full)
+        verify_chunk(cid, full)
         size = len(full.body)
         c.send(get(chunk(cid), method="HEAD", version="HTTP/1.1"))
         head = c.response(head_only=True)
@@ -276,7 +277,7 @@ def test_head_304_range_and_416_on_the_fast_path(apps: dict[str, App], node: Ser
         nf = c.response()
         assert nf.status == 404 and json.loads(nf.body)["error"] == "not_found"
         c.send(get(chunk(cid), "Accept-Encoding: zstd"))
-        check_chunk(cid, c.response())
+        verify_chunk(cid, c.response())
     finally:
         c.close()
 
@@ -353,7 +354,7 @@ def test_an_idle_connection_is_closed_after_the_keepalive_timeout(apps: dict[str
     c = Raw(node.port)
     try:
         c.send(get(chunk(apps["demo"].chunks[0]), "Accept-Encoding: zstd"))
-        check_chunk(apps["demo"].chunks[0], c.response())
+        verify_chunk(apps["demo"].chunks[0], c.response())
         assert c.closed(timeout=15)
     finally:
         c.close()
@@ -374,7 +375,7 @@ def test_a_client_that_leaves_mid_response_does_not_hurt_the_next(apps: dict[str
     try:
         for h in ids[:3]:
             c.send(get(chunk(h), "Accept-Encoding: zstd"))
-            check_chunk(h, c.response())
+            verify_chunk(h, c.response())
     finally:
         c.close()
     assert node.proc is not None and node.proc.poll() is None
@@ -397,7 +398,7 @@ def test_a_client_that_reads_nothing_is_held_by_flow_control(apps: dict[str, App
         c.sock.settimeout(20)
         assert sent < len(payload)  # the edge stopped reading: TCP pushed back
         for i in range(200):  # and answers, in order, as they are read
-            check_chunk(ids[i % len(ids)], c.response())
+            verify_chunk(ids[i % len(ids)], c.response())
     finally:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()
@@ -426,7 +427,7 @@ def large(node: Service, app: App, count: int) -> list[str]:
             if app.raw[h] >= SEAL_MIN:
                 c.send(get(chunk(h), "Accept-Encoding: zstd"))
                 r = c.response()
-                check_chunk(h, r)
+                verify_chunk(h, r)
                 if len(r.body) >= SEAL_MIN:
                     found.append(h)
     finally:
@@ -445,13 +446,13 @@ def test_large_bodies_go_out_of_sealed_memfds_whole_and_in_order(apps: dict[str,
             for h in ids:
                 c.send(get(chunk(h), zstd))
                 r = c.response()
-                check_chunk(h, r)
+                verify_chunk(h, r)
                 assert r.headers["content-encoding"] == "zstd" and r.headers["etag"] == f'"{h}"'
         c.send(b"".join(get(chunk(h), zstd) for h in ids))  # pipelined: one read, three answers
         frames = []
         for h in ids:
             r = c.response()
-            check_chunk(h, r)
+            verify_chunk(h, r)
             frames.append(r.body)
         # Pipelined, small (written through the transport) and sealed (sent on the socket)
         # answers interleaved: a sealed one must not overtake what the transport holds.
@@ -460,7 +461,7 @@ def test_large_bodies_go_out_of_sealed_memfds_whole_and_in_order(apps: dict[str,
         mixed = [x for pair in zip(small, ids, strict=True) for x in pair] * 3
         c.send(b"".join(get(chunk(h), zstd) for h in mixed))
         for h in mixed:
-            check_chunk(h, c.response())
+            verify_chunk(h, c.response())
         h, frame = ids[0], frames[0]
         c.send(get(chunk(h), zstd, method="HEAD"))
         head = c.response(head_only=True)
@@ -490,9 +491,9 @@ def test_a_slow_reader_of_sealed_bodies_gets_every_byte(apps: dict[str, App], no
             time.sleep(0.002)
         time.sleep(0.2)
         for h in order:
-            check_chunk(h, c.response())
+            verify_chunk(h, c.response())
         c.send(get(chunk(ids[0]), "Accept-Encoding: zstd"))  # and the connection goes on
-        check_chunk(ids[0], c.response())
+        verify_chunk(ids[0], c.response())
     finally:
         c.close()
     assert node.proc is not None and node.proc.poll() is None
@@ -508,7 +509,7 @@ def test_http10_and_connection_close(apps: dict[str, App], node: Service) -> Non
     try:
         c.send(get(chunk(cid), version="HTTP/1.0"))
         r = c.response()
-        check_chunk(cid, r)
+        verify_chunk(cid, r)
         assert r.headers["connection"] == "close" and c.closed()
     finally:
         c.close()
@@ -517,7 +518,7 @@ def test_http10_and_connection_close(apps: dict[str, App], node: Service) -> Non
         for _ in range(2):
             c.send(get(chunk(cid), "Connection: keep-alive", version="HTTP/1.0"))
             r = c.response()
-            check_chunk(cid, r)
+            verify_chunk(cid, r)
             assert r.headers["connection"] == "keep-alive"
         c.send(get(chunk(cid), "Connection: close"))
         r = c.response()
@@ -537,7 +538,7 @@ def test_other_requests_fall_through_to_aiohttp_on_the_same_connection(
     c = Raw(node.port)
     try:
         c.send(get(chunk(ids[0]), "Accept-Encoding: zstd"))
-        check_chunk(ids[0], c.response())
+        verify_chunk(ids[0], c.response())
         c.send(get("/metrics"))
         m = c.response()
         assert m.status == 200 and b"minicdn_edge_requests_total" in m.body
@@ -552,11 +553,11 @@ def test_other_requests_fall_through_to_aiohttp_on_the_same_connection(
         c.send(get(f"/v1/apps/{apps['demo'].name}/channels/release"))
         assert c.response().status == 200
         c.send(get(chunk(ids[1]), "Accept-Encoding: zstd") + get("/healthz") + get(chunk(ids[2])))
-        check_chunk(ids[1], c.response())
+        verify_chunk(ids[1], c.response())
         h = c.response()
         assert h.status == 200 and "aiohttp" in h.headers["server"]
         last = c.response()
-        check_chunk(ids[2], last)
+        verify_chunk(ids[2], last)
         assert last.headers["server"] == "minicdn"  # the connection came back to the data plane
     finally:
         c.close()
@@ -576,7 +577,7 @@ def test_a_body_aiohttp_did_not_read_is_skipped_and_chunked_bodies_go_to_aiohttp
         assert c.response().status == 413
         c.send(body + get(chunk(cid), "Accept-Encoding: zstd"))
         r = c.response()
-        check_chunk(cid, r)
+        verify_chunk(cid, r)
         assert r.headers["server"] == "minicdn"
         # A chunked body: only parsing it tells where it ends, so aiohttp keeps the connection.
         ids = msgpack.packb([cid])
@@ -587,7 +588,7 @@ def test_a_body_aiohttp_did_not_read_is_skipped_and_chunked_bodies_go_to_aiohttp
         b = c.response()
         assert b.status == 200 and [i[0] for i in batch_items(b.body)] == [cid]
         c.send(get(chunk(cid), "Accept-Encoding: zstd"))
-        check_chunk(cid, c.response())
+        verify_chunk(cid, c.response())
     finally:
         c.close()
 
@@ -598,9 +599,9 @@ def test_a_pipeline_handed_over_mid_way_keeps_its_order(apps: dict[str, App], no
     c = Raw(node.port)
     try:
         c.send(get(chunk(ids[0]), "Accept-Encoding: zstd") + get("/readyz") + get(chunk(ids[1])))
-        check_chunk(ids[0], c.response())
+        verify_chunk(ids[0], c.response())
         assert json.loads(c.response().body)["ready"] is True
-        check_chunk(ids[1], c.response())
+        verify_chunk(ids[1], c.response())
     finally:
         c.close()
 

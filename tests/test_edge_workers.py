@@ -107,12 +107,17 @@ def node(origin: Service, tmp_path: Path) -> Iterator[Service]:
     assert code == 0
 
 
+def state(pid: int) -> str:
+    """The process's state letter (R, S, T, Z...; "" once it is reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: it is only waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return state(pid) not in ("", "Z")
 
 
 def test_two_workers_share_one_disk_tier_and_their_metrics_add_up(app: App, node: Service) -> None:
@@ -256,9 +261,6 @@ def test_a_worker_that_is_down_is_named_and_a_prefetch_warms_its_share_itself(
     assert node.proc is not None
     supervisor = node.proc.pid
     victim = children(node)[0]
-    def state(pid: int) -> str:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-
     os.kill(supervisor, signal.SIGSTOP)  # so it does not start the victim again mid-test
     try:
         eventually(lambda: state(supervisor) == "T", what="the supervisor stopped")
