@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec, dcz
+from common import codec, dcz, jsonutil
 from common.errors import BadRequest, Unauthorized
 from common.http import (
     MAX_BATCH,
@@ -182,10 +181,7 @@ def require_token(request: web.Request) -> None:
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:
-    try:
-        body = json.loads(await read_limited(request.content, 64 * 1024, "admin body"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body must be JSON: {exc}") from exc
+    body = jsonutil.loads(await read_limited(request.content, 64 * 1024, "admin body"), what="admin body")
     if not isinstance(body, dict) or not isinstance(body.get("app"), str):
         raise BadRequest('body must be JSON {"app": str, ...}')
     check_app(body["app"])

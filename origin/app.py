@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec, dcz
+from common import codec, dcz, jsonutil
 from common.errors import BadRequest, TooLarge, Unauthorized
 from common.http import (
     MAX_BATCH,
@@ -178,10 +177,7 @@ async def put_channel(request: web.Request) -> web.Response:
     require_token(request)
     app = check_app(request.match_info["app"])
     channel = check_channel(request.match_info["channel"])
-    try:
-        body = json.loads(await read_limited(request.content, 64 * 1024, "channel body"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body must be JSON {{version, rollout?}}: {exc}") from exc
+    body = jsonutil.loads(await read_limited(request.content, 64 * 1024, "channel body"), what="channel body")
     if not isinstance(body, dict) or not isinstance(body.get("version"), str):
         raise BadRequest('body must be JSON {"version": str, "rollout"?: {"version", "percent"}}')
     rollout = None
