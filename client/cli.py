@@ -13,14 +13,35 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from client.client import Client, ClientConfig, FetchSummary
 from client.plan import PREFERENCES
 from common.cli import DURATION, SIZE, option
-from common.errors import IntegrityError, MinicdnError, RefRejected, SignatureError, UpstreamError
+from common.errors import (
+    BadRequest,
+    ConfigError,
+    IntegrityError,
+    MinicdnError,
+    NotFound,
+    RefRejected,
+    SignatureError,
+    StoreError,
+    UpstreamError,
+)
 from common.signing import PublicKey
 
-__all__ = ["fetch"]
+__all__ = ["EXIT_CODES", "fetch"]
+
+# Exit status of ``minicdn fetch`` by what failed (docs/client.md); 2 is click's usage error.
+EXIT_CODES = {"usage": 2, "network": 3, "signature": 4, "hash": 4, "expiry": 5, "rollback": 5,
+              "not_found": 6, "store": 7}  # fmt: skip
 
 
-# What failed, in the words of the issue: signature, hash, expiry, rollback, network.
+def _failed(what: str, message: str) -> click.ClickException:
+    """One line on standard error, ``Error: <what>: <message>; …``, and the exit status of ``what``."""
+    exc = click.ClickException(f"{what}: {message}; the previous install, if any, is untouched")
+    exc.exit_code = EXIT_CODES[what]  # type: ignore[misc]  # click reads it per instance
+    return exc
+
+
 def _what(exc: MinicdnError) -> str:
+    """What failed, in one word: the class of the error a user acts on."""
     if isinstance(exc, SignatureError):
         return "signature"
     if isinstance(exc, IntegrityError):
@@ -29,7 +50,13 @@ def _what(exc: MinicdnError) -> str:
         return "expiry" if exc.code == "expired" else "rollback"
     if isinstance(exc, UpstreamError):
         return "network"
-    return exc.code
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, StoreError):
+        return "store"
+    if isinstance(exc, BadRequest | ConfigError):
+        return "usage"
+    raise exc  # an error class this table does not know is a bug: let it show as one
 
 
 @click.command()
@@ -77,26 +104,32 @@ def fetch(
     as_json: bool,
 ) -> None:
     """Install APP from edges: verified, only what is missing (a delta, chunks or a
-    bundle, whichever is cheapest per package), swapped in atomically."""
+    bundle, whichever is cheapest per package), swapped in atomically.
+
+    Exit status: 0 installed; 2 usage (flags, app id, package name, key file); 3 network
+    (no edge answered); 4 signature or hash (verification failed on every edge); 5 expiry
+    or rollback (the ref was refused); 6 not found (app, channel or object); 7 store (the
+    local store or install directory cannot be used).  The previous install is kept."""
     out = Path(out_dir)
     store = Path(store_dir) if store_dir else out.absolute().parent / ".minicdn-store"
-    config = ClientConfig(
-        edges=edges,
-        public_keys=(PublicKey.load(public_key),),
-        store_dir=store,
-        store_size=store_size,
-        timeout=timeout,
-        plan=plan,
-    )
     console = Console(stderr=True)
     try:
+        config = ClientConfig(
+            edges=edges,
+            public_keys=(PublicKey.load(public_key),),
+            store_dir=store,
+            store_size=store_size,
+            timeout=timeout,
+            plan=plan,
+        )
         summary = asyncio.run(
             _run(config, app, out, channel, user, list(packages), open_page, console, as_json)
         )
     except MinicdnError as exc:
-        raise click.ClickException(
-            f"{_what(exc)}: {exc.message} (previous install, if any, left as it was)"
-        ) from exc
+        raise _failed(_what(exc), exc.message) from exc
+    except OSError as exc:  # the store or --out: a full disk, a permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise _failed("store", f"{where}{exc.strerror or exc}") from exc
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=1))
     else:

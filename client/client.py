@@ -34,7 +34,7 @@ from client.state import Installed, State
 from client.store import LocalStore
 from client.transport import RETRYABLE, Edges
 from common import codec, dcz
-from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, UpstreamError
+from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, StoreError, UpstreamError
 from common.fsutil import fsync_dir
 from common.ids import check_app, check_channel, sha256
 from common.manifest import MAIN_PACKAGE, ChunkEntry, Manifest, PackageEntry, Ref, open_manifest, open_ref
@@ -131,11 +131,12 @@ class Client:
         progress: Progress | None = None,
     ) -> None:
         self.config = config
+        # The store and its state first: they can raise, and then no session may be open.
+        self.store = LocalStore(config.store_dir, config.store_size)
+        self.state = State(config.store_dir)
         self._own_session = session is None
         self.session = session or aiohttp.ClientSession(auto_decompress=False)
         self.edges = Edges(list(config.edges), self.session, timeout=config.timeout, cooldown=config.cooldown)
-        self.store = LocalStore(config.store_dir, config.store_size)
-        self.state = State(config.store_dir)
         self.progress = progress or (lambda *_: None)
         self._expected = (0, 0)
         self._stored = 0
@@ -163,7 +164,10 @@ class Client:
             ref.check_fresh(int(time.time()), highest)
             return ref
 
-        ref = await self.edges.get(f"/v1/apps/{app}/channels/{channel}", "ref", check, max_size=1 << 20)
+        try:
+            ref = await self.edges.get(f"/v1/apps/{app}/channels/{channel}", "ref", check, max_size=1 << 20)
+        except NotFound as exc:
+            raise NotFound(f"no channel {channel!r} of app {app!r} (or no such app)") from exc
         self.state.saw_serial(app, channel, ref.serial)
         return ref
 
@@ -397,7 +401,7 @@ class Client:
                     await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         if isinstance(last, MinicdnError) and not isinstance(last, UpstreamError):
             raise last
-        raise UpstreamError(f"network: chunks could not be fetched from any edge ({last})")
+        raise UpstreamError(f"chunks could not be fetched from any edge ({type(last).__name__}: {last})")
 
     async def _single(self, entry: ChunkEntry) -> bytes:
         """A chunk a batch answered with nil for: ask for it alone, on any edge."""
@@ -524,7 +528,7 @@ def _locked(store_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise ConfigError(f"store: {store_dir} is in use by another fetch") from exc
+            raise StoreError(f"{store_dir} is in use by another fetch") from exc
         try:
             yield
         finally:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common import jsonutil
+from common.errors import BadRequest, StoreError
 from common.fsutil import atomic_write
 
 __all__ = ["Installed", "State"]
@@ -22,18 +24,28 @@ class Installed:
     packages: tuple[str, ...]
 
 
+MAX_STATE = 64 << 20  # bytes: a state file this large is not one this client wrote
+
+
 class State:
     def __init__(self, root: Path) -> None:
         self.path = root / "state.json"
-        root.mkdir(parents=True, exist_ok=True)
         try:
-            self.doc: dict[str, Any] = json.loads(self.path.read_text())
+            root.mkdir(parents=True, exist_ok=True)
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            self.doc = {}
-        # A corrupt state file raises (ValueError): silently starting afresh would
+            data = b"{}"
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror}") from exc
+        # A corrupt state file is an error, never a silent reset: starting afresh would
         # forget the serials seen and so disable rollback protection.
-        self.doc.setdefault("serials", {})
-        self.doc.setdefault("installs", {})
+        try:
+            self.doc: dict[str, Any] = _checked(jsonutil.loads(data, what="it", max_bytes=MAX_STATE))
+        except BadRequest as exc:
+            raise StoreError(
+                f"state file {self.path} is corrupt ({exc.message}); it holds the ref serials that "
+                "protect against rollback, so it is not reset: restore it, or delete it to start afresh"
+            ) from exc
 
     def highest_serial(self, app: str, channel: str) -> int | None:
         value = self.doc["serials"].get(f"{app}/{channel}")
@@ -62,4 +74,31 @@ class State:
         ]
 
     def save(self) -> None:
-        atomic_write(self.path, json.dumps(self.doc, indent=1, sort_keys=True).encode())
+        try:
+            atomic_write(self.path, json.dumps(self.doc, indent=1, sort_keys=True).encode())
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror}") from exc
+
+
+def _checked(doc: Any) -> dict[str, Any]:
+    """The state document, its shape checked (BadRequest names what is wrong)."""
+    if not isinstance(doc, dict):
+        raise BadRequest("it is not a JSON object")
+    doc.setdefault("serials", {})
+    doc.setdefault("installs", {})
+    serials, installs = doc["serials"], doc["installs"]
+    if not isinstance(serials, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in serials.values()
+    ):
+        raise BadRequest("'serials' must map app/channel to an integer")
+    if not isinstance(installs, dict):
+        raise BadRequest("'installs' must be an object")
+    for where, rec in installs.items():
+        if not (
+            isinstance(rec, dict)
+            and all(isinstance(rec.get(k), str) for k in ("app", "version", "manifest"))
+            and isinstance(rec.get("packages"), list)
+            and all(isinstance(p, str) for p in rec["packages"])
+        ):
+            raise BadRequest(f"'installs' entry {where!r} is not {{app, version, manifest, packages}}")
+    return doc

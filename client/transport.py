@@ -104,7 +104,7 @@ class Edges:
                     await asyncio.sleep(min(2.0, self.backoff * 2**attempt))
         if isinstance(last, MinicdnError) and not isinstance(last, UpstreamError):
             raise last  # e.g. IntegrityError: every edge sent bytes that do not verify
-        raise UpstreamError(f"network: {what} failed on every edge ({type(last).__name__}: {last})")
+        raise UpstreamError(f"{what} failed on every edge ({type(last).__name__}: {last})")
 
     async def get(
         self,

@@ -19,7 +19,8 @@
     │   └── RollbackRef               rollback
     ├── UpstreamError                 upstream        502
     │   └── LoopDetected              loop_detected   508 (a request came back to an edge)
-    └── ConfigError                   config          (names the offending key)
+    ├── ConfigError                   config          (names the offending key)
+    └── StoreError                    store           (a client's local store or state is unusable)
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "RefRejected",
     "RollbackRef",
     "SignatureError",
+    "StoreError",
     "TooLarge",
     "Unauthorized",
     "UnsafeArchive",
@@ -126,3 +128,10 @@ class LoopDetected(UpstreamError):
 
 class ConfigError(MinicdnError):
     code = "config"
+
+
+class StoreError(MinicdnError):
+    """The client's own store cannot be used: its state file is corrupt, another fetch holds
+    it, or writing to it or to the install directory failed."""
+
+    code = "store"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -210,17 +211,68 @@ async def test_tampering_is_refused_and_the_previous_install_is_intact(
     assert not list(tmp_path.glob(".app.*"))  # no staging or old trees left behind
 
 
-def test_cli_names_what_failed(cdn: Cdn, tmp_path: Path) -> None:
-    wrong_key = tmp_path / "wrong.key"
-    wrong_key.write_text("ab" * 32 + "\n")
-    r = subprocess.run([sys.executable, "-m", "common", "fetch", "demo", "--edge", cdn.edges[0].url,
-                        "--public-key", str(wrong_key), "--out", str(tmp_path / "x"),
-                        "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "signature" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "common", "fetch", "demo", "--edge", "http://127.0.0.1:9",
-                        "--public-key", str(cdn.public_key), "--out", str(tmp_path / "x"),
-                        "--store", str(tmp_path / "s"), "--timeout", "2"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "network" in r.stderr
+def _cli_error(r: subprocess.CompletedProcess[str], status: int, what: str) -> str:
+    """The failed fetch's one line: exit ``status``, ``Error: <what>: ...``, nothing else."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == status, r.stderr
+    assert len(lines) == 1, r.stderr  # no traceback, no "Unclosed client session"
+    assert lines[0].startswith(f"Error: {what}: ") and f"{what}: {what}:" not in lines[0], lines[0]
+    assert lines[0].endswith("the previous install, if any, is untouched"), lines[0]
+    return lines[0]
+
+
+def _state(tmp: Path, text: str) -> None:
+    (tmp / "store").mkdir(exist_ok=True)
+    (tmp / "store" / "state.json").write_text(text)
+
+
+@pytest.mark.parametrize(("case", "status", "what"), [
+    ("corrupt-state", 7, "store"), ("state-of-wrong-shape", 7, "store"), ("store-in-use", 7, "store"),
+    ("out-under-a-file", 7, "store"), ("no-edge", 3, "network"), ("wrong-key", 4, "signature"),
+    ("rolled-back", 5, "rollback"), ("no-such-app", 6, "not_found"), ("bad-app-id", 2, "usage"),
+    ("unknown-package", 2, "usage"), ("key-not-hex", 2, "usage"),
+])
+def test_cli_failure_is_one_line_with_the_exit_status_of_its_class(
+        cdn: Cdn, tmp_path: Path, case: str, status: int, what: str) -> None:
+    """docs/client.md's table: one line naming the class, and that class's exit status."""
+    out, args, app = tmp_path / "app", [], "demo"
+    key, edge = cdn.public_key, cdn.edges[0].url
+    if case == "corrupt-state":
+        _state(tmp_path, "{bad")
+    elif case == "state-of-wrong-shape":
+        _state(tmp_path, '{"serials": {"demo/release": "high"}}')
+    elif case == "out-under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "app"
+    elif case == "no-edge":
+        edge, args = "http://127.0.0.1:9", ["--timeout", "2"]
+    elif case == "wrong-key":
+        key = tmp_path / "wrong.key"
+        key.write_text("ab" * 32 + "\n")
+    elif case == "rolled-back":
+        _state(tmp_path, json.dumps({"serials": {"demo/release": 10**9}, "installs": {}}))
+    elif case == "no-such-app":
+        app = "nosuchapp"
+    elif case == "bad-app-id":
+        app = "Bad App"
+    elif case == "unknown-package":
+        args = ["--package", "nope"]
+    elif case == "key-not-hex":
+        key = tmp_path / "k.key"
+        key.write_text("not a key")
+    cmd = [sys.executable, "-m", "common", "fetch", app, "--edge", edge, "--public-key", str(key),
+           "--out", str(out), "--store", str(tmp_path / "store"), *args]
+    if case == "store-in-use":
+        (tmp_path / "store").mkdir()
+        with open(tmp_path / "store" / ".lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    else:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    line = _cli_error(r, status, what)
+    if case == "corrupt-state":
+        assert "state.json is corrupt" in line and "not reset" in line
+        assert (tmp_path / "store" / "state.json").read_text() == "{bad"  # never silently reset
 
 
 # -- 4. rollout ------------------------------------------------------------------------------
