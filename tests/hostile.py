@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import stat
 import tarfile
 import zipfile
+from collections.abc import Iterable, Iterator
 
 
 def tar_with(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None, gz: bool = True) -> bytes:
@@ -13,7 +16,7 @@ def tar_with(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = Non
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tf:
         for info in entries:
             payload = (data or {}).get(info.name)
-            if payload is not None:
+            if payload is not None and info.isreg():
                 info.size = len(payload)
                 tf.addfile(info, io.BytesIO(payload))
             else:
@@ -92,3 +95,153 @@ def zip_many(n: int) -> bytes:
         for i in range(n):
             zf.writestr(f"f/{i}.js", b"")
     return buf.getvalue()
+
+
+# -- gzip framing: members, trailers ----------------------------------------------------------
+
+
+def gzip_of(data: bytes, level: int = 9) -> bytes:
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def tar_of(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """An uncompressed tar of ``files`` (regular, 0644), in the given tarfile format."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name, payload in files.items():
+            info = member(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def crc_corrupt_tar_gz() -> bytes:
+    """A tar.gz whose deflate data is valid but whose content no longer matches its CRC-32
+    (what ``gzip -t`` reports as a crc error): stored blocks, one content byte flipped."""
+    tar = tar_of({**ok_files(), "pages/data.js": b"A" * 4096})
+    gz = bytearray(gzip_of(tar, level=0))
+    at = bytes(gz).index(b"A" * 4096) + 100
+    gz[at] ^= 0x01
+    return bytes(gz)
+
+
+def ok_tar_gz() -> bytes:
+    return gzip_of(tar_of(ok_files()))
+
+
+def with_trailer_byte_flipped(gz: bytes, offset: int) -> bytes:
+    """``offset`` -8..-5 is the CRC-32, -4..-1 the ISIZE of the last member."""
+    out = bytearray(gz)
+    out[offset] ^= 0x01
+    return bytes(out)
+
+
+# -- raw tar headers: what tarfile will not write ------------------------------------------------
+
+
+def header(name: str, kind: bytes, size: int, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """One 512-byte tar header (checksum included) declaring ``size`` bytes of ``kind``."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.mode = 0o644
+    return info.tobuf(format=fmt)
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+def block_padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def tar_gz_stream(parts: Iterable[bytes]) -> bytes:
+    """gzip of the concatenated ``parts`` (which may be generated, never held whole)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as gz:
+        for part in parts:
+            gz.write(part)
+    return buf.getvalue()
+
+
+def metadata_bomb(kind: bytes, size: int) -> bytes:
+    """A tar.gz whose first header is a GNU long name ('L') or PAX ('x') record declaring
+    ``size`` bytes (of zeros, ~1000x smaller once gzipped), then an ordinary entry."""
+
+    def parts() -> Iterator[bytes]:
+        yield header("././@LongLink" if kind == b"L" else "pax", kind, size)
+        piece = bytes(1 << 20)
+        left = size
+        while left:
+            yield piece[: min(left, len(piece))]
+            left -= min(left, len(piece))
+        yield bytes(-size % 512)
+        yield tar_of(ok_files())
+
+    return tar_gz_stream(parts())
+
+
+def tar_gz_raw(*blocks: bytes) -> bytes:
+    """A tar.gz of hand-made blocks, the ok files after them, and the end marker."""
+    return gzip_of(b"".join(blocks) + tar_of(ok_files()))
+
+
+def gnu_sparse() -> bytes:
+    return tar_gz_raw(header("sparse.js", tarfile.GNUTYPE_SPARSE, 0))
+
+
+def pax_sparse() -> bytes:
+    """PAX sparse 1.0: the entry's data starts with a map of number lines that tarfile
+    reads in a loop, as many as the map claims."""
+    records = pax_record("GNU.sparse.major", "1") + pax_record("GNU.sparse.minor", "0")
+    records += pax_record("GNU.sparse.name", "sparse.js") + pax_record("GNU.sparse.realsize", str(1 << 40))
+    sparse_map = b"999999999999\n" + b"0\n" * 200
+    return tar_gz_raw(
+        header("pax", tarfile.XHDTYPE, len(records), tarfile.USTAR_FORMAT),
+        block_padded(records),
+        header("sparse.js", tarfile.REGTYPE, len(sparse_map), tarfile.USTAR_FORMAT),
+        block_padded(sparse_map),
+    )
+
+
+def pax_named(path: str) -> bytes:
+    """A tar.gz whose entry gets its name from a PAX ``path`` record (any bytes tarfile's
+    header fields could not hold: newlines, NUL)."""
+    records = pax_record("path", path)
+    return tar_gz_raw(
+        header("pax", tarfile.XHDTYPE, len(records), tarfile.USTAR_FORMAT),
+        block_padded(records),
+        header("placeholder.js", tarfile.REGTYPE, 1, tarfile.USTAR_FORMAT),
+        block_padded(b"x"),
+    )
+
+
+def zip_with_raw_name(name: bytes, payload: bytes = b"1") -> bytes:
+    """A zip (with the ok files) holding an entry whose stored name is ``name`` exactly:
+    zipfile itself cuts names at NUL when writing, so the bytes are patched in after."""
+    placeholder = b"Q" * len(name)
+    raw = zip_with({**ok_files(), placeholder.decode(): payload})
+    assert raw.count(placeholder) == 2  # the local header and the central directory
+    return raw.replace(placeholder, name)
+
+
+# -- app.json ---------------------------------------------------------------------------------------
+
+
+def with_app_json(doc: bytes, extra: dict[str, bytes] | None = None) -> bytes:
+    files = {**ok_files(), "app.json": doc, **(extra or {})}
+    return gzip_of(tar_of(files))
+
+
+def many_subpackages(n: int, with_files: int | None = None) -> bytes:
+    """An app with ``n`` subpackages, the first ``with_files`` (default: all) holding one
+    small file each (the rest are empty: cheap to unpack, as costly to lay out)."""
+    subs = [{"root": f"sub/p{i}", "pages": ["index"]} for i in range(n)]
+    files = {f"sub/p{i}/index.js": f"Page({{n: {i}}})\n".encode() for i in range(min(n, with_files or n))}
+    doc = json.dumps({"pages": ["pages/index/index"], "subPackages": subs}).encode()
+    return with_app_json(doc, files)
