@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import stat
+import struct
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -245,3 +247,53 @@ def many_subpackages(n: int, with_files: int | None = None) -> bytes:
     files = {f"sub/p{i}/index.js": f"Page({{n: {i}}})\n".encode() for i in range(min(n, with_files or n))}
     doc = json.dumps({"pages": ["pages/index/index"], "subPackages": subs}).encode()
     return with_app_json(doc, files)
+
+
+def with_zip64_end(raw: bytes) -> bytes:
+    """The same zip with a zip64 end record and locator before its end record (what
+    writers add past 65,535 entries or 4 GiB), the classic fields set to "see zip64"."""
+    at = raw.rindex(b"PK\x05\x06")
+    sig, _, _, on_disk, total, cd_size, cd_offset, comment = struct.unpack_from("<4s4H2LH", raw, at)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, on_disk, total, cd_size, cd_offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    end = struct.pack("<4s4H2LH", sig, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, comment)
+    return raw[:at] + record + locator + end + raw[at + 22 :]
+
+
+def zip_many_raw(n: int) -> bytes:
+    """A zip of ``n`` empty stored entries, packed directly (zipfile takes ~10 s for
+    800,000): 78 bytes an entry, so 800,000 fit in 64 MiB."""
+    local, central = [], []
+    offset = 0
+    for i in range(n):
+        name = b"%x" % i
+        head = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, 0, 0, 0, len(name), 0) + name
+        central.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, 0, 0, 0, len(name),
+                                   0, 0, 0, 0, 0, offset) + name)
+        local.append(head)
+        offset += len(head)
+    directory = b"".join(central)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), len(directory), offset, 0)
+    return b"".join(local) + directory + end
+
+
+def deep_directories(files: int, depth: int) -> bytes:
+    """A tar.gz of ``files`` empty files, each ``depth`` directories deep in a chain of its
+    own: every prefix is a new directory (files x depth of them, ~depth/2 KiB each)."""
+    chain = "/".join(["d"] * depth)
+    return tar_gz_stream(hostile_tar_entries(f"{i}/{chain}/f.js" for i in range(files)))
+
+
+def hostile_tar_entries(names: Iterable[str]) -> Iterator[bytes]:
+    """Uncompressed tar blocks of empty regular files (PAX for long names), then the end."""
+    for name in names:
+        info = member(name)
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+    yield bytes(1024)
+
+
+def random_files(total: int, size: int = 1 << 20) -> bytes:
+    """A legitimate tar.gz of ``total`` bytes of incompressible files (about as large)."""
+    files = {"app.json": b'{"pages": ["pages/index/index"]}'}
+    files |= {f"assets/{i}.bin": os.urandom(size) for i in range(total // size)}
+    return gzip_of(tar_of(files), level=1)

@@ -7,6 +7,8 @@ import contextlib
 import io
 import subprocess
 import tarfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -277,3 +279,31 @@ def test_gzip_reader_reads_in_bounded_pieces() -> None:
     while piece := reader.read(PIECE):
         sizes.append(len(piece))
     assert max(sizes) <= PIECE and sum(sizes) == 10 << 20
+
+
+def test_zip_directory_is_counted_before_zipfile_reads_it(tmp_path: Path) -> None:
+    """Records past the bound are never parsed: here the 150th is garbage, which zipfile
+    would report; the count stops at 101 first (zipfile made an object of every record:
+    800,000 empty entries in 64 MiB took 390 MiB)."""
+    archive = bytearray(hostile.zip_many(200))
+    records = [i for i in range(len(archive)) if archive[i : i + 4] == b"PK\x01\x02"]
+    archive[records[149] : records[149] + 4] = b"XXXX"
+    err = refused(tmp_path, bytes(archive), Limits(max_files=50))
+    assert isinstance(err, TooLarge) and "entries" in err.message
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_zip_directory_count_matches_zipfile_with_a_comment_and_zip64(tmp_path: Path, zip64: bool) -> None:
+    files = {"app.json": b"{}"} | {f"f/{i}.js": b"" for i in range(19)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the repeated directory entry
+        zf.comment = b"a comment after the end record" * 10
+        for name, data in files.items():
+            zf.writestr(name, data)
+        for _ in range(40):  # the same directory again and again: entries, but no new paths
+            zf.writestr("f/", b"")
+    archive = hostile.with_zip64_end(buf.getvalue()) if zip64 else buf.getvalue()
+    assert unpack(tmp_path, archive, Limits(max_files=30)) == files  # 60 entries: 2 x 30 allowed
+    (tmp_path / "again").mkdir()
+    assert isinstance(refused(tmp_path / "again", archive, Limits(max_files=29)), TooLarge)
