@@ -26,6 +26,7 @@ from common.manifest import ChunkEntry, Manifest, PackageEntry
 from common.package import Layout, PackageSpec, layout
 from common.signing import SigningKey
 from origin import paths
+from origin.ingest import read_app_json
 from origin.storage import Storage
 
 __all__ = ["PublishResult", "Publisher", "VersionRecord", "compress_many"]
@@ -135,8 +136,7 @@ class Publisher:
     def publish(self, app: str, version: str, files: dict[str, Path]) -> PublishResult:
         check_app(app)
         check_version(version)
-        app_json = files["app.json"].read_bytes() if "app.json" in files else None
-        lay: Layout = layout(list(files), app_json)
+        lay: Layout = layout(list(files), read_app_json(files))
         total = sum(f.stat().st_size for f in files.values())
         # Enough tasks to keep every worker busy, each big enough to amortise pickling.
         work = _Work(batch_target=min(MAX_BATCH_RAW, max(MIN_BATCH_RAW, total // (4 * self.workers))))

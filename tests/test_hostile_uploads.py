@@ -49,6 +49,58 @@ CASES = {
     "tar-gz-ratio-bomb": (hostile.tar_gz_bomb(64 << 20), 413, "too_large"),
     "zip-ratio-bomb": (hostile.zip_bomb(64 << 20), 413, "too_large"),
     "too-many-files": (hostile.zip_many(20_001), 413, "too_large"),
+    # gzip integrity: the CRC-32 and ISIZE of the trailer, and the trailer itself
+    "tar-gz-crc": (hostile.crc_corrupt_tar_gz(), 400, "bad_archive"),
+    "tar-gz-trailer-crc": (hostile.with_trailer_byte_flipped(hostile.ok_tar_gz(), -8), 400, "bad_archive"),
+    "tar-gz-trailer-isize": (hostile.with_trailer_byte_flipped(hostile.ok_tar_gz(), -4), 400, "bad_archive"),
+    "tar-gz-no-trailer": (hostile.ok_tar_gz()[:-8], 400, "bad_archive"),
+    "tar-gz-trailing-garbage": (hostile.ok_tar_gz() + b"garbage", 400, "bad_archive"),
+    # tar metadata: bounded, sparse and unknown types refused
+    "gnu-long-name-1gib": (hostile.tar_gz_raw(hostile.header("././@LongLink", tarfile.GNUTYPE_LONGNAME,
+                                                             1 << 30)), 413, "too_large"),
+    "pax-1gib": (hostile.tar_gz_raw(hostile.header("pax", tarfile.XHDTYPE, 1 << 30)), 413, "too_large"),
+    "gnu-sparse": (hostile.gnu_sparse(), 400, "unsafe_archive"),
+    "pax-sparse": (hostile.pax_sparse(), 400, "unsafe_archive"),
+    "unknown-type": (hostile.tar_gz_raw(hostile.header("vol.js", b"V", 0)), 400, "unsafe_archive"),
+    "bad-header-checksum": (hostile.tar_gz_raw(hostile.header("a.js", tarfile.REGTYPE, 0)[:148] + b"0000000\0"
+                                               + hostile.header("a.js", tarfile.REGTYPE, 0)[156:]), 400,
+                            "bad_archive"),
+    "no-end-marker": (hostile.gzip_of(hostile.tar_of(hostile.ok_files()).rstrip(b"\0")), 400, "bad_archive"),
+    # a file and a directory of one name, in either order, in tar and zip
+    "file-then-dir": (hostile.tar_with([hostile.member("a.js"), hostile.member("a.js", tarfile.DIRTYPE)],
+                                       {"a.js": b"1"}), 400, "unsafe_archive"),
+    "dir-then-file": (hostile.tar_with([hostile.member("a.js", tarfile.DIRTYPE), hostile.member("a.js")]), 400,
+                      "unsafe_archive"),
+    "zip-file-then-dir": (hostile.zip_with({**hostile.ok_files(), "a.js": b"1", "a.js/": b""}), 400,
+                          "unsafe_archive"),
+    "zip-dir-then-file": (hostile.zip_with({**hostile.ok_files(), "a.js/": b"", "a.js": b"1"}), 400,
+                          "unsafe_archive"),
+    "long-component": (hostile.tar_ok_plus(hostile.member("pages/" + "x" * 256 + ".js")), 400, "unsafe_archive"),
+    # app.json
+    "app-json-deep": (hostile.with_app_json(b"[" * 100_000 + b"]" * 100_000), 400, "bad_archive"),
+    "app-json-large": (hostile.with_app_json(b'{"x": "%s"}' % os.urandom(4 << 20).hex().encode()), 400, "bad_archive"),
+    "preload-rule-list": (hostile.with_app_json(b'{"preloadRule": [[1]]}'), 400, "bad_archive"),
+    "preload-packages-list": (hostile.with_app_json(b'{"preloadRule": {"p": {"packages": [[1]]}}}'), 400,
+                              "bad_archive"),
+    "subpackage-root-type": (hostile.with_app_json(b'{"subPackages": [{"root": ["a"]}]}'), 400, "bad_archive"),
+}
+
+# Refused, and the message names the entry (as Python's repr writes it: controls escaped).
+NAMED = {
+    "tar-newline": (hostile.tar_ok_plus(hostile.member("pages/a\nb.js")), "'pages/a\\nb.js'"),
+    "tar-cr": (hostile.tar_ok_plus(hostile.member("pages/a\rb.js")), "'pages/a\\rb.js'"),
+    "tar-del": (hostile.tar_ok_plus(hostile.member("pages/a\x7fb.js")), "'pages/a\\x7fb.js'"),
+    "tar-c1": (hostile.tar_ok_plus(hostile.member("pages/a\x85b.js")), "'pages/a\\x85b.js'"),
+    "pax-nul": (hostile.pax_named("pages/a.js\x00evil"), "'pages/a.js\\x00evil'"),
+    "zip-nul": (hostile.zip_with_raw_name(b"pages/a.js\x00evil"), "'pages/a.js\\x00evil'"),
+    "zip-newline": (hostile.zip_with_raw_name(b"pages/a\nb.js"), "'pages/a\\nb.js'"),
+    "root-absolute": (hostile.with_app_json(b'{"subPackages": [{"root": "/etc"}]}'), "subPackages[0].root '/etc'"),
+    "root-spaces": (hostile.with_app_json(b'{"subPackages": [{"root": " pkg"}]}'), "subPackages[0].root ' pkg'"),
+    "root-dotdot": (hostile.with_app_json(b'{"subPackages": [{"root": "a/../b"}]}'),
+                    "subPackages[0].root 'a/../b'"),
+    "root-newline": (hostile.with_app_json(b'{"subPackages": [{"root": "pkg\\n"}]}'),
+                     "subPackages[0].root 'pkg\\n'"),
+    "too-many-subpackages": (hostile.many_subpackages(10_001, with_files=10), "at most 10000"),
 }
 
 
@@ -60,6 +112,16 @@ def test_hostile_archive_is_refused_and_nothing_is_stored(origin: Service, case:
     assert r.status == status, r.body
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["error"] == code  # type: ignore[index]
+    assert _stored(origin) == before
+
+
+@pytest.mark.parametrize("case", list(NAMED))
+def test_bad_name_is_refused_naming_the_entry(origin: Service, case: str) -> None:
+    archive, shown = NAMED[case]
+    before = _stored(origin)
+    r = publish(origin.url, "evil", "1.0.0", archive)
+    assert r.status == 400, r.body
+    assert shown in r.json()["message"], r.json()  # type: ignore[index]
     assert _stored(origin) == before
 
 
