@@ -8,6 +8,7 @@ ignored (room to grow).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -84,10 +85,13 @@ class Manifest:
     preload: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def package(self, name: str) -> PackageEntry:
-        for p in self.packages:
-            if p.name == name:
-                return p
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, PackageEntry]:
+        # A dict, not a scan: enrichment and the client look up every package of apps that
+        # may have 10,000 of them (a scan each made that quadratic).
+        return {p.name: p for p in self.packages}
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -293,3 +293,21 @@ def test_atomic_write_leaves_old_or_new_and_sweeps_temps(tmp_path: Path) -> None
     assert target.read_bytes() == b"one"
     (target.parent / ".tmp-f.abc").write_bytes(b"orphan")
     assert sweep_temp(tmp_path) == 1 and target.read_bytes() == b"one"
+
+
+def test_package_lookup_does_not_scan_every_package() -> None:
+    """Enrichment and the client look up each package of apps with up to 10,000 of them:
+    a scan per lookup made that quadratic (counted here as passes over the packages)."""
+
+    class Counted(tuple):  # type: ignore[type-arg]
+        passes = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Counted.passes += 1
+            return super().__iter__()
+
+    packages = Counted(PackageEntry(f"p{i}", False, (), ()) for i in range(10_000))
+    m = Manifest("a", "1", 0, packages)
+    Counted.passes = 0
+    assert all(m.package(f"p{i}").name == f"p{i}" for i in range(10_000))
+    assert Counted.passes <= 1
