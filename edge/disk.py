@@ -90,7 +90,8 @@ class DiskTier:
         # Keys this process indexes, writes and evicts (all, unless several worker processes
         # share the directory: then each owns a share, see edge.workers); others are read only.
         self.owns: Callable[[str], bool] = lambda key: True
-        self._writing: set[str] = set()
+        # Keys whose write is in flight, with the bytes each has reserved in the index.
+        self._writing: dict[str, int] = {}
 
     @property
     def used(self) -> int:
@@ -157,7 +158,10 @@ class DiskTier:
         try:
             blob: Blob = await self._run(self._read, key, check)  # type: ignore[assignment]
         except FileNotFoundError:
-            self.policy.remove(key)
+            # A write in flight holds its reservation until its file is renamed in place;
+            # only a file that should be there and is not leaves the index.
+            if key not in self._writing:
+                self.policy.remove(key)
             return None
         except IntegrityError as exc:
             log.warning("dropping corrupt cache file %s: %s", key, exc.message)
@@ -184,7 +188,7 @@ class DiskTier:
         evicted = self.policy.admit(key, len(body))
         if key not in self.policy:
             return False
-        self._writing.add(key)
+        self._writing[key] = len(body)
         try:
             await self._drop(evicted)
             await self._run(self._store, key, body, replace, mtime)
@@ -198,9 +202,10 @@ class DiskTier:
                 log.error("cannot write %s: %s", key, exc)
             return False
         finally:
-            self._writing.discard(key)
-        if key not in self.policy:  # evicted while it was being written
+            self._writing.pop(key, None)
+        if key not in self.policy:  # evicted or removed while it was being written
             await self._run(_unlink, paths.path_of(self.root, key))
+            return False
         return True
 
     def _store(self, key: str, body: bytes, replace: bool, mtime: float | None) -> None:
