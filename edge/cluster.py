@@ -216,7 +216,8 @@ class Cluster:
         node, ok, why = None, False, ""
         try:
             timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
-            async with self._session.get(url + "/healthz", timeout=timeout) as resp:
+            # Not redirected: a 3xx to another host could answer with this node's own name.
+            async with self._session.get(url + "/healthz", timeout=timeout, allow_redirects=False) as resp:
                 await resp.read()
                 node, ok, why = resp.headers.get(NODE_HEADER), resp.status == 200, f"/healthz {resp.status}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
 TIERS = ("memory", "disk")
-UPSTREAM_ERRORS = ("connect", "timeout", "status", "integrity", "loop")
+UPSTREAM_ERRORS = ("connect", "timeout", "status", "redirect", "integrity", "loop")
 PEER_STATES = ("up", "down")
 
 
@@ -30,7 +30,7 @@ class EdgeMetrics:
     cache_limit: Gauge  # the configured limit, by tier
     evicted_bytes: Counter  # bytes evicted, by tier
     request_seconds: Histogram  # wall time of one request, from routing to the last byte
-    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, integrity, loop
+    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, redirect, integrity, loop
     peer_errors: Counter  # failed requests to owner peers, by the same reasons
     ring_size: Gauge  # members of this node's ring now, itself included (1 alone)
     peers: Gauge  # known peers (itself excluded) by health: up (in the ring) or down

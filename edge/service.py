@@ -325,7 +325,8 @@ async def _post_json(
     headers: dict[str, str],
     timeout: aiohttp.ClientTimeout,
 ) -> dict[str, Any]:
-    async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+    # Not redirected: the call carries the caller's token (edge.upstream on redirects).
+    async with session.post(url, json=body, headers=headers, timeout=timeout, allow_redirects=False) as resp:
         if resp.status != 200:
             raise MinicdnError(f"{url} answered {resp.status}: {(await resp.text())[:200]}")
         answer = await resp.json()

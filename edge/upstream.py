@@ -4,11 +4,15 @@ order with failover, and the ``PeerPicker`` seam for the cluster (edge.cluster).
 A source answers ``get(path, headers) -> Answer`` and raises UpstreamError for anything
 that is not an answer (refused connection, timeout, reset, an oversize body).  ``Sources``
 tries each in turn: a 404 is final (content ids and channels are the same everywhere);
-a connection error, a timeout, a 5xx or bytes that ``accept`` rejects (IntegrityError)
-are counted and the next source is asked.  When all have failed: UpstreamError (502), or
+a connection error, a timeout, a 5xx, a redirect or bytes that ``accept`` rejects
+(IntegrityError) are counted and the next source is asked.  When all have failed: UpstreamError (502), or
 LoopDetected (508) when one of them answered 508 (edges configured in a circle).
 
 Every request an ``HttpSource`` sends carries this edge's ``Via`` entry (edge.hops).
+No request the edge makes follows a redirect (aiohttp's default is to follow): an upstream
+is configured, a peer is a ring member, and a 3xx pointing elsewhere would hand this edge's
+``Via``, peer mark and proof to a host nobody configured, and pass that host's answer on as
+the upstream's.  A 3xx is a failure of the source that sent it (``reason="redirect"``).
 """
 
 from __future__ import annotations
@@ -92,7 +96,9 @@ class HttpSource:
         mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
         sent = {**headers, **mark}
         try:
-            async with self.session.get(url, headers=sent, timeout=self.timeout) as resp:
+            async with self.session.get(
+                url, headers=sent, timeout=self.timeout, allow_redirects=False
+            ) as resp:
                 body = await read_limited(resp.content, self.max_body, url)
                 return Answer(resp.status, body, resp.headers)
         except TimeoutError as exc:
@@ -130,6 +136,10 @@ class Sources:
                 if answer.status == 508:
                     loop = True
                     raise SourceError(f"{src.name}{path} answered 508: a loop of edges", "loop")
+                if 300 <= answer.status < 400 and answer.status not in ok:
+                    raise SourceError(
+                        f"{src.name}{path} answered {answer.status}: redirects are not followed", "redirect"
+                    )
                 if answer.status not in ok:
                     raise SourceError(f"{src.name}{path} answered {answer.status}", "status")
                 return await accept(answer)

@@ -167,6 +167,8 @@ class ScriptedUpstream:
 
     - ``corrupt``: ids whose chunk frames are sent with one byte flipped;
     - ``hold``: ids whose answers wait until ``release()`` (or the edge gives up);
+    - ``redirect``: a base URL: every request is answered ``redirect_status`` with a
+      ``Location`` on that base (an upstream pointing the edge at another host);
     - ``requests``: every path asked for, in order.
     """
 
@@ -177,6 +179,8 @@ class ScriptedUpstream:
         self.corrupt_all = False
         self.hold: set[str] = set()
         self.requests: list[str] = []
+        self.redirect: str | None = None
+        self.redirect_status = 307
         self._loop = asyncio.new_event_loop()
         self._released: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -207,6 +211,8 @@ class ScriptedUpstream:
             async def handle(request: web.Request) -> web.StreamResponse:
                 path = request.rel_url.path_qs
                 self.requests.append(path)
+                if self.redirect is not None:
+                    return web.Response(status=self.redirect_status, headers={"Location": self.redirect + path})
                 tail = path.rsplit("/", 1)[-1]
                 if tail in self.hold:
                     assert self._released is not None
