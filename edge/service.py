@@ -94,7 +94,8 @@ class Edge:
         )
         for tier, obj in (("memory", self.memory), ("disk", self.disk)):
             m.cache_bytes.labels(tier).set_function(lambda o=obj: o.used)  # type: ignore[misc]
-            m.cache_limit.labels(tier).set(obj.limit)
+            # The disk's limit is lowered to what the filesystem holds when that is less.
+            m.cache_limit.labels(tier).set_function(lambda o=obj: o.limit)  # type: ignore[misc]
         self.writes = TaskOwner("disk write", limit=4096)
         self.background = TaskOwner("background")
         self.object_flights: Flights[Entry] = Flights(settings.coalesce_timeout)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import random
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +35,11 @@ __all__ = [
     "owner_of",
     "publish_app",
     "random_app",
+    "remount",
     "ring",
     "ring_size",
+    "scripted",
+    "tmpfs",
 ]
 
 
@@ -259,3 +263,24 @@ def scripted(target: str) -> Iterator[ScriptedUpstream]:
         yield up
     finally:
         up.stop()
+
+
+@contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real, small filesystem mounted at ``where`` (root only: the test is skipped, saying
+    so, where mounting is not allowed); unmounted afterwards.  ``remount(mnt, size)``
+    changes its size."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if r.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
