@@ -183,9 +183,13 @@ class DiskTier:
             check(body)
         return Blob(body, mtime)
 
+    def surely_absent(self, key: str) -> bool:
+        """``key`` is not on disk, by the index alone (no file is looked at)."""
+        return self.loaded and key not in self.policy and self.owns(key)
+
     async def get(self, key: str, check: Check | None) -> Blob | None:
         """The stored bytes of ``key`` after ``check`` passed on them, else None."""
-        if self.loaded and key not in self.policy and self.owns(key):
+        if self.surely_absent(key):
             return None
         try:
             blob: Blob = await self._run(self._read, key, check)  # type: ignore[assignment]

@@ -142,11 +142,13 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
 
 
 async def post_batch(request: web.Request) -> web.StreamResponse:
+    """The batch's misses are filled together (edge.fill ``batch``); the answer streams in
+    request order as each id and those before it are ready."""
     ids = await read_batch_ids(request, MAX_BATCH)
-    objects = request.app[EDGE].objects
+    load = request.app[EDGE].objects.batch([Obj("chunk", bytes.fromhex(i)) for i in ids])
 
     async def frame(cid: bytes) -> bytes | None:
-        entry = await objects.load_or_none(Obj("chunk", cid))
+        entry = await load(Obj("chunk", cid))
         return None if entry is None else entry.body
 
     def wrote(n: int) -> None:

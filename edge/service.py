@@ -29,6 +29,7 @@ from edge.disk import DiskTier
 from edge.fill import Filler
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
+from edge.negative import NegativeCache
 from edge.objects import Entry, Obj
 from edge.policy import make_policy
 from edge.refs import RefCache, RefSettings, Served
@@ -63,6 +64,9 @@ class EdgeSettings:
     drain_timeout: float = 10.0
     drain_delay: float = 0.0
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    # How long an id no upstream has is answered 404 (nil in a batch) without asking again
+    # (edge.negative says why that is safe); 0 turns negative caching off.
+    negative_ttl: float = 10.0
     # This edge's name in Via headers and health answers; made once per command, so that
     # every worker process of one edge shares it (edge.hops).
     node: str = field(default_factory=hops.new_node_name)
@@ -109,7 +113,14 @@ class Edge:
         self.draining = False
         self.upstreams = Sources([], m)
         self.objects = Filler(
-            self.memory, self.disk, self.upstreams, self.peers, self.object_flights, self.writes, m
+            self.memory,
+            self.disk,
+            self.upstreams,
+            self.peers,
+            self.object_flights,
+            self.writes,
+            m,
+            negative=NegativeCache(settings.negative_ttl),
         )
         self.refs = RefCache(
             self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
