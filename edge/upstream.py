@@ -35,6 +35,7 @@ from prometheus_client import Counter
 
 from common.errors import IntegrityError, LoopDetected, NotFound, TooLarge, UpstreamError
 from common.http import read_limited
+from common.ids import sha256
 from edge import hops
 from edge.metrics import EdgeMetrics
 
@@ -49,6 +50,7 @@ __all__ = [
     "Source",
     "SourceError",
     "Sources",
+    "batch_body",
 ]
 
 T = TypeVar("T")
@@ -156,7 +158,10 @@ class HttpSource:
                 return Answer(resp.status, body, resp.headers)
 
     async def batch(self, ids: Sequence[str], headers: Mapping[str, str]) -> AsyncGenerator[BatchItem, None]:
-        url = self.name + BATCH_PATH
+        body = batch_body(ids)
+        # A peer's proof covers the path and query only: the ids' digest in the query binds
+        # it to this batch, so a proof seen on the wire cannot mark a batch of other ids.
+        url = self.name + BATCH_PATH + (f"?digest={sha256(body).hex()}" if self.kind == "peer" else "")
         mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
         sent = {**headers, **mark, "Content-Type": "application/x-msgpack"}
         # Room for one frame of max_body and its [id, ...] envelope: a bigger one is refused.
@@ -164,7 +169,7 @@ class HttpSource:
         with _translated(url):
             async with self.session.post(
                 url,
-                data=msgpack.packb(list(ids)),
+                data=body,
                 headers=sent,
                 timeout=self.stream_timeout,
                 allow_redirects=False,
@@ -175,6 +180,13 @@ class HttpSource:
                     unpacker.feed(piece)
                     for item in unpacker:
                         yield _batch_item(url, item)
+
+
+def batch_body(ids: Sequence[str]) -> bytes:
+    """The body of a batch request: a msgpack list of hex ids (the same bytes for the same
+    ids, so both ends of a peer batch agree on its digest)."""
+    body: bytes = msgpack.packb(list(ids))
+    return body
 
 
 def _batch_item(url: str, item: object) -> BatchItem:

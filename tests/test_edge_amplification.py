@@ -5,6 +5,8 @@ twice costs the origin one request, not 2,048.  Real processes on loopback."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import threading
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 
 from common import codec
 from loadtests.net import scrape, total
-from tests.conftest import Reply, batch, http
+from tests.conftest import TOKEN, Reply, batch, http
 from tests.edge_support import (
     App,
     batch_items,
@@ -31,6 +33,7 @@ from tests.edge_support import (
     verify_chunk,
 )
 from tests.procs import Service, metric
+from tests.test_edge_cluster import cluster_state
 
 
 def random_ids(n: int, seed: int) -> list[str]:
@@ -186,3 +189,33 @@ def test_a_lying_batch_upstream_is_failed_over_for_what_it_had_not_answered(
             assert metric(svc.url, "minicdn_edge_upstream_errors_total", 'reason="integrity"') == 1
         finally:
             svc.stop()
+
+
+def test_a_peer_proof_marks_only_the_batch_it_was_made_for(
+    origin: Service, trio: list[Service], tmp_path: Path
+) -> None:
+    """A peer's batch carries the digest of its ids in the query its proof covers: a proof
+    seen on the wire cannot make an edge skip the ring for a batch of other ids."""
+    a = trio[0]
+    fresh = publish_app(origin.url, "proofs", random_app(tmp_path / "app", 0.5, seed=93))
+    theirs = [c for c in fresh.chunks if owner_of(trio, c) is not a]
+    seen, replayed_ids, bare_ids, proven_ids = theirs[0:2], theirs[2:4], theirs[4:6], theirs[6:8]
+    assert proven_ids
+
+    def target(ids: list[str] | None) -> str:
+        if ids is None:
+            return "/v1/chunks:batch"
+        return f"/v1/chunks:batch?digest={hashlib.sha256(msgpack.packb(ids)).hexdigest()}"
+
+    def ask(ids: list[str], path: str) -> tuple[float, float]:
+        """(requests a made to peers, to upstreams) for a peer-marked batch of ``ids``."""
+        before = cluster_state([a])[0]
+        proof = hmac.new(TOKEN.encode(), f"edge-x {path}".encode(), hashlib.sha256).hexdigest()
+        r = http("POST", a.url + path, msgpack.packb(ids), {"X-Minicdn-Peer": "edge-x", "X-Minicdn-Peer-Proof": proof})
+        assert r.status == 200 and [i[0] for i in batch_items(r.body)] == ids
+        after = cluster_state([a])[0]
+        return after["peer"] - before["peer"], after["upstream"] - before["upstream"]
+
+    assert ask(replayed_ids, target(seen))[1] == 0  # a client's batch: asked of the owners
+    assert ask(bare_ids, target(None))[1] == 0
+    assert ask(proven_ids, target(proven_ids)) == (0, 1)  # a peer's: filled from the upstream
