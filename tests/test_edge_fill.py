@@ -429,3 +429,22 @@ async def test_when_every_source_fails_a_batch_reports_it_per_id(tmp_path: Path)
         await wait(obj)
     assert node.count("minicdn_edge_upstream_errors_total", "connect") == 1
     assert obj.key not in node.negative  # a failure is not an absence
+
+
+async def test_a_batch_joins_a_fill_already_in_flight_instead_of_asking_again(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    (busy, busy_frame), (other, other_frame) = a_chunk(1), a_chunk(2)
+    for obj, frame in ((busy, busy_frame), (other, other_frame)):
+        up.answers[obj.path] = zstd_answer(frame)
+    up.gate = asyncio.Event()
+    get = asyncio.ensure_future(node.filler.load(busy))
+    while not up.calls:
+        await asyncio.sleep(0)
+    wait = node.filler.batch([busy, other])
+    up.gate.set()
+    assert [(await wait(o)).body for o in (busy, other)] == [busy_frame, other_frame]  # type: ignore[union-attr]
+    assert (await get).body == busy_frame
+    assert [path for path, _ in up.calls] == [busy.path] and up.batches == [[other.hex]]
+    assert node.count("minicdn_edge_coalesced_total") == 1
