@@ -15,9 +15,15 @@ Health:
   ``DOWN_AFTER`` checks in a row is out (one slow answer on a busy machine must not
   reshuffle the ring).
 
+A slow peer is not a dead one.  Checks that *time out* take a peer out only once it has
+also been silent — no answer to a check nor to a request — for ``peer_timeout``: on a
+machine under heavy CPU or memory pressure a live edge can miss a 2 s bound twice in a
+row, and taking it out moves its keys to nodes that do not hold them, each a second
+origin fetch (docs/edge.md, "Once per cluster").  A check that is refused, reset or
+answered with an error status counts at once, as before.  And a request timeout does not
+take a peer out by itself either (its upstream may be what is slow).
+
 New members start in the ring, so nodes that start together agree from their first request.
-A timeout does not take a peer out by itself (its upstream may be what is slow); the
-active check does, if the peer itself stops answering.
 
 Which member is this node: ``--self``, else the member whose ``/healthz`` answers with this
 process's node name (``X-Minicdn-Node``); until then this node's own address is treated as a
@@ -28,9 +34,11 @@ from the upstreams, never forwarded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -39,7 +47,7 @@ from edge import hops
 from edge.metrics import EdgeMetrics
 from edge.ring import Ring
 from edge.tasks import TaskOwner
-from edge.upstream import Answer, HttpSource, Source, SourceError
+from edge.upstream import Answer, BatchItem, HttpSource, Source, SourceError
 
 __all__ = ["NODE_HEADER", "Cluster", "ClusterSettings", "PeerSource", "resolve_dns"]
 
@@ -79,18 +87,36 @@ async def resolve_dns(name: str, port: int) -> list[str]:
 class PeerSource:
     """An owner peer: its requests are marked (edge.hops), and a connection it refuses
     (or that cannot be made) takes it out of the ring.  A connection that breaks mid-answer
-    does not: it may be a pooled keep-alive the peer closed; the active check decides."""
+    does not: it may be a pooled keep-alive the peer closed; the active check decides.
+    Every answer it gives is news that it is alive (``on_heard``)."""
 
     kind = "peer"
 
-    def __init__(self, http: HttpSource, on_down: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, http: HttpSource, on_down: Callable[[str, str], None], on_heard: Callable[[str], None]
+    ) -> None:
         self.name = http.name
         self.http = http
         self.on_down = on_down
+        self.on_heard = on_heard
 
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
+        with self._watched():
+            answer = await self.http.get(path, headers)
+        self.on_heard(self.name)
+        return answer
+
+    async def batch(self, ids: Sequence[str], headers: Mapping[str, str]) -> AsyncGenerator[BatchItem, None]:
+        with self._watched():
+            async with contextlib.aclosing(self.http.batch(ids, headers)) as items:
+                async for item in items:
+                    self.on_heard(self.name)
+                    yield item
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
         try:
-            return await self.http.get(path, headers)
+            yield
         except SourceError as exc:
             if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
                 self.on_down(self.name, exc.message)
@@ -107,6 +133,7 @@ class Cluster:
         metrics: EdgeMetrics,
         resolve: Resolver = resolve_dns,
         secret: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.node = node
@@ -114,9 +141,12 @@ class Cluster:
         self.metrics = metrics
         self.resolve = resolve
         self.self_url = _base(settings.self_url) if settings.self_url else None
+        self.clock = clock
         self.ring = Ring([])
+        self.members = Ring([])  # every known member, in the ring or not
         self._up: dict[str, bool] = {}  # known peers, this node excluded → in the ring
         self._failed: dict[str, int] = {}  # active checks failed in a row
+        self._silent_since: dict[str, float] = {}  # first timed-out check since last heard from
         self._sources: dict[str, PeerSource] = {}
         self._session: aiohttp.ClientSession | None = None
         self._max_body = 0
@@ -134,6 +164,12 @@ class Cluster:
         if owner is None or owner == self.self_url:
             return None
         return self._sources.get(owner)
+
+    def displaced(self, key: str) -> bool:
+        """Whether the key's owner among all known members is a peer out of the ring now:
+        whoever fills the key meanwhile does so in its stead, perhaps a second time."""
+        owner = self.members.owner(key)
+        return owner is not None and self._up.get(owner) is False
 
     def owns(self, key: str) -> bool:
         owner = self.ring.owner(key)
@@ -165,13 +201,14 @@ class Cluster:
         http = HttpSource(
             url, self._session, self.settings.peer_timeout, self._max_body, "peer", self.node, self.secret
         )
-        return PeerSource(http, lambda u, why: self.mark(u, False, why))
+        return PeerSource(http, lambda u, why: self.mark(u, False, why), self.heard)
 
     def _set_members(self, urls: tuple[str, ...] | list[str]) -> None:
         wanted = {_base(u) for u in urls} - {self.self_url}
         for url in set(self._up) - wanted:
             del self._up[url]
             self._failed.pop(url, None)
+            self._silent_since.pop(url, None)
             self._sources.pop(url, None)
             log.info("peer %s left the membership", url)
         for url in wanted - set(self._up):
@@ -194,7 +231,9 @@ class Cluster:
 
     def _rebuild(self) -> None:
         live = [u for u, up in self._up.items() if up]
-        self.ring = Ring([*live, *([self.self_url] if self.self_url else [])])
+        me = [self.self_url] if self.self_url else []
+        self.ring = Ring([*live, *me])
+        self.members = Ring([*self._up, *me])
         self.metrics.ring_size.set(max(1, len(self.ring)))
         self.metrics.peers.labels("up").set(len(live))
         self.metrics.peers.labels("down").set(len(self._up) - len(live))
@@ -211,22 +250,35 @@ class Cluster:
     async def check_all(self) -> None:
         await asyncio.gather(*(self._check(u) for u in list(self._up)))
 
+    def heard(self, url: str) -> None:
+        """``url`` answered something: whatever its checks say, it is not silent."""
+        self._silent_since.pop(url, None)
+
     async def _check(self, url: str) -> None:
         assert self._session is not None
-        node, ok, why = None, False, ""
+        node, ok, why, slow = None, False, "", False
         try:
             timeout = aiohttp.ClientTimeout(total=CHECK_TIMEOUT)
-            async with self._session.get(url + "/healthz", timeout=timeout) as resp:
+            # Not redirected: a 3xx to another host could answer with this node's own name.
+            async with self._session.get(url + "/healthz", timeout=timeout, allow_redirects=False) as resp:
                 await resp.read()
                 node, ok, why = resp.headers.get(NODE_HEADER), resp.status == 200, f"/healthz {resp.status}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            why = f"/healthz: {type(exc).__name__} {exc}"
+            why, slow = f"/healthz: {type(exc).__name__} {exc}", isinstance(exc, TimeoutError)
         if node == self.node:
             self._found_self(url)
             return
         self._failed[url] = 0 if ok else self._failed.get(url, 0) + 1
+        if not slow:
+            self._silent_since.pop(url, None)  # an answer, or a refusal: not a silence
+        elif self._silent(url) < self.settings.peer_timeout:
+            return  # slow, not (yet) dead
         if ok or self._failed[url] >= DOWN_AFTER:
             self.mark(url, ok, why)
+
+    def _silent(self, url: str) -> float:
+        """Seconds since ``url``'s first check that timed out with nothing heard from it since."""
+        return self.clock() - self._silent_since.setdefault(url, self.clock())
 
     async def refresh_dns(self) -> None:
         assert self.settings.dns is not None

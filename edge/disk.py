@@ -4,9 +4,8 @@ Contract, after bazel-remote's disk cache:
 
 - ``put``: reserve space in the index (evicting what the policy names) → write with the
   one crash-safe recipe (common.fsutil: temp file, fsync, rename, fsync dir) → the entry
-  counts only once renamed; any failure rolls the reservation back.  A full disk (ENOSPC,
-  EDQUOT) pauses admissions for ``full_backoff`` seconds and is counted; requests never
-  fail for it, and no partial file is left.
+  counts only once renamed; any failure rolls the reservation back, and no partial file is
+  left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
 - ``get``: read and *verify* (``check``, run in the executor thread with the read) before
   the bytes go anywhere; a file that fails is deleted, counted and reported as a miss, so
   a corrupted or half-written file is never served.  Every read is checked, not only the
@@ -15,6 +14,15 @@ Contract, after bazel-remote's disk cache:
 - ``open``: sweep temp files a crash left, then rebuild the index from directory entries
   and one ``stat`` per file (never the content), oldest use first, in a worker thread.
   Until it is done, a key not yet indexed is looked up on disk directly.
+
+A limit larger than the filesystem (``--disk-size`` above the free space, or space taken
+by others) would otherwise never evict: the index believes there is room, every write
+fails.  So on ENOSPC the tier *fits* its limit to the filesystem: what it holds now plus
+the filesystem's free space (statvfs), less a small reserve, and evicts down to that like
+any limit.  Fitted limits may grow back: at most once per ``full_backoff``, an admission
+re-reads statvfs and raises the limit (never above the configured one) when space
+returned.  When statvfs says the write should have fitted (a quota, no inodes left), the
+limit is not what is short: admissions pause for ``full_backoff`` instead, as before.
 
 Every file operation runs in the default executor; the index lives on the loop's thread.
 """
@@ -42,6 +50,17 @@ log = logging.getLogger("minicdn.edge.disk")
 
 Check = Callable[[bytes], None]
 Writer = Callable[[Path, bytes, bool], None]
+
+RESERVE_SHARE = 0.01  # of the filesystem's size left free when a limit is fitted to it,
+RESERVE_MIN = 64 << 10  # at least this (a few blocks and directory entries),
+RESERVE_MAX = 256 << 20  # at most this (1% of a large disk is a lot of cache)
+
+
+def _space(stat: os.statvfs_result) -> tuple[int, int]:
+    """(bytes free to unprivileged writers, reserve to keep) of a filesystem."""
+    size = stat.f_blocks * stat.f_frsize
+    reserve = min(RESERVE_MAX, max(RESERVE_MIN, int(size * RESERVE_SHARE)))
+    return stat.f_bavail * stat.f_frsize, reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class DiskTier:
         full_backoff: float = 5.0,
         writer: Writer = _write,
         clock: Callable[[], float] = time.monotonic,
+        statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
     ) -> None:
         self.root = root
         self.policy = policy
@@ -85,12 +105,20 @@ class DiskTier:
         self.full_backoff = full_backoff
         self.writer = writer
         self.clock = clock
+        self.statvfs = statvfs
         self.loaded = False
         self.full_until = 0.0
+        self.configured = policy.limit  # the limit asked for; a full filesystem may lower it
+        self.regrow_at = 0.0  # when a fitted limit may next be raised towards ``configured``
+        # One fitting at a time, and each fits once per change: a write that failed after
+        # the limit was fitted since it began tells nothing new (``_fits``).
+        self._fitting = asyncio.Lock()
+        self._fits = 0
         # Keys this process indexes, writes and evicts (all, unless several worker processes
         # share the directory: then each owns a share, see edge.workers); others are read only.
         self.owns: Callable[[str], bool] = lambda key: True
-        self._writing: set[str] = set()
+        # Keys whose write is in flight, with the bytes each has reserved in the index.
+        self._writing: dict[str, int] = {}
 
     @property
     def used(self) -> int:
@@ -103,6 +131,11 @@ class DiskTier:
     @property
     def full(self) -> bool:
         return self.clock() < self.full_until
+
+    @property
+    def fitted(self) -> bool:
+        """The limit was lowered to what the filesystem holds."""
+        return self.policy.limit < self.configured
 
     async def _run(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -150,14 +183,21 @@ class DiskTier:
             check(body)
         return Blob(body, mtime)
 
+    def surely_absent(self, key: str) -> bool:
+        """``key`` is not on disk, by the index alone (no file is looked at)."""
+        return self.loaded and key not in self.policy and self.owns(key)
+
     async def get(self, key: str, check: Check | None) -> Blob | None:
         """The stored bytes of ``key`` after ``check`` passed on them, else None."""
-        if self.loaded and key not in self.policy and self.owns(key):
+        if self.surely_absent(key):
             return None
         try:
             blob: Blob = await self._run(self._read, key, check)  # type: ignore[assignment]
         except FileNotFoundError:
-            self.policy.remove(key)
+            # A write in flight holds its reservation until its file is renamed in place;
+            # only a file that should be there and is not leaves the index.
+            if key not in self._writing:
+                self.policy.remove(key)
             return None
         except IntegrityError as exc:
             log.warning("dropping corrupt cache file %s: %s", key, exc.message)
@@ -177,6 +217,8 @@ class DiskTier:
         an I/O error).  ``replace`` is for refs; content-addressed keys are write-once."""
         if self.full or key in self._writing or not self.owns(key):
             return False
+        if self.fitted and self.clock() >= self.regrow_at:
+            await self._regrow()
         if key in self.policy:
             if not replace:
                 return True
@@ -184,24 +226,78 @@ class DiskTier:
         evicted = self.policy.admit(key, len(body))
         if key not in self.policy:
             return False
-        self._writing.add(key)
+        self._writing[key] = len(body)
+        began = self._fits
         try:
             await self._drop(evicted)
             await self._run(self._store, key, body, replace, mtime)
         except OSError as exc:
             self.policy.remove(key)
+            self._writing.pop(key, None)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.full_until = self.clock() + self.full_backoff
                 self.on_full()
-                log.warning("disk full under %s: admissions paused for %.0fs", self.root, self.full_backoff)
+                await self._disk_full(len(body), began)
             else:
                 log.error("cannot write %s: %s", key, exc)
             return False
         finally:
-            self._writing.discard(key)
-        if key not in self.policy:  # evicted while it was being written
+            self._writing.pop(key, None)
+        if key not in self.policy:  # evicted or removed while it was being written
             await self._run(_unlink, paths.path_of(self.root, key))
+            return False
         return True
+
+    # -- a limit larger than the filesystem ------------------------------------------------
+
+    async def _disk_full(self, size: int, began: int) -> None:
+        """A write of ``size`` bytes, begun at fitting ``began``, found the filesystem full:
+        fit the limit to it, or pause admissions when the limit is not what is short."""
+        async with self._fitting:
+            if began != self._fits:
+                return  # the limit was fitted while this write ran; it may well fit now
+            free, reserve = _space(await self._run(self.statvfs, self.root))  # type: ignore[arg-type]
+            if free - reserve < size:
+                await self._fit(min(self.policy.limit, max(0, self._committed + free - reserve)))
+                return
+        # statvfs says it should have fitted: a quota, or no inodes left.
+        self.full_until = self.clock() + self.full_backoff
+        log.warning(
+            "disk full under %s with space free: admissions paused for %.0fs", self.root, self.full_backoff
+        )
+
+    async def _regrow(self) -> None:
+        async with self._fitting:
+            if not self.fitted or self.clock() < self.regrow_at:
+                return
+            free, reserve = _space(await self._run(self.statvfs, self.root))  # type: ignore[arg-type]
+            await self._fit(max(self.policy.limit, min(self.configured, self._committed + free - reserve)))
+
+    async def _fit(self, limit: int) -> None:
+        """Set the limit to ``limit`` (under ``_fitting``), evicting down to it."""
+        before = self.policy.limit
+        self.regrow_at = self.clock() + self.full_backoff
+        if limit == before:
+            return
+        self._fits += 1
+        await self._drop(self.policy.resize(limit))
+        if limit == self.configured:
+            log.info("disk tier %s: space returned, limit back to %d bytes", self.root, limit)
+        elif before == self.configured:
+            log.warning(
+                "disk tier %s: the filesystem is full at %d of %d bytes: the limit is now %d bytes",
+                self.root,
+                self.policy.bytes,
+                self.configured,
+                limit,
+            )
+        else:
+            log.info("disk tier %s: limit fitted to the filesystem again: %d bytes", self.root, limit)
+
+    @property
+    def _committed(self) -> int:
+        """Bytes of the files the tier holds: reservations of writes in flight excluded (their
+        bytes are not on the filesystem yet, or only partly)."""
+        return self.policy.bytes - sum(self._writing.values())
 
     def _store(self, key: str, body: bytes, replace: bool, mtime: float | None) -> None:
         path = paths.path_of(self.root, key)

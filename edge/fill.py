@@ -1,36 +1,51 @@
 """The fill path for immutable objects, read top to bottom like groupcache's Group.load:
 
-    memory → disk → single-flight → (memory again) → owner peer → upstreams in order
-           → verify → store → serve
+    memory → disk → known absent → single-flight → (memory again) → owner peer
+           → upstreams in order → verify → store → serve
 
-A caller that joined a flight and waits past the coalescing bound fetches for itself and
-does not store what it got (the flight will).  Stores to disk run in the background,
-owned by ``writes``; the memory tier has the entry before any caller is answered.
+``batch`` walks the same path for many chunks at once (``POST /v1/chunks:batch``): the
+ids no tier holds, no flight is filling and no upstream has just called absent are each
+claimed as a flight, and filled together — one batch request to each owner peer for the
+ids it owns, one to the upstreams (with failover) for the rest and for those of an owner
+that failed.  A GET for any of those ids joins its flight like any other.
 
-What came from the owner peer is the owner's to keep: this node holds it only in memory,
-and only once it proves hot here (edge.hot); what came from an upstream is stored in both
-tiers (this node owns it, or its owner failed and someone must).
+A caller that joined a flight and waits past the coalescing bound also waits on a second
+fill of that key, one shared by all who timed out (edge.singleflight); whichever answers
+first serves them.  Every fill that may repeat another one somewhere in the cluster — a
+second fill, a fill from the upstreams after the owner peer failed or timed out, a fill in
+the stead of an owner out of the ring — is counted (``minicdn_edge_fallbacks_total``):
+without one, each object reaches the origin once per cluster.
+
+Stores to disk run in the background, owned by ``writes``; the memory tier has the entry
+before any caller is answered.  What came from the owner peer is the owner's to keep: this
+node holds it only in memory, and only once it proves hot here (edge.hot); what came from
+an upstream is stored in both tiers (this node owns it, or its owner failed and someone
+must).  What no upstream has is remembered as absent for a short while (edge.negative).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from common import codec
 from common.errors import IntegrityError, NotFound, UpstreamError
+from common.http import MAX_BATCH
 from common.ids import sha256
 from edge.disk import DiskTier
 from edge.hot import HotKeys
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
+from edge.negative import NegativeCache
 from edge.objects import Entry, Obj
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
-from edge.upstream import Answer, PeerPicker, Sources
+from edge.upstream import Answer, Exhausted, PeerPicker, Source, Sources
 
 __all__ = ["Filler"]
+
+Flight = asyncio.Future[Entry]
 
 
 async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
@@ -48,6 +63,7 @@ class Filler:
         writes: TaskOwner,
         metrics: EdgeMetrics,
         hot: HotKeys | None = None,
+        negative: NegativeCache | None = None,
     ) -> None:
         self.memory = memory
         self.disk = disk
@@ -57,6 +73,7 @@ class Filler:
         self.writes = writes
         self.metrics = metrics
         self.hot = hot or HotKeys()
+        self.negative = NegativeCache(0) if negative is None else negative
 
     async def load(self, obj: Obj) -> Entry:
         """The verified bytes of ``obj``: NotFound when no upstream has it, UpstreamError
@@ -64,12 +81,13 @@ class Filler:
         entry = await self._lookup(obj)
         if entry is not None:
             return entry
+        if obj.key in self.negative:
+            self.metrics.negative_hits.inc()
+            raise NotFound(f"{obj.path}: not found upstream, a moment ago")
         self.metrics.misses.inc()
-        entry, joined = await self.flights.do(
-            obj.key, lambda: self._load(obj), alone=lambda: self._alone(obj)
-        )
-        if joined:
+        if obj.key in self.flights:  # counted as it joins, not once it is answered
             self.metrics.coalesced.inc()
+        entry, _ = await self.flights.do(obj.key, lambda: self._load(obj), alone=lambda: self._second(obj))
         return entry
 
     async def load_or_none(self, obj: Obj) -> Entry | None:
@@ -77,6 +95,40 @@ class Filler:
             return await self.load(obj)
         except NotFound:
             return None
+
+    def batch(self, objs: Sequence[Obj]) -> Callable[[Obj], Awaitable[Entry | None]]:
+        """Start filling, together, those of ``objs`` (chunks, at most MAX_BATCH) that are
+        surely misses; returns how to wait for any of ``objs``: its entry, or None when no
+        upstream has it.  The others are loaded one by one, when waited for."""
+        assert len(objs) <= MAX_BATCH
+        misses: dict[str, Obj] = {}
+        for obj in objs:
+            if obj.key in misses:
+                self.metrics.coalesced.inc()
+            elif self._surely_missing(obj.key):
+                misses[obj.key] = obj
+        flights = self.flights.claim(misses, lambda f: self._fill_many(misses, f)) if misses else {}
+        self.metrics.misses.inc(len(flights))
+
+        async def wait(obj: Obj) -> Entry | None:
+            flight = flights.get(obj.key)
+            if flight is None:
+                return await self.load_or_none(obj)
+            try:
+                return await asyncio.shield(flight)
+            except NotFound:
+                return None
+
+        return wait
+
+    def _surely_missing(self, key: str) -> bool:
+        """In no tier (by the index alone), no flight under way, not known absent."""
+        return (
+            self.memory.peek(key) is None
+            and key not in self.flights
+            and key not in self.negative
+            and self.disk.surely_absent(key)
+        )
 
     async def _lookup(self, obj: Obj) -> Entry | None:
         entry = self.memory.get(obj.key)
@@ -97,24 +149,92 @@ class Filler:
         entry = self.memory.get(obj.key)
         if entry is not None:
             return entry
-        entry, from_peer = await self._fetch(obj)
+        try:
+            entry, from_peer = await self._fetch(obj)
+        except NotFound:
+            self.negative.add(obj.key)
+            raise
         self._populate(obj, entry, from_peer)
         return entry
 
-    async def _alone(self, obj: Obj) -> Entry:
-        entry, _ = await self._fetch(obj)
-        return entry
+    async def _second(self, obj: Obj) -> Entry:
+        """The second fill of a key whose first one kept its waiters past the bound."""
+        self.metrics.fallbacks.labels("coalesce_timeout").inc()
+        return await self._load(obj)
 
     async def _fetch(self, obj: Obj) -> tuple[Entry, bool]:
         """The verified entry, and whether the owner peer gave it."""
         headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
+        if self.peers.displaced(obj.key):
+            self.metrics.fallbacks.labels("owner_down").inc()
         peer = self.peers.pick(obj.key)
         if peer is not None:
             try:
                 return await Sources([peer], self.metrics).fetch(obj.path, self._verifier(obj), headers), True
-            except UpstreamError:
-                pass  # the owner failed or timed out: fill from the upstreams ourselves
+            except UpstreamError as exc:  # the owner failed or timed out: fill from the upstreams
+                self.metrics.fallbacks.labels(_fallback(exc)).inc()
         return await self.upstreams.fetch(obj.path, self._verifier(obj), headers), False
+
+    # -- many chunks at once ------------------------------------------------------------------
+
+    async def _fill_many(self, objs: dict[str, Obj], flights: dict[str, Flight]) -> None:
+        """Settle ``flights`` (claimed for ``objs``, by key): one batch to each owner peer,
+        one to the upstreams for the rest."""
+        mine: list[Obj] = []
+        by_owner: dict[Source, list[Obj]] = {}
+        for key, obj in objs.items():
+            if self.peers.displaced(key):
+                self.metrics.fallbacks.labels("owner_down").inc()
+            owner = self.peers.pick(key)
+            (mine if owner is None else by_owner.setdefault(owner, [])).append(obj)
+        await asyncio.gather(
+            self._from_upstreams(mine, flights),
+            *(self._from_peer(peer, owned, flights) for peer, owned in by_owner.items()),
+        )
+
+    async def _from_peer(self, peer: Source, objs: list[Obj], flights: dict[str, Flight]) -> None:
+        try:
+            await Sources([peer], self.metrics).fetch_batch(
+                [o.hex for o in objs], self._batch_acceptor(objs, flights, from_peer=True)
+            )
+            return
+        except UpstreamError as exc:  # the owner failed for what it had not answered yet
+            left = [o for o in objs if not flights[o.key].done()]
+            self.metrics.fallbacks.labels(_fallback(exc)).inc(len(left))
+        await self._from_upstreams(left, flights)
+
+    async def _from_upstreams(self, objs: list[Obj], flights: dict[str, Flight]) -> None:
+        if not objs:
+            return
+        try:
+            await self.upstreams.fetch_batch([o.hex for o in objs], self._batch_acceptor(objs, flights))
+        except UpstreamError as exc:
+            for o in objs:
+                if not flights[o.key].done():
+                    flights[o.key].set_exception(exc)
+
+    def _batch_acceptor(
+        self, objs: list[Obj], flights: dict[str, Flight], from_peer: bool = False
+    ) -> Callable[[str, bytes | None], Awaitable[None]]:
+        by_hex = {o.hex: o for o in objs}
+
+        async def accept(hexid: str, frame: bytes | None) -> None:
+            obj = by_hex[hexid]  # Sources.fetch_batch passes only ids asked for, in order
+            flight = flights[obj.key]
+            if frame is None:
+                self.negative.add(obj.key)
+                if not flight.done():
+                    flight.set_exception(NotFound(f"{obj.path}: not found upstream"))
+                return
+            await _off_loop(obj.verify, frame)  # IntegrityError: this source fails for the rest
+            entry = Entry(frame, obj.etag)
+            self._populate(obj, entry, from_peer)
+            if not flight.done():
+                flight.set_result(entry)
+
+        return accept
+
+    # -- store and verify -----------------------------------------------------------------------
 
     def _populate(self, obj: Obj, entry: Entry, from_peer: bool) -> None:
         if from_peer:
@@ -140,6 +260,11 @@ class Filler:
             return Entry(body, obj.etag)
 
         return accept
+
+
+def _fallback(exc: UpstreamError) -> str:
+    """The FALLBACKS reason of an owner peer's failure."""
+    return "peer_timeout" if isinstance(exc, Exhausted) and exc.reasons == ("timeout",) else "peer_error"
 
 
 def _frame_of_raw(obj: Obj, raw: bytes) -> bytes:

@@ -10,11 +10,17 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
+__all__ = ["FALLBACKS", "PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
 TIERS = ("memory", "disk")
-UPSTREAM_ERRORS = ("connect", "timeout", "status", "integrity", "loop")
+UPSTREAM_ERRORS = ("connect", "timeout", "status", "redirect", "integrity", "loop")
 PEER_STATES = ("up", "down")
+# Why a fill went to the upstreams although another fill of the same object may be under
+# way somewhere in the cluster (each may cost the origin a second fetch; docs/edge.md):
+# coalesce_timeout: this node's waiters gave up on its first fill and started a second;
+# peer_timeout / peer_error: the owner peer took longer than --peer-timeout / failed;
+# owner_down: the owner is a member out of this node's ring (dead, or thought so).
+FALLBACKS = ("coalesce_timeout", "peer_timeout", "peer_error", "owner_down")
 
 
 @dataclass
@@ -30,13 +36,15 @@ class EdgeMetrics:
     cache_limit: Gauge  # the configured limit, by tier
     evicted_bytes: Counter  # bytes evicted, by tier
     request_seconds: Histogram  # wall time of one request, from routing to the last byte
-    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, integrity, loop
+    upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, redirect, integrity, loop
     peer_errors: Counter  # failed requests to owner peers, by the same reasons
     ring_size: Gauge  # members of this node's ring now, itself included (1 alone)
     peers: Gauge  # known peers (itself excluded) by health: up (in the ring) or down
     disk_full: Counter  # disk admissions refused because the disk was full (ENOSPC)
     corrupt: Counter  # cache files that failed verification and were dropped
     stale: Counter  # refs served stale because every upstream failed
+    negative_hits: Counter  # objects answered "no such object" from the negative cache
+    fallbacks: Counter  # fills that may duplicate another in the cluster, by FALLBACKS reason
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> EdgeMetrics:
@@ -75,6 +83,15 @@ class EdgeMetrics:
                 "minicdn_edge_corrupt", "Cache files dropped for failing verification", registry=r
             ),
             stale=Counter("minicdn_edge_stale", "Refs served stale (stale-if-error)", registry=r),
+            negative_hits=Counter(
+                "minicdn_edge_negative_hits", "Objects answered not found from the negative cache", registry=r
+            ),
+            fallbacks=Counter(
+                "minicdn_edge_fallbacks",
+                "Fills that may repeat another fill of the same object in the cluster",
+                ["reason"],
+                registry=r,
+            ),
         )
         # Counters start at zero for every label of their fixed sets.
         for tier in TIERS:
@@ -86,6 +103,8 @@ class EdgeMetrics:
         for reason in UPSTREAM_ERRORS:
             m.upstream_errors.labels(reason)
             m.peer_errors.labels(reason)
+        for reason in FALLBACKS:
+            m.fallbacks.labels(reason)
         for state in PEER_STATES:
             m.peers.labels(state)
         m.ring_size.set(1)

@@ -29,6 +29,7 @@ from edge.disk import DiskTier
 from edge.fill import Filler
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
+from edge.negative import NegativeCache
 from edge.objects import Entry, Obj
 from edge.policy import make_policy
 from edge.refs import RefCache, RefSettings, Served
@@ -63,6 +64,9 @@ class EdgeSettings:
     drain_timeout: float = 10.0
     drain_delay: float = 0.0
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    # How long an id no upstream has is answered 404 (nil in a batch) without asking again
+    # (edge.negative says why that is safe); 0 turns negative caching off.
+    negative_ttl: float = 10.0
     # This edge's name in Via headers and health answers; made once per command, so that
     # every worker process of one edge shares it (edge.hops).
     node: str = field(default_factory=hops.new_node_name)
@@ -94,7 +98,8 @@ class Edge:
         )
         for tier, obj in (("memory", self.memory), ("disk", self.disk)):
             m.cache_bytes.labels(tier).set_function(lambda o=obj: o.used)  # type: ignore[misc]
-            m.cache_limit.labels(tier).set(obj.limit)
+            # The disk's limit is lowered to what the filesystem holds when that is less.
+            m.cache_limit.labels(tier).set_function(lambda o=obj: o.limit)  # type: ignore[misc]
         self.writes = TaskOwner("disk write", limit=4096)
         self.background = TaskOwner("background")
         self.object_flights: Flights[Entry] = Flights(settings.coalesce_timeout)
@@ -108,7 +113,14 @@ class Edge:
         self.draining = False
         self.upstreams = Sources([], m)
         self.objects = Filler(
-            self.memory, self.disk, self.upstreams, self.peers, self.object_flights, self.writes, m
+            self.memory,
+            self.disk,
+            self.upstreams,
+            self.peers,
+            self.object_flights,
+            self.writes,
+            m,
+            negative=NegativeCache(settings.negative_ttl),
         )
         self.refs = RefCache(
             self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
@@ -325,7 +337,8 @@ async def _post_json(
     headers: dict[str, str],
     timeout: aiohttp.ClientTimeout,
 ) -> dict[str, Any]:
-    async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+    # Not redirected: the call carries the caller's token (edge.upstream on redirects).
+    async with session.post(url, json=body, headers=headers, timeout=timeout, allow_redirects=False) as resp:
         if resp.status != 200:
             raise MinicdnError(f"{url} answered {resp.status}: {(await resp.text())[:200]}")
         answer = await resp.json()

@@ -1,31 +1,50 @@
 """Single-flight: at most one fill per key in flight in this process; later callers join it.
 
-Two rules beyond groupcache's: the fill runs in its own task, so a caller that goes away
-(its client disconnected and aiohttp cancelled the handler) never cancels a fill that
-others wait for; and a caller that joined and waits past ``wait_bound`` stops waiting
-and runs ``alone`` itself (nginx's proxy_cache_lock_timeout, Varnish's waiting-list
-timeout): one slow upstream answer must not hold every client for the full timeout.
+Rules beyond groupcache's:
+
+- The fill runs in its own task, so a caller that goes away (its client disconnected and
+  aiohttp cancelled the handler) never cancels a fill that others wait for.
+- A caller that joined and waits past ``wait_bound`` stops waiting on that fill alone
+  (nginx's proxy_cache_lock_timeout, Varnish's waiting-list timeout): one stuck upstream
+  answer must not hold every client for the full upstream timeout.  It then waits on
+  whichever lands first with an answer: the first fill, or a *second* one that ``alone``
+  starts — one per key, shared by every caller that timed out, never one each (under
+  load, every waiter of a slow fill times out together: one extra fetch each would
+  multiply the origin's work exactly when it is slowest).
+- Many keys can be claimed at once (``claim``) by one fill that settles each key's
+  flight itself, as it goes (a batch request): a caller of ``do`` for one of those keys
+  joins it like any flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Flights"]
+__all__ = ["Flights", "Unsettled"]
 
 T = TypeVar("T")
+
+
+class Unsettled(Exception):
+    """A claimed flight its fill ended without settling (a bug in the fill, or it failed
+    before it reached that key): the callers of that key see the fill's error instead."""
 
 
 class Flights(Generic[T]):
     def __init__(self, wait_bound: float | None = None) -> None:
         self.wait_bound = wait_bound
-        self._flights: dict[str, asyncio.Task[T]] = {}
+        self._flights: dict[str, asyncio.Future[T]] = {}
+        self._seconds: dict[str, asyncio.Future[T]] = {}  # second fills of timed-out waiters
+        self._claims: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flights
 
     async def do(
         self,
@@ -34,30 +53,86 @@ class Flights(Generic[T]):
         alone: Callable[[], Awaitable[T]] | None = None,
     ) -> tuple[T, bool]:
         """The value of the one fill of ``key``, and whether this caller joined another's."""
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.ensure_future(fill())
-            self._flights[key] = task
-            task.add_done_callback(lambda t: self._landed(key, t))
-            return await asyncio.shield(task), False
+        first = self._flights.get(key)
+        if first is None:
+            first = self._start(self._flights, key, fill)
+            return await asyncio.shield(first), False
         if alone is None or self.wait_bound is None:
-            return await asyncio.shield(task), True
+            return await asyncio.shield(first), True
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.wait_bound), True
+            return await asyncio.wait_for(asyncio.shield(first), self.wait_bound), True
         except TimeoutError:
-            return await alone(), True
+            pass
+        second = self._seconds.get(key) or self._start(self._seconds, key, alone)
+        return await _first_answer(first, second), True
 
-    def _landed(self, key: str, task: asyncio.Task[T]) -> None:
-        if self._flights.get(key) is task:
-            del self._flights[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here: a fill whose callers all left must not warn
+    def claim(
+        self, keys: Iterable[str], fill: Callable[[dict[str, asyncio.Future[T]]], Awaitable[None]]
+    ) -> dict[str, asyncio.Future[T]]:
+        """Start one flight for each of ``keys`` not in flight yet, all settled by one run of
+        ``fill`` (given them: it sets each one's result or exception) in its own task.
+        Returns the flights claimed; keys already in flight are left to their fill."""
+        loop = asyncio.get_running_loop()
+        claimed: dict[str, asyncio.Future[T]] = {}
+        for key in keys:
+            if key not in self._flights and key not in claimed:
+                claimed[key] = future = loop.create_future()
+                self._track(self._flights, key, future)
+        if claimed:
+            task = asyncio.ensure_future(fill(dict(claimed)))
+            self._claims.add(task)
+            task.add_done_callback(lambda t: self._claim_done(t, claimed))
+        return claimed
+
+    def _start(
+        self, table: dict[str, asyncio.Future[T]], key: str, fill: Callable[[], Awaitable[T]]
+    ) -> asyncio.Future[T]:
+        task = asyncio.ensure_future(fill())
+        self._track(table, key, task)
+        return task
+
+    def _track(self, table: dict[str, asyncio.Future[T]], key: str, future: asyncio.Future[T]) -> None:
+        table[key] = future
+
+        def landed(f: asyncio.Future[T]) -> None:
+            if table.get(key) is f:
+                del table[key]
+            if not f.cancelled():
+                f.exception()  # retrieved here: a fill whose callers all left must not warn
+
+        future.add_done_callback(landed)
+
+    def _claim_done(self, task: asyncio.Task[None], claimed: dict[str, asyncio.Future[T]]) -> None:
+        self._claims.discard(task)
+        error = None if task.cancelled() else task.exception()
+        for future in claimed.values():
+            if future.done():
+                continue
+            if task.cancelled():
+                future.cancel()
+            else:
+                future.set_exception(
+                    error or Unsettled("the fill that claimed this key gave no answer for it")
+                )
 
     async def close(self) -> None:
         """Cancel every fill in flight and wait for them (the owner is shutting down)."""
-        tasks = list(self._flights.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
+        pending: list[asyncio.Future[Any]] = [*self._claims, *self._flights.values(), *self._seconds.values()]
+        for f in pending:
+            f.cancel()
+        for f in pending:
             with contextlib.suppress(BaseException):
-                await t
+                await f
+
+
+async def _first_answer(first: asyncio.Future[T], second: asyncio.Future[T]) -> T:
+    """The result of whichever of two fills succeeds first; when both fail, the first's
+    error (the one every other caller of the key got)."""
+    pending: set[asyncio.Future[T]] = {first, second}
+    while pending:
+        # asyncio.wait never cancels what it waits on: a caller that leaves cancels neither.
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for f in done:
+            if not f.cancelled() and f.exception() is None:
+                return f.result()
+    return first.result()  # raises the first fill's error (or CancelledError)

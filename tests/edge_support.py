@@ -5,10 +5,12 @@ and the origin in a thread of its own, and polling with a deadline instead of sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import random
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +31,17 @@ __all__ = [
     "App",
     "ScriptedUpstream",
     "chunk_files",
+    "contention",
     "edge",
     "eventually",
     "owner_of",
     "publish_app",
     "random_app",
+    "remount",
     "ring",
     "ring_size",
+    "scripted",
+    "tmpfs",
 ]
 
 
@@ -167,7 +173,13 @@ class ScriptedUpstream:
 
     - ``corrupt``: ids whose chunk frames are sent with one byte flipped;
     - ``hold``: ids whose answers wait until ``release()`` (or the edge gives up);
-    - ``requests``: every path asked for, in order.
+    - ``redirect``: a base URL: every request is answered ``redirect_status`` with a
+      ``Location`` on that base (an upstream pointing the edge at another host);
+    - ``requests``: every path asked for, in order; ``batches``: the ids of each batch.
+
+    A batch (``POST /v1/chunks:batch``) is answered item by item as a stream, ``hold`` and
+    ``corrupt`` applying to each id; ``batch_short`` ends it cleanly after that many items,
+    ``batch_reorder`` swaps its first two.
     """
 
     def __init__(self, target: str) -> None:
@@ -177,6 +189,12 @@ class ScriptedUpstream:
         self.corrupt_all = False
         self.hold: set[str] = set()
         self.requests: list[str] = []
+        self.redirect: str | None = None
+        self.redirect_status = 307
+        self.batches: list[list[str]] = []
+        self.batch_short: int | None = None
+        self.batch_reorder = False
+        self._holding = 0
         self._loop = asyncio.new_event_loop()
         self._released: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -188,7 +206,8 @@ class ScriptedUpstream:
         return f"http://127.0.0.1:{self.port}"
 
     def held(self) -> int:
-        return sum(1 for p in self.requests if p.rsplit("/", 1)[-1] in self.hold)
+        """Answers (of a GET, or items of a batch) that reached a hold, released or not."""
+        return self._holding
 
     def release(self) -> None:
         if self._released is not None:
@@ -204,24 +223,58 @@ class ScriptedUpstream:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             app = web.Application()
 
-            async def handle(request: web.Request) -> web.StreamResponse:
-                path = request.rel_url.path_qs
-                self.requests.append(path)
-                tail = path.rsplit("/", 1)[-1]
-                if tail in self.hold:
-                    assert self._released is not None
-                    await self._released.wait()
+            async def upstream(request: web.Request, path: str) -> tuple[int, bytes, dict[str, str]]:
                 headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
                 async with session.request(request.method, self.target + path, headers=headers,
                                            data=await request.read()) as up:
-                    body = await up.read()
                     keep = {k: v for k, v in up.headers.items()
                             if k.lower() in ("content-type", "content-encoding", "etag", "cache-control")}
-                if up.status == 200 and path.startswith("/v1/chunks/") and (self.corrupt_all or tail in self.corrupt):
-                    b = bytearray(body)
-                    b[len(b) // 2] ^= 0x01
-                    body = bytes(b)
-                return web.Response(status=up.status, body=body, headers=keep)
+                    return up.status, await up.read(), keep
+
+            async def held(hexid: str) -> None:
+                if hexid in self.hold:
+                    self._holding += 1
+                    assert self._released is not None
+                    await self._released.wait()
+
+            def maybe_corrupt(hexid: str, frame: bytes) -> bytes:
+                if not (self.corrupt_all or hexid in self.corrupt):
+                    return frame
+                b = bytearray(frame)
+                b[len(b) // 2] ^= 0x01
+                return bytes(b)
+
+            async def batch(request: web.Request, path: str) -> web.StreamResponse:
+                self.batches.append(msgpack.unpackb(await request.read(), raw=False))
+                status, body, keep = await upstream(request, path)
+                if status != 200:
+                    return web.Response(status=status, body=body, headers=keep)
+                items = batch_items(body)
+                if self.batch_reorder and len(items) > 1:
+                    items[0], items[1] = items[1], items[0]
+                resp = web.StreamResponse(headers=keep)
+                await resp.prepare(request)
+                for hexid, frame in items[: self.batch_short]:
+                    await held(str(hexid))
+                    if isinstance(frame, bytes):
+                        frame = maybe_corrupt(str(hexid), frame)
+                    await resp.write(msgpack.packb([hexid, frame], use_bin_type=True))
+                await resp.write_eof()
+                return resp
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                path = request.rel_url.path_qs
+                self.requests.append(path)
+                if self.redirect is not None:
+                    return web.Response(status=self.redirect_status, headers={"Location": self.redirect + path})
+                if path == "/v1/chunks:batch":
+                    return await batch(request, path)
+                tail = path.rsplit("/", 1)[-1]
+                await held(tail)
+                status, body, keep = await upstream(request, path)
+                if status == 200 and path.startswith("/v1/chunks/"):
+                    body = maybe_corrupt(tail, body)
+                return web.Response(status=status, body=body, headers=keep)
 
             app.router.add_route("*", "/{tail:.*}", handle)
             runner = web.AppRunner(app, access_log=None)
@@ -253,3 +306,72 @@ def scripted(target: str) -> Iterator[ScriptedUpstream]:
         yield up
     finally:
         up.stop()
+
+
+@contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real, small filesystem mounted at ``where`` (root only: the test is skipped, saying
+    so, where mounting is not allowed); unmounted afterwards.  ``remount(mnt, size)``
+    changes its size."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if r.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+@contextmanager
+def contention(victims: list[Service], cpu_hogs: int = 2, touch_mib: int = 1024,
+               stall: tuple[float, float] = (0.3, 2.5), seed: int = 1, within: float = 300.0) -> Iterator[None]:
+    """A machine under pressure, for the length of the block: ``cpu_hogs`` busy loops, a
+    process that keeps touching ``touch_mib`` MiB, and — standing in for what heavy memory
+    pressure does to a process (seconds stalled in reclaim or page faults) — one of
+    ``victims`` at a time frozen (SIGSTOP) for a random ``stall`` seconds, then thawed.
+    Everything it starts stops by itself after ``within`` seconds and is killed by PID when
+    the block ends; every frozen victim is thawed."""
+    import os
+    import signal
+    import sys
+
+    end = f"time.time() + {within}"
+    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nend = {end}\nwhile time.time() < end: pass"])
+            for _ in range(cpu_hogs)]
+    if touch_mib:
+        hogs.append(subprocess.Popen([sys.executable, "-c", (
+            f"import mmap, time\nn = {touch_mib} << 20\nm = mmap.mmap(-1, n)\nend = {end}\n"
+            "while time.time() < end:\n    for i in range(0, n, 4096): m[i] = (m[i] + 1) % 256\n")]))
+    stop = threading.Event()
+
+    def freeze_one_at_a_time() -> None:
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            proc = rnd.choice(victims).proc
+            if proc is None:
+                continue
+            try:
+                os.kill(proc.pid, signal.SIGSTOP)
+                stop.wait(rnd.uniform(*stall))
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+            stop.wait(rnd.uniform(0.2, 1.0))
+
+    freezer = threading.Thread(target=freeze_one_at_a_time, daemon=True)
+    freezer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        freezer.join(30)
+        for h in hogs:
+            h.kill()
+            h.wait(10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgpack
@@ -18,12 +18,13 @@ from edge.disk import DiskTier
 from edge.fill import Filler
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
+from edge.negative import NegativeCache
 from edge.objects import Entry, Obj
 from edge.policy import S3FIFO
 from edge.refs import RefCache, RefSettings, Served, etag_of
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
-from edge.upstream import Answer, NoPeers, Source, SourceError, Sources
+from edge.upstream import Answer, BatchItem, NoPeers, Source, SourceError, Sources
 
 
 class FakeSource:
@@ -34,6 +35,8 @@ class FakeSource:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.gate: asyncio.Event | None = None
         self.down = False
+        self.batches: list[list[str]] = []
+        self.lie: Callable[[list[BatchItem]], list[BatchItem]] = lambda items: items
 
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
         self.calls.append((path, dict(headers)))
@@ -42,6 +45,18 @@ class FakeSource:
         if self.down:
             raise SourceError(f"{self.name}: refused", "connect")
         return self.answers.get(path, Answer(404, b"", {}))
+
+    async def batch(self, ids: Sequence[str], headers: Mapping[str, str]) -> AsyncGenerator[BatchItem, None]:
+        """``answers`` as a batch stream (``lie`` may bend it); each call recorded in ``batches``."""
+        self.batches.append(list(ids))
+        if self.down:
+            raise SourceError(f"{self.name}: refused", "connect")
+        items = [(i, self.answers[f"/v1/chunks/{i}"].body if f"/v1/chunks/{i}" in self.answers else None)
+                 for i in ids]
+        for item in self.lie(items):
+            if self.gate is not None:
+                await self.gate.wait()
+            yield item
 
 
 def a_chunk(seed: int = 1) -> tuple[Obj, bytes]:
@@ -54,15 +69,16 @@ def zstd_answer(frame: bytes) -> Answer:
 
 
 class Node:
-    def __init__(self, tmp: Path, sources: list[Source], peers: object = None) -> None:
+    def __init__(self, tmp: Path, sources: list[Source], peers: object = None, wait_bound: float = 0.5) -> None:
         self.metrics = EdgeMetrics.create()
         self.memory = MemoryTier(S3FIFO(1 << 20))
         self.disk = DiskTier(tmp, S3FIFO(1 << 20))
         self.writes = TaskOwner("writes")
         self.sources = Sources(sources, self.metrics)
-        self.filler = Filler(self.memory, self.disk, self.sources, peers or NoPeers(),  # type: ignore[arg-type]
-                             Flights(0.5), self.writes, self.metrics)
         self.now = 1000.0
+        self.negative = NegativeCache(10.0, clock=lambda: self.now)
+        self.filler = Filler(self.memory, self.disk, self.sources, peers or NoPeers(),  # type: ignore[arg-type]
+                             Flights(wait_bound), self.writes, self.metrics, negative=self.negative)
         self.refs = RefCache(self.memory, self.disk, self.sources, Flights(), self.writes, self.metrics,
                              RefSettings(max_age=30, stale_if_error=3600), clock=lambda: self.now)
 
@@ -72,7 +88,8 @@ class Node:
 
 
 _LABELS = {"minicdn_edge_hits_total": ("tier",), "minicdn_edge_upstream_errors_total": ("reason",),
-           "minicdn_edge_upstream_requests_total": ("kind",)}
+           "minicdn_edge_upstream_requests_total": ("kind",), "minicdn_edge_fallbacks_total": ("reason",),
+           "minicdn_edge_peer_errors_total": ("reason",)}
 
 
 async def test_a_miss_is_filled_once_verified_stored_and_then_a_hit(tmp_path: Path) -> None:
@@ -149,6 +166,9 @@ async def test_the_owner_peer_is_asked_first_and_its_failure_falls_back(tmp_path
         def pick(self, key: str) -> Source | None:
             return peer
 
+        def displaced(self, key: str) -> bool:
+            return False
+
     node = Node(tmp_path, [up], Picker())
     await node.disk.open()
     obj, frame = a_chunk()
@@ -221,3 +241,210 @@ async def test_a_ref_read_back_from_disk_is_revalidated_once(tmp_path: Path) -> 
 
 def test_integrity_error_is_not_a_source_error() -> None:
     assert not issubclass(IntegrityError, UpstreamError)
+
+
+# -- the coalescing bound: one second fill, not one per waiter ---------------------------------
+
+
+class StuckOnce(FakeSource):
+    """Its first request hangs until ``unstick``; later ones answer at once."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.unstick = asyncio.Event()
+
+    async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
+        if not self.calls:
+            self.calls.append((path, dict(headers)))
+            await self.unstick.wait()
+            return self.answers[path]
+        return await super().get(path, headers)
+
+
+async def test_waiters_past_the_bound_share_one_second_fill(tmp_path: Path) -> None:
+    """Under load every waiter of a slow fill times out at once: each used to fetch for
+    itself (one upstream request per waiter); now they share one second fill, counted."""
+    up = StuckOnce("up")
+    node = Node(tmp_path, [up], wait_bound=0.01)
+    await node.disk.open()
+    obj, frame = a_chunk()
+    up.answers[obj.path] = zstd_answer(frame)
+    first = asyncio.ensure_future(node.filler.load(obj))
+    while not up.calls:  # the first fill is under way (and stuck)
+        await asyncio.sleep(0)
+    waiters = await asyncio.gather(*(node.filler.load(obj) for _ in range(20)))
+    assert all(e.body == frame for e in waiters)
+    # One stuck request, one second fill; a waiter that timed out after the second fill
+    # landed finds the entry in memory.
+    assert len(up.calls) == 2, up.calls
+    assert node.count("minicdn_edge_fallbacks_total", "coalesce_timeout") >= 1
+    up.unstick.set()
+    assert (await first).body == frame and len(up.calls) == 2
+
+
+# -- negative caching ---------------------------------------------------------------------------
+
+
+async def test_an_id_no_upstream_has_is_not_asked_again_within_the_ttl(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    missing = Obj("chunk", b"\x02" * 32)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            await node.filler.load(missing)
+    assert len(up.calls) == 1 and node.count("minicdn_edge_negative_hits_total") == 2
+    node.now += 10.0  # the ttl has passed: it may have been published since
+    _, frame = a_chunk(9)
+    up.answers[f"/v1/chunks/{missing.hex}"] = zstd_answer(frame)  # (any bytes: only asked)
+    with pytest.raises(UpstreamError):  # asked again, and those bytes are not its id's
+        await node.filler.load(missing)
+    assert len(up.calls) == 2
+
+
+def test_the_negative_cache_is_bounded_and_forgets() -> None:
+    now = [0.0]
+    neg = NegativeCache(5.0, max_keys=3, clock=lambda: now[0])
+    for k in "abcd":
+        neg.add(k)
+    assert len(neg) == 3 and "a" not in neg and "d" in neg  # the oldest made room
+    neg.discard("d")
+    assert "d" not in neg
+    now[0] = 5.0
+    assert "b" not in neg and len(neg) == 1
+    off = NegativeCache(0.0)
+    off.add("x")
+    assert "x" not in off and len(off) == 0
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+async def test_a_batchs_misses_go_upstream_as_one_batch_and_a_get_joins_it(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    chunks = [a_chunk(i) for i in range(4)]
+    for obj, frame in chunks:
+        up.answers[obj.path] = zstd_answer(frame)
+    held, held_frame = chunks[0]
+    node.memory.put(chunks[1][0].key, Entry(chunks[1][1], chunks[1][0].etag))  # a hit
+    absent = Obj("chunk", b"\x03" * 32)
+    objs = [o for o, _ in chunks] + [absent, chunks[2][0]]  # a duplicate too
+    up.gate = asyncio.Event()
+    wait = node.filler.batch(objs)
+    get = asyncio.ensure_future(node.filler.load(held))  # joins the batch's flight
+    while not up.batches:
+        await asyncio.sleep(0)
+    up.gate.set()
+    got = [await wait(o) for o in objs]
+    assert [None if e is None else e.body for e in got] == [f for _, f in chunks] + [None, chunks[2][1]]
+    assert (await get).body == held_frame
+    assert up.batches == [[chunks[0][0].hex, chunks[2][0].hex, chunks[3][0].hex, absent.hex]] and not up.calls
+    assert node.count("minicdn_edge_misses_total") == 5  # 4 in the batch, and the GET
+    assert node.count("minicdn_edge_coalesced_total") == 2  # the GET, and the duplicate
+    assert node.count("minicdn_edge_hits_total", "memory") == 1
+    # The absent one is remembered: neither a batch nor a GET asks again.
+    assert await node.filler.batch([absent])(absent) is None
+    with pytest.raises(NotFound):
+        await node.filler.load(absent)
+    assert len(up.batches) == 1 and not up.calls
+    await node.writes.close(grace=5)
+    assert all([(await node.disk.get(o.key, o.verify)) is not None for o, _ in (chunks[0], chunks[2], chunks[3])])
+
+
+@pytest.mark.parametrize("lie", ["reorder", "short", "corrupt", "wrong-id"])
+async def test_a_lying_batch_source_fails_for_what_it_had_not_answered(tmp_path: Path, lie: str) -> None:
+    liar, honest = FakeSource("liar"), FakeSource("honest")
+    node = Node(tmp_path, [liar, honest])
+    await node.disk.open()
+    chunks = [a_chunk(i) for i in range(5)]
+    for obj, frame in chunks:
+        liar.answers[obj.path] = honest.answers[obj.path] = zstd_answer(frame)
+
+    def bend(items: list[BatchItem]) -> list[BatchItem]:
+        if lie == "reorder":
+            return [items[0], items[2], items[1], *items[3:]]
+        if lie == "short":
+            return items[:1]
+        if lie == "corrupt":
+            bad = bytearray(items[1][1] or b"")
+            bad[len(bad) // 2] ^= 1
+            return [items[0], (items[1][0], bytes(bad)), *items[2:]]
+        return [items[0], (chunks[1][0].hex[::-1], items[1][1]), *items[2:]]
+
+    liar.lie = bend
+    objs = [o for o, _ in chunks]
+    wait = node.filler.batch(objs)
+    assert [(await wait(o)).body for o in objs] == [f for _, f in chunks]  # type: ignore[union-attr]
+    # The first answer was good; the rest came from the next source, asked for only them.
+    assert honest.batches == [[o.hex for o in objs[1:]]]
+    assert node.count("minicdn_edge_upstream_errors_total", "integrity") == 1
+    assert chunks[1][0].key in node.memory.entries and len(node.memory) == 5
+
+
+async def test_a_batch_asks_each_owner_for_its_share_and_the_upstream_for_a_failed_owners(
+    tmp_path: Path,
+) -> None:
+    up, good, bad = FakeSource("up"), FakeSource("good", kind="peer"), FakeSource("bad", kind="peer")
+    bad.down = True
+    chunks = [a_chunk(i) for i in range(9)]
+    owners = {o.key: (None, good, bad)[i % 3] for i, (o, _) in enumerate(chunks)}
+    for obj, frame in chunks:
+        up.answers[obj.path] = good.answers[obj.path] = zstd_answer(frame)
+
+    class Picker:
+        def pick(self, key: str) -> Source | None:
+            return owners[key]
+
+        def displaced(self, key: str) -> bool:
+            return False
+
+    node = Node(tmp_path, [up], Picker())
+    await node.disk.open()
+    objs = [o for o, _ in chunks]
+    wait = node.filler.batch(objs)
+    assert [(await wait(o)).body for o in objs] == [f for _, f in chunks]  # type: ignore[union-attr]
+    assert good.batches == [[o.hex for o in objs[1::3]]] and bad.batches == [[o.hex for o in objs[2::3]]]
+    assert sorted(map(sorted, up.batches)) == sorted([sorted(o.hex for o in objs[0::3]),
+                                                      sorted(o.hex for o in objs[2::3])])
+    assert node.count("minicdn_edge_fallbacks_total", "peer_error") == 3
+    assert node.count("minicdn_edge_upstream_requests_total", "peer") == 2
+    assert not up.calls and not good.calls and not bad.calls
+    await node.writes.close(grace=5)
+    # What the owner gave is its to keep: only this node's own share and the failed
+    # owner's reach this disk.
+    on_disk = {o.key for o in objs if (await node.disk.get(o.key, o.verify)) is not None}
+    assert on_disk == {o.key for o in objs[0::3] + objs[2::3]}
+
+
+async def test_when_every_source_fails_a_batch_reports_it_per_id(tmp_path: Path) -> None:
+    dead = FakeSource("dead")
+    dead.down = True
+    node = Node(tmp_path, [dead])
+    await node.disk.open()
+    obj, _ = a_chunk()
+    wait = node.filler.batch([obj])
+    with pytest.raises(UpstreamError):
+        await wait(obj)
+    assert node.count("minicdn_edge_upstream_errors_total", "connect") == 1
+    assert obj.key not in node.negative  # a failure is not an absence
+
+
+async def test_a_batch_joins_a_fill_already_in_flight_instead_of_asking_again(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    (busy, busy_frame), (other, other_frame) = a_chunk(1), a_chunk(2)
+    for obj, frame in ((busy, busy_frame), (other, other_frame)):
+        up.answers[obj.path] = zstd_answer(frame)
+    up.gate = asyncio.Event()
+    get = asyncio.ensure_future(node.filler.load(busy))
+    while not up.calls:
+        await asyncio.sleep(0)
+    wait = node.filler.batch([busy, other])
+    up.gate.set()
+    assert [(await wait(o)).body for o in (busy, other)] == [busy_frame, other_frame]  # type: ignore[union-attr]
+    assert (await get).body == busy_frame
+    assert [path for path, _ in up.calls] == [busy.path] and up.batches == [[other.hex]]
+    assert node.count("minicdn_edge_coalesced_total") == 1

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edge.singleflight import Flights
+from edge.singleflight import Flights, Unsettled
 
 
 async def test_concurrent_callers_share_one_fill() -> None:
@@ -87,3 +87,73 @@ async def test_a_waiter_past_the_bound_fetches_alone() -> None:
     with pytest.raises(asyncio.CancelledError):
         await leader
     assert len(flights) == 0
+
+
+async def test_a_second_fill_is_shared_and_the_first_answer_wins() -> None:
+    flights: Flights[str] = Flights(wait_bound=0.001)
+    first_gate, second_gate = asyncio.Event(), asyncio.Event()
+    seconds = 0
+
+    async def first() -> str:
+        await first_gate.wait()
+        return "first"
+
+    async def second() -> str:
+        nonlocal seconds
+        seconds += 1
+        await second_gate.wait()
+        raise ValueError("the second fill failed")
+
+    leader = asyncio.ensure_future(flights.do("k", first))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(flights.do("k", first, alone=second)) for _ in range(10)]
+    while seconds == 0:
+        await asyncio.sleep(0)
+    second_gate.set()  # the second fails: the waiters keep waiting on the first
+    first_gate.set()
+    assert await asyncio.gather(*waiters) == [("first", True)] * 10
+    assert await leader == ("first", False)
+    assert seconds <= 2  # one, or two if a waiter timed out after the first second landed
+
+
+async def test_claimed_keys_are_settled_by_one_fill_and_joined_by_do() -> None:
+    flights: Flights[str] = Flights()
+    gate = asyncio.Event()
+    runs: list[list[str]] = []
+
+    async def fill_many(claimed: dict[str, asyncio.Future[str]]) -> None:
+        runs.append(sorted(claimed))
+        await gate.wait()
+        claimed["a"].set_result("A")
+        # "b" is left unsettled: its callers get an error, not a hang
+
+    async def never() -> str:
+        raise AssertionError("a claimed key is not filled again")
+
+    async def fill_c() -> str:
+        await gate.wait()
+        return "C"
+
+    taken = asyncio.ensure_future(flights.do("c", fill_c))  # "c" is in flight before the claim
+    await asyncio.sleep(0)
+    claimed = flights.claim(["a", "b", "a", "c"], fill_many)
+    assert sorted(claimed) == ["a", "b"] and "a" in flights and len(flights) == 3
+    joined = asyncio.ensure_future(flights.do("a", never))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await joined == ("A", True)
+    with pytest.raises(Unsettled):
+        await claimed["b"]
+    assert runs == [["a", "b"]] and await taken == ("C", False)
+    assert len(flights) == 0
+
+
+async def test_close_cancels_claimed_fills() -> None:
+    flights: Flights[str] = Flights()
+
+    async def forever(claimed: dict[str, asyncio.Future[str]]) -> None:
+        await asyncio.Event().wait()
+
+    claimed = flights.claim(["x"], forever)
+    await flights.close()
+    assert claimed["x"].cancelled() and len(flights) == 0

@@ -3,12 +3,14 @@ index rebuilt from the files alone, verification before serving, and a full disk
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import os
 import random
 import resource
+import threading
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,52 @@ def test_objects_verify_their_bytes() -> None:
     with pytest.raises(IntegrityError):
         m.verify(b"envelopf")
     assert Obj.from_key(obj.key) == obj and paths.key_of(f"chunks/{obj.hex[:2]}/{obj.hex}") == obj.key
+
+
+# -- a read racing a write ----------------------------------------------------------------------
+
+
+def _blocking_writer(name: str, started: threading.Event, release: threading.Event) -> object:
+    """A writer that holds the write of the file ``name`` until ``release`` (others pass)."""
+
+    def writer(path: Path, body: bytes, replace: bool) -> None:
+        if path.name == name:
+            started.set()
+            assert release.wait(30), "the test never released the write"
+        open_atomic_write(path, body, replace)
+
+    return writer
+
+
+async def _wait(event: threading.Event) -> None:
+    assert await asyncio.get_running_loop().run_in_executor(None, event.wait, 30)
+
+
+async def test_a_read_while_the_write_is_in_flight_keeps_the_writes_reservation(tmp_path: Path) -> None:
+    obj, frame = chunk(1)
+    started, release = threading.Event(), threading.Event()
+    disk = DiskTier(tmp_path, LRU(1 << 20), writer=_blocking_writer(obj.hex, started, release))  # type: ignore[arg-type]
+    await disk.open()
+    put = asyncio.ensure_future(disk.put(obj.key, frame))
+    await _wait(started)
+    assert await disk.get(obj.key, obj.verify) is None  # not written yet: a miss, nothing more
+    release.set()
+    assert await put
+    blob = await disk.get(obj.key, obj.verify)
+    assert blob is not None and blob.body == frame
+    assert obj.key in disk.policy and disk.used == len(frame) == paths.path_of(tmp_path, obj.key).stat().st_size
+
+
+async def test_a_write_evicted_while_in_flight_says_it_did_not_store(tmp_path: Path) -> None:
+    (a, frame_a), (b, frame_b) = chunk(1), chunk(2)
+    started, release = threading.Event(), threading.Event()
+    disk = DiskTier(tmp_path, LRU(max(len(frame_a), len(frame_b)) + 10),  # room for one
+                    writer=_blocking_writer(a.hex, started, release))  # type: ignore[arg-type]
+    await disk.open()
+    put_a = asyncio.ensure_future(disk.put(a.key, frame_a))
+    await _wait(started)
+    assert await disk.put(b.key, frame_b)  # evicts a's reservation
+    release.set()
+    assert not await put_a
+    assert files(tmp_path) == [paths.path_of(tmp_path, b.key)]
+    assert a.key not in disk.policy and disk.used == len(frame_b)
