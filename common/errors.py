@@ -10,6 +10,7 @@
     │   └── UnsafeArchive             unsafe_archive  (.., absolute, links, devices)
     ├── Unauthorized                  unauthorized    401
     ├── NotFound                      not_found       404
+    ├── RequestTimeout                timeout         408 (a request body too slow)
     ├── Conflict                      conflict        409
     ├── TooLarge                      too_large       413 (upload, bomb, batch)
     ├── IntegrityError                integrity       (bytes do not match their id)
@@ -39,6 +40,7 @@ __all__ = [
     "MinicdnError",
     "NotFound",
     "RefRejected",
+    "RequestTimeout",
     "RollbackRef",
     "SignatureError",
     "TooLarge",
@@ -84,6 +86,10 @@ class Unauthorized(MinicdnError):
 
 class NotFound(MinicdnError):
     code = "not_found"
+
+
+class RequestTimeout(MinicdnError):
+    code = "timeout"
 
 
 class Conflict(MinicdnError):
