@@ -1153,10 +1153,11 @@ class Connection(asyncio.Protocol):
         self._pending.append(req)
 
     def _task_done(self, _task: asyncio.Task[Reply]) -> None:
-        self._flush()
-        if self.transport is not None and not self._closing:
-            self._process(time.perf_counter())
-        self._maybe_finish()
+        with self._guard():
+            self._flush()
+            if self.transport is not None and not self._closing:
+                self._process(time.perf_counter())
+            self._maybe_finish()
 
     def _flush(self) -> None:
         queue = self._queue
@@ -1405,7 +1406,9 @@ class Connection(asyncio.Protocol):
         and log one line, at most every few seconds, instead of a traceback per request."""
         FAILURES.report(exc)
         self._drop_queue()
-        self._take_back(None)
+        with contextlib.suppress(Exception):  # the handler may be what failed
+            self._take_back(None)
+        self._lent = None
         self._handoff = False
         self._body = None
         self._body_since = 0.0
