@@ -10,6 +10,7 @@
     │   └── UnsafeArchive             unsafe_archive  (.., absolute, links, devices)
     ├── Unauthorized                  unauthorized    401
     ├── NotFound                      not_found       404
+    ├── RequestTimeout                timeout         408 (a request body too slow)
     ├── Conflict                      conflict        409
     ├── TooLarge                      too_large       413 (upload, bomb, batch)
     ├── IntegrityError                integrity       (bytes do not match their id)
@@ -40,6 +41,7 @@ __all__ = [
     "MinicdnError",
     "NotFound",
     "RefRejected",
+    "RequestTimeout",
     "RollbackRef",
     "SignatureError",
     "StoreError",
@@ -86,6 +88,10 @@ class Unauthorized(MinicdnError):
 
 class NotFound(MinicdnError):
     code = "not_found"
+
+
+class RequestTimeout(MinicdnError):
+    code = "timeout"
 
 
 class Conflict(MinicdnError):

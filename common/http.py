@@ -1,7 +1,10 @@
 """HTTP pieces shared by the origin and the edge (aiohttp): the error → status table,
-content negotiation, and conditional / range answers for immutable objects.
+the JSON error body for every error either server sends (its handlers', aiohttp's router's
+and aiohttp's request parser's), the request rules aiohttp does not enforce, the pace a
+request body must keep, content negotiation, and conditional / range answers for
+immutable objects.
 
-RFC 9110 sections are cited where a rule comes from.
+RFC 9110 and RFC 9112 sections are cited where a rule comes from.
 """
 
 from __future__ import annotations
@@ -9,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
 
 import msgpack
 from aiohttp import StreamReader, web
@@ -21,18 +28,25 @@ from common.negotiate import accepts_coding
 
 __all__ = [
     "IMMUTABLE",
+    "BodyPace",
     "ByteRange",
+    "JsonErrors",
+    "Paced",
     "accepts_coding",
     "accepts_zstd",
+    "declared_length",
     "error_middleware",
     "error_response",
     "etag_matches",
+    "host_ok",
+    "json_handlers",
     "parse_range",
     "read_batch_ids",
     "read_limited",
     "serve_immutable",
     "status_of",
     "stream_batch",
+    "strict_middleware",
 ]
 
 log = logging.getLogger("minicdn.http")
@@ -44,6 +58,7 @@ STATUS: list[tuple[type[errors.MinicdnError], int]] = [
     (errors.BadRequest, 400),
     (errors.Unauthorized, 401),
     (errors.NotFound, 404),
+    (errors.RequestTimeout, 408),
     (errors.Conflict, 409),
     (errors.TooLarge, 413),
     (errors.IntegrityError, 502),
@@ -76,6 +91,29 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# The ``error`` code of an answer made from a bare status (aiohttp's, or the data plane's).
+CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "too_large",
+    414: "too_large",
+    417: "expectation_failed",
+    431: "too_large",
+    500: "internal",
+    504: "timeout",
+    505: "version_not_supported",
+}
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's HTTPException (4xx/5xx) as the JSON error body; a 405 keeps its ``Allow``
+    (RFC 9110 §15.5.6), every other header is aiohttp's text answer's own."""
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return error_response(exc.status, CODES.get(exc.status, "http"), exc.reason, headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as JSON ``{"error": code, "message": text}``."""
@@ -86,20 +124,162 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, exc.code, exc.message, headers)
+        resp = error_response(status, exc.code, exc.message, headers)
+        if status == 408:
+            resp.force_close()  # the body's end was never seen: the connection is unusable
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http")
-        return error_response(exc.status, code, exc.reason, dict(exc.headers) if exc.status == 405 else None)
+        return http_error(exc)
 
 
-async def read_limited(stream: StreamReader, limit: int, what: str = "body") -> bytes:
+# RFC 9110 §7.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], where uri-host is an IP-literal
+# in brackets or a reg-name (unreserved, pct-encoded, sub-delims; an IPv4 address is one).
+_HOST = re.compile(
+    r"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:]+\]|(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+
+
+HOST_RULE = "a request needs one Host field with a valid value (RFC 9112 §3.2)"
+NO_VERSION = "the request line has no HTTP/1.x version"
+
+
+def host_ok(value: str) -> bool:
+    """A valid Host field value (OWS already stripped); empty is valid (RFC 9110 §7.2)."""
+    return _HOST.fullmatch(value) is not None
+
+
+@web.middleware
+async def strict_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What RFC 9112 asks of a request and aiohttp's parser lets through: the version is
+    HTTP/1.0 or 1.1 (a request line without one parses as 0.9: 400; 2.x over HTTP/1: 505,
+    RFC 9110 §15.6.6), and Host is present once, with a valid value, on HTTP/1.1 (§3.2;
+    aiohttp refuses a missing or repeated one itself, not an invalid one).  Either closes."""
+    version = request.version
+    if version.major == 1 and version.minor <= 1:
+        hosts = request.headers.getall("Host", [])
+        if (len(hosts) == 1 and host_ok(hosts[0].strip(" \t"))) or (not hosts and version.minor == 0):
+            return await handler(request)
+        resp = error_response(400, "bad_request", HOST_RULE)
+    elif version.major >= 2:
+        resp = error_response(505, "version_not_supported", f"HTTP/{version.major}.x is not supported")
+    else:
+        resp = error_response(400, "bad_request", NO_VERSION)
+    resp.force_close()
+    return resp
+
+
+class JsonErrors(web.RequestHandler):
+    """aiohttp's connection handler, answering with the JSON error body what aiohttp
+    answers itself in text: a head its parser refuses (400), an ``Expect`` it does not know
+    (417), a handler that raised something else than an HTTP answer (500).  A client's
+    error is logged at debug level, one line (aiohttp logs each with its traceback)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if status == 500 and expect is not None and expect.lower() != "100-continue":
+            # aiohttp's default Expect handler runs before any handler; it cannot build its
+            # 417 for a value that is not UTF-8 (UnicodeEncodeError): send the 417 it meant.
+            status, exc, message = 417, None, "unknown Expect"
+        transport = request.transport
+        gone = transport is None or transport.is_closing()
+        if status >= 500 and not gone:
+            log.error("%s %s failed", request.method, request.path, exc_info=exc)  # a bug: show it
+        else:
+            log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
+        if request.writer.output_size > 0:  # as aiohttp's: a second status line cannot follow
+            raise ConnectionError("the response has begun; no error answer can follow")
+        text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase)
+        resp = error_response(status, CODES.get(status, "http"), text[:200])
+        resp.force_close()
+        return resp
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        # An HTTPException raised outside the middlewares (the Expect handler's 417) comes
+        # here as the answer itself.
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            resp = http_error(resp)
+        return await super().finish_response(request, resp, start_time)
+
+
+def json_handlers(server: web.Server, **kwargs: Any) -> Callable[[], web.RequestHandler]:
+    """A protocol factory for ``server``'s connections (what ``server()`` makes) whose
+    handlers are JsonErrors; ``kwargs``: the handler's, as given to the AppRunner."""
+    loop = asyncio.get_running_loop()
+    return lambda: JsonErrors(server, loop=loop, **kwargs)
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a request body may arrive: it is refused (408) once receiving it has
+    taken longer than ``timeout`` plus one second for every ``min_rate`` bytes received.
+    A trickle is cut after about ``timeout``; a body that keeps ``min_rate`` bytes a
+    second is never cut, however large (a 64 MiB upload over a slow link)."""
+
+    timeout: float = 30.0
+    min_rate: float = 1024.0
+
+    TIMEOUT_HELP: ClassVar[str] = (
+        "A request body may take this long, plus one second per --body-min-rate bytes received (else 408)."
+    )
+    MIN_RATE_HELP: ClassVar[str] = "Bytes per second a long request body must keep up."
+
+    def __post_init__(self) -> None:
+        if not (self.timeout > 0 and self.min_rate > 0):
+            raise errors.ConfigError("body_timeout, body_min_rate: must be positive")
+
+    def late(self, elapsed: float, received: int) -> bool:
+        return elapsed > self.timeout + received / self.min_rate
+
+    def left(self, elapsed: float, received: int) -> float:
+        """Seconds until the body is late if nothing more arrives."""
+        return self.timeout + received / self.min_rate - elapsed
+
+
+class Paced:
+    """``StreamReader.read`` under a BodyPace (None: unbounded): RequestTimeout when the
+    next piece comes too late.  The clock starts when the reader is made."""
+
+    def __init__(self, stream: StreamReader, pace: BodyPace | None) -> None:
+        self.stream = stream
+        self.pace = pace
+        self.start = time.monotonic()
+        self.received = 0
+
+    async def read(self, n: int) -> bytes:
+        pace = self.pace
+        if pace is None:
+            return await self.stream.read(n)
+        try:
+            async with asyncio.timeout(max(0.0, pace.left(time.monotonic() - self.start, self.received))):
+                piece = await self.stream.read(n)
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"request body arrived slower than {pace.min_rate:.0f} bytes/s after {pace.timeout:g}s"
+            ) from None
+        self.received += len(piece)
+        return piece
+
+
+async def read_limited(
+    stream: StreamReader, limit: int, what: str = "body", pace: BodyPace | None = None
+) -> bytes:
     """Read a whole body, refusing (TooLarge) one longer than ``limit`` bytes without
-    reading past ``limit + 1``.  (StreamReader.read(n) returns what is available, not n.)"""
+    reading past ``limit + 1``, and (RequestTimeout) one arriving slower than ``pace``.
+    (StreamReader.read(n) returns what is available, not n.)"""
     buf = bytearray()
+    reader = Paced(stream, pace)
     while True:
-        piece = await stream.read(limit + 1 - len(buf))
+        piece = await reader.read(limit + 1 - len(buf))
         if not piece:
             return bytes(buf)
         buf += piece
@@ -110,13 +290,29 @@ async def read_limited(stream: StreamReader, limit: int, what: str = "body") -> 
 MAX_BATCH = 1024  # ids per POST /v1/chunks:batch (DESIGN.md)
 
 
-async def read_batch_ids(request: web.Request, max_ids: int = MAX_BATCH) -> list[str]:
+def declared_length(request: web.BaseRequest) -> int:
+    """The request's Content-Length, 0 when it has none.  (aiohttp's
+    ``request.content_length`` is int() of the field: ValueError, a 500, on a length the
+    parser took with more than 4300 digits, leading zeros and all.)"""
+    field = request.headers.get("Content-Length")
+    if not field:
+        return 0
+    digits = field.strip(" \t").lstrip("0")
+    if digits and not (digits.isascii() and digits.isdigit()):  # (llhttp refuses such a head)
+        raise errors.BadRequest("Content-Length must be digits")
+    return int(digits or "0") if len(digits) < 30 else 1 << 100
+
+
+async def read_batch_ids(
+    request: web.Request, max_ids: int = MAX_BATCH, pace: BodyPace | None = None
+) -> list[str]:
     """The body of ``POST /v1/chunks:batch``: a msgpack list of at most ``max_ids`` valid
-    hex ids (BadRequest otherwise, TooLarge past the bound, read no further than needed)."""
+    hex ids (BadRequest otherwise, TooLarge past the bound, read no further than needed,
+    RequestTimeout if slower than ``pace``)."""
     limit = max_ids * 80  # msgpack-encoded 64-digit strings fit with room to spare
-    if request.content_length is not None and request.content_length > limit:
+    if declared_length(request) > limit:
         raise errors.TooLarge(f"a batch names at most {max_ids} ids")
-    body = await read_limited(request.content, limit, "batch body")
+    body = await read_limited(request.content, limit, "batch body", pace)
     try:
         ids = msgpack.unpackb(body, raw=False, max_array_len=max_ids + 1)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
@@ -195,27 +391,46 @@ class Unsatisfiable(Exception):
 def parse_range(header: str, size: int) -> ByteRange | None:
     """One byte range, or None to ignore the header and send 200 (RFC 9110 §14.2: a server
     may ignore a Range it does not support, e.g. several ranges or other units).
-    Raises Unsatisfiable for a syntactically valid range that selects nothing (→ 416)."""
+    Raises Unsatisfiable for a syntactically valid range that selects nothing (→ 416).
+
+    Positions are ASCII digits of any length (§14.1.1): a first position past the body is
+    unsatisfiable, a last one past it is clamped, a suffix longer than it is all of it."""
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    if unit.strip(" \t").lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first == "" or first.isdigit()) or not (last == "" or last.isdigit()):
+    first, dash, last = spec.strip(" \t").partition("-")
+    first_d, last_d = _digits(first), _digits(last)
+    if not dash or (first and first_d is None) or (last and last_d is None):
         return None
-    if first == "":
-        if last == "":
+    if first_d is None:
+        if last_d is None:
             return None
-        suffix = int(last)
+        suffix = _position(last_d)
         if suffix == 0 or size == 0:
             raise Unsatisfiable
         return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    if last and int(last) < start:
+    if last_d is not None and (len(last_d), last_d) < (len(first_d), first_d):
         return None  # invalid syntax (RFC 9110 §14.1.1): ignore the header
+    start = _position(first_d)
     if start >= size:
         raise Unsatisfiable
-    end = int(last) if last else size - 1
-    return ByteRange(start, min(end, size - 1))
+    end = size - 1 if last_d is None else min(_position(last_d), size - 1)
+    return ByteRange(start, end)
+
+
+def _digits(text: str) -> str | None:
+    """``text`` as a position: ASCII digits only (``str.isdigit`` also takes '²' and other
+    scripts' digits, which ``int`` refuses), without leading zeros; else None."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return text.lstrip("0") or "0"
+
+
+BEYOND = 10**18  # larger than any body; int() refuses strings of more than 4300 digits
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 18 else BEYOND
 
 
 def serve_immutable(

@@ -1,7 +1,8 @@
 """The edge's aiohttp application: routes (DESIGN.md's table, the rows an edge serves),
 one observing middleware (metrics, timing, access log) around the shared error
-middleware, around the hop middleware (loops refused, the peer mark read: edge.hops), and
-the ``Edge``'s lifecycle in ``cleanup_ctx``."""
+middleware, around the shared request rules (version, Host: common.http), around the hop
+middleware (loops refused, the peer mark read: edge.hops), and the ``Edge``'s lifecycle in
+``cleanup_ctx``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from common.http import error_middleware
+from common.http import error_middleware, strict_middleware
 from edge import handlers as h
 from edge import hops
 from edge.handlers import EDGE, SENT
@@ -68,7 +69,12 @@ def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
 
 def make_app(edge: Edge) -> web.Application:
     app = web.Application(
-        middlewares=[observe, error_middleware, hops.middleware(edge.node, edge.settings.token)],
+        middlewares=[
+            observe,
+            error_middleware,
+            strict_middleware,
+            hops.middleware(edge.node, edge.settings.token),
+        ],
         client_max_size=1 << 20,
     )
     app[EDGE] = edge

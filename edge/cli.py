@@ -16,6 +16,7 @@ import click
 
 from common.cli import DURATION, LISTEN, SIZE, option
 from common.errors import ConfigError
+from common.http import BodyPace
 from edge.cluster import ClusterSettings
 from edge.dataplane import Limits
 from edge.metrics import EdgeMetrics
@@ -81,6 +82,8 @@ log = logging.getLogger("minicdn.edge")
 @option("--header-timeout", type=DURATION, default="10s", help="Bound on receiving a request head.")
 @option("--keepalive-timeout", type=DURATION, default="75s", help="Close a connection idle this long.")
 @option("--send-timeout", type=DURATION, default="60s", help="Abort a client that reads nothing this long.")
+@option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
+@option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 @option("--fast-path/--no-fast-path", default=True, help="Object GETs by the data plane, not aiohttp.")
 def edge(
     upstreams: tuple[str, ...],
@@ -109,6 +112,8 @@ def edge(
     header_timeout: float,
     keepalive_timeout: float,
     send_timeout: float,
+    body_timeout: float,
+    body_min_rate: int,
     fast_path: bool,
 ) -> None:
     """Serve the read API as a caching edge in front of upstreams."""
@@ -140,11 +145,12 @@ def edge(
     if workers < 1:
         raise ConfigError("workers: must be at least 1")
     require_positive(
-        header_timeout=header_timeout, keepalive_timeout=keepalive_timeout, send_timeout=send_timeout
+        header_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
+        send_timeout=send_timeout,
     )
-    options = ServeOptions(
-        listen[0], listen[1], workers, fast_path, Limits(header_timeout, keepalive_timeout, send_timeout)
-    )
+    limits = Limits(header_timeout, keepalive_timeout, send_timeout, BodyPace(body_timeout, body_min_rate))
+    options = ServeOptions(listen[0], listen[1], workers, fast_path, limits)
 
     def make_node(slot: Slot, registry: WorkerRegistry) -> Edge:
         share = replace(settings, memory_size=slot.share(memory_size), disk_size=slot.share(disk_size))

@@ -13,10 +13,10 @@ GET and HEAD of ``/v1/chunks/{id}``, ``/v1/bundles/{id}`` and ``/v1/manifests/{i
 Every other request — other routes, methods, a body, ``Expect``, an upgrade, an id that
 is not 64 lowercase hex digits, a miss carrying ``Via``/``X-Minicdn-Peer`` (edge-to-edge
 hops keep aiohttp's loop checks), a manifest asked with ``Available-Dictionary`` — is
-handed, with the connection, to an aiohttp ``RequestHandler`` made by the application's
-``web.Server``: once every response before it has left, the transport is switched to the
-handler (``set_protocol``, ``connection_made``) and the buffered bytes, from that
-request's first byte on, are fed to it.  The connection then stays with aiohttp.
+*lent* to an aiohttp ``RequestHandler`` (see "lending to aiohttp" below): once every
+response before it has left, the handler is given exactly that request's bytes, and the
+connection comes back when aiohttp has answered.  Every head on every connection is
+therefore read here, under the limits and timers below.
 
 Request heads are delimited here (CRLF CRLF) and validated by llhttp (``httptools``),
 which is fed exactly the bytes of each head, as they arrive; once a head has passed it,
@@ -24,11 +24,18 @@ the few fields the fast path reads are found in it by a plain search (a validate
 has one field per CRLF-started line, no obs-fold, no whitespace before the colon).
 
 Limits (RFC 9112 §3, RFC 6585 §5): a request line over ``MAX_LINE`` bytes → 414, a head
-over ``MAX_HEAD`` bytes or ``MAX_FIELDS`` fields → 431, a malformed head → 400; each
-closes the connection.  Timeouts, checked by one sweeper per process on a coarse clock
-(no timer per request): a head not complete ``header_timeout`` after its first byte
-(slowloris) → 408 and close; a connection idle ``keepalive_timeout`` → closed; a client
-that reads nothing for ``send_timeout`` while responses wait → aborted.
+over ``MAX_HEAD`` bytes or ``MAX_FIELDS`` fields → 431, a malformed head → 400, a request
+line without an HTTP/1.x version (llhttp reads it as HTTP/0.9) → 400, HTTP/2.x → 505, a
+missing (HTTP/1.1), repeated or invalid Host → 400 (RFC 9112 §3.2); each closes the
+connection.  Timeouts, checked by one sweeper per process on a coarse clock (no timer per
+request): a head not complete ``header_timeout`` after its first byte (slowloris) → 408
+and close; a request body slower than ``body`` (common.http.BodyPace) → 408 and close
+(aborted if aiohttp has begun its answer); a connection idle ``keepalive_timeout`` →
+closed; a client that reads nothing for ``send_timeout`` while responses wait → aborted.
+
+A bug here must not cost more than its connection: an exception escaping a callback is
+answered 500 and the connection closed, with one log line (rate-limited), not a traceback
+per request.
 
 Metrics and the access log are recorded when a response is written: plain integers in
 ``Stats`` (no lock, no prometheus_client call per request), added into the Prometheus
@@ -46,9 +53,10 @@ import os
 import re
 import socket
 import time
+import traceback
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate
 from functools import lru_cache
@@ -61,7 +69,17 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 from common import codec, dcz
 from common.errors import MinicdnError
-from common.http import IMMUTABLE, Unsatisfiable, etag_matches, parse_range, status_of
+from common.http import (
+    HOST_RULE,
+    IMMUTABLE,
+    NO_VERSION,
+    BodyPace,
+    Unsatisfiable,
+    etag_matches,
+    host_ok,
+    parse_range,
+    status_of,
+)
 from common.negotiate import accepts_coding
 from edge.metrics import EdgeMetrics
 from edge.objects import Entry, Obj, Sealed
@@ -85,6 +103,8 @@ MAX_LINE = 8190  # request line, as aiohttp's default
 MAX_HEAD = 16384  # request line and every field
 MAX_FIELDS = 100
 MAX_SKIP = 1 << 20  # body bytes an answered request may still owe before we close instead
+MAX_CHUNK_LINE = 1024  # a chunk-size line with its extensions
+CRLF = b"\r\n"
 DEPTH = 32  # pipelined requests answered ahead of the one being written
 OCTETS = "application/octet-stream"
 MSGPACK = "application/x-msgpack"
@@ -99,6 +119,9 @@ F_IF_RANGE = b"\r\nif-range:"
 F_USER_AGENT = b"\r\nuser-agent:"
 F_EXPECT = b"\r\nexpect:"
 F_AVAILABLE_DICTIONARY = b"\r\navailable-dictionary:"
+F_HOST = b"\r\nhost:"
+F_CONTENT_LENGTH = b"\r\ncontent-length:"
+F_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 HOP_FIELDS = (b"\r\nvia:", b"\r\nx-minicdn-peer:")
 # Variants of a cached object's 200 head: (Content-Type, Content-Encoding, Vary).
 CHUNK_ZSTD = (OCTETS, "zstd", "Accept-Encoding")
@@ -113,6 +136,7 @@ class Limits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
+    body: BodyPace = field(default_factory=BodyPace)
 
 
 # -- the clock and the Date field ------------------------------------------------------------
@@ -194,8 +218,8 @@ class Stats:
 
 def _plain_shape(shape: bytes) -> bool | None:
     """``shape`` is a validated head from the space after its target: None when the
-    inline hot path must not answer it (not HTTP/1.1, a conditional, a range, Expect or a
-    dictionary offer), else whether it accepts zstd."""
+    inline hot path must not answer it (not HTTP/1.1, a conditional, a range, Expect, a
+    dictionary offer, or a Host to refuse), else whether it accepts zstd."""
     low = shape.lower()
     if (
         not low.startswith(b" http/1.1\r\n")
@@ -203,6 +227,7 @@ def _plain_shape(shape: bytes) -> bool | None:
         or F_RANGE in low
         or F_EXPECT in low
         or F_AVAILABLE_DICTIONARY in low
+        or not _host_ok(low, True)
     ):
         return None
     i = low.find(F_ACCEPT_ENCODING)
@@ -212,15 +237,28 @@ def _plain_shape(shape: bytes) -> bool | None:
     return accepts_zstd(shape[i : low.find(b"\r\n", i)].strip(b" \t").decode("latin-1"))
 
 
+def _host_ok(low: bytes, http11: bool) -> bool:
+    """RFC 9112 §3.2 on a lowercased validated head (or its shape): one Host field with a
+    valid value; none at all only before HTTP/1.1."""
+    i = low.find(F_HOST)
+    if i < 0:
+        return not http11
+    i += len(F_HOST)
+    j = low.find(CRLF, i)
+    return low.find(F_HOST, j) < 0 and host_ok(low[i:j].strip(b" \t").decode("latin-1"))
+
+
 # -- requests and replies --------------------------------------------------------------------
 
 
 class Request:
     __slots__ = ("close", "head", "http10", "key", "kind", "low", "method", "path", "t0")
 
-    def __init__(self, head: bytes, method: bytes, path: bytes, kind: str, close: bool, t0: float) -> None:
+    def __init__(
+        self, head: bytes, low: bytes, method: bytes, path: bytes, kind: str, close: bool, t0: float
+    ) -> None:
         self.head = head
-        self.low = head.lower()
+        self.low = low
         self.method = method
         self.path = path
         self.kind = kind
@@ -364,34 +402,142 @@ def immutable(
     return Reply(route, 200, head, body, size)
 
 
-def _body_end(buf: bytes, head_end: int) -> int | None:
-    """Where a request with a body ends in ``buf`` (validated head ending at ``head_end``),
-    or None when only parsing the body tells (chunked)."""
-    low = buf[:head_end].lower()
-    if b"\r\ntransfer-encoding:" in low:
-        return None
-    i = low.find(b"\r\ncontent-length:")
+# -- request bodies --------------------------------------------------------------------------
+
+
+class BadBody(Exception):
+    """A request body that breaks its framing (RFC 9112 §7.1)."""
+
+
+class _Length:
+    """Where a Content-Length body ends (RFC 9112 §6.2)."""
+
+    __slots__ = ("left", "received")
+
+    def __init__(self, length: int) -> None:
+        self.left = length
+        self.received = 0
+
+    @property
+    def done(self) -> bool:
+        return not self.left
+
+    def take(self, data: bytes) -> int:
+        """How many bytes at the start of ``data`` are the body's."""
+        n = min(self.left, len(data))
+        self.left -= n
+        self.received += n
+        return n
+
+
+class Chunked:
+    """Where a chunked body ends (RFC 9112 §7.1), found as its bytes pass, without keeping
+    them: chunk-size lines, chunk data, the last chunk and the trailer section.
+
+    Stricter than llhttp (which aiohttp parses the same bytes with): lines end in CRLF and
+    hold no other CR or LF, a chunk size is hex digits alone (64 bits at most), a chunk-size
+    line is at most ``MAX_CHUNK_LINE`` bytes and the trailer section ``MAX_HEAD``.  So a
+    body this accepts ends exactly where llhttp's parse of it ends, and what llhttp would
+    read differently is refused here (BadBody) before aiohttp sees it."""
+
+    __slots__ = ("done", "left", "line", "received", "state", "trailer")
+
+    SIZE, DATA, DATA_END, TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self.state = self.SIZE
+        self.left = 0  # chunk data bytes still to come
+        self.line = b""  # an incomplete line
+        self.trailer = 0  # bytes of the trailer section so far
+        self.received = 0
+        self.done = False
+
+    def take(self, data: bytes) -> int:
+        """How many bytes at the start of ``data`` are the body's (BadBody if it breaks)."""
+        i, n = 0, len(data)
+        while i < n and not self.done:
+            if self.state == self.DATA:
+                k = min(self.left, n - i)
+                i += k
+                self.left -= k
+                if not self.left:
+                    self.state = self.DATA_END
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                i = n
+                if len(self.line) > (MAX_HEAD if self.state == self.TRAILER else MAX_CHUNK_LINE):
+                    raise BadBody("a line of a chunked body is too long")
+                break
+            line, self.line = self.line + data[i : j + 1], b""
+            i = j + 1
+            self._line(line)
+        self.received += i
+        return i
+
+    def _line(self, line: bytes) -> None:
+        if not line.endswith(CRLF) or b"\r" in line[:-2]:
+            raise BadBody("a line of a chunked body must end in CRLF, and only there")
+        if self.state == self.SIZE:
+            size = line[:-2].partition(b";")[0]
+            if not size or size.strip(b"0123456789abcdefABCDEF") or len(size.lstrip(b"0")) > 16:
+                raise BadBody("a chunk size must be hexadecimal digits")
+            if len(line) > MAX_CHUNK_LINE:
+                raise BadBody("a chunk-size line is too long")
+            self.left = int(size, 16)
+            self.state = self.DATA if self.left else self.TRAILER
+        elif self.state == self.DATA_END:
+            if line != CRLF:
+                raise BadBody("chunk data must end in CRLF")
+            self.state = self.SIZE
+        elif line == CRLF:
+            self.done = True
+        elif b":" not in line:
+            raise BadBody("a trailer line must be a field")
+        else:
+            self.trailer += len(line)
+            if self.trailer > MAX_HEAD:
+                raise BadBody("the trailer section is too large")
+
+
+Body = _Length | Chunked
+
+
+def _framer(low: bytes) -> Body | None:
+    """How the body of a request ends, from its lowercased head, validated by llhttp and
+    found to have a body: chunked when Transfer-Encoding is there (llhttp refuses one that
+    does not end in chunked, or one beside Content-Length: RFC 9112 §6.1, §6.3), else
+    Content-Length (digits llhttp has checked, under 2**64; maybe thousands of leading
+    zeros, which int() would refuse)."""
+    if F_TRANSFER_ENCODING in low:
+        return Chunked()
+    i = low.find(F_CONTENT_LENGTH)
     if i < 0:
-        return head_end
-    i += len(b"\r\ncontent-length:")
-    return head_end + int(low[i : low.find(b"\r\n", i)].strip())
+        return None
+    i += len(F_CONTENT_LENGTH)
+    return _Length(int(low[i : low.find(CRLF, i)].strip(b" \t").lstrip(b"0") or b"0"))
 
 
 class _Lent:
     """The transport an aiohttp handler sees while it answers one lent request: writes go
-    to the real transport until the connection is taken back; reading is the data plane's."""
+    to the real transport until its answer is complete (or the connection is taken back);
+    reading is the data plane's."""
 
     def __init__(self, conn: Connection, real: asyncio.Transport) -> None:
         self.conn = conn
         self.real = real
         self.attached = True
+        self.wrote = False  # whether aiohttp has begun an answer (then none other can be sent)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.attached:
+            self.wrote = True
             self.real.write(data)
 
     def writelines(self, chunks: Any) -> None:
         if self.attached:
+            self.wrote = True
             self.real.writelines(chunks)
 
     def is_closing(self) -> bool:
@@ -432,7 +578,10 @@ class _Lent:
         pass
 
     def returned(self, keep_alive: bool) -> None:
+        # Detached at once: nothing aiohttp might write after its one answer reaches the
+        # client (it was given one request's bytes, so it has no other to answer).
         if self.attached:
+            self.attached = False
             asyncio.get_running_loop().call_soon(self.conn.returned, keep_alive)
 
 
@@ -473,12 +622,15 @@ class Plane:
 
     async def _sweep(self) -> None:
         limits = self.limits
-        tick = max(0.05, min(1.0, limits.header_timeout / 4, limits.keepalive_timeout / 4))
+        tick = max(
+            0.05, min(1.0, limits.header_timeout / 4, limits.keepalive_timeout / 4, limits.body.timeout / 4)
+        )
         while True:
             await asyncio.sleep(tick)
             CLOCK.tick()
             for conn in list(self.connections):
                 conn.check(CLOCK.now)
+                # (check is guarded: one connection's bug cannot stop every timer.)
 
     async def drain(self, timeout: float) -> None:
         """Close idle connections now, the others once their responses have left; abort
@@ -576,10 +728,15 @@ class Connection(asyncio.Protocol):
         self._sock: _Borrowed | None = None  # see _send_sealed
         self._no_sock = False
         self._logging = plane.node.access_log is not None  # the inline hot path does not log
-        self._handoff_end: int | None = None  # where the request to hand over ends in _buf
+        self._handoff_end = 0  # where the head of the request to lend ends in _buf
+        self._handoff_body: Body | None = None  # how its body ends, if it has one
+        self._last = False  # close once aiohttp has answered the lent request (an upgrade)
         self._lent: tuple[_Lent, asyncio.Protocol] | None = None  # the request aiohttp answers
-        self._owed = 0  # body bytes of the lent request not yet received
-        self._skip = 0  # body bytes of a returned request aiohttp did not read
+        # The lent request's body still coming: to its handler while lent, dropped once
+        # aiohttp has answered without reading it; since when (coarse clock), how much dropped.
+        self._body: Body | None = None
+        self._body_since = 0.0
+        self._skipped = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -597,11 +754,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self._closing = True
         self._drop_queue()
-        if self._lent is not None:
-            lent, handler = self._lent
-            self._lent = None
-            lent.attached = False
-            handler.connection_lost(exc)
+        self._take_back(exc)
 
     def _drop_queue(self) -> None:
         for item in self._queue:
@@ -611,35 +764,32 @@ class Connection(asyncio.Protocol):
         self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        self._active = CLOCK.now
-        if (
-            not (
-                self._buf or self._queue or self._skip or self._closing or self._handoff or self._write_paused
-            )
-            and self._lent is None
-            and self._hot(data, time.perf_counter(), True)
-        ):
-            return
-        if self._skip:  # the rest of a body aiohttp answered without reading
-            n = min(self._skip, len(data))
-            self._skip -= n
-            data = data[n:]
-            if not data:
+        try:
+            self._active = CLOCK.now
+            if not (
+                self._buf or self._queue or self._body or self._closing or self._handoff or self._write_paused
+            ) and self._hot(data, time.perf_counter(), True):
                 return
-        if self._lent is not None and self._owed:
-            self._feed_lent(data)
-            return
-        if self._closing:
-            return
-        self._buf = self._buf + data if self._buf else data
-        self._process(time.perf_counter())
+            if self._body is not None:
+                data = self._take_body(data)
+                if not data:
+                    return
+            if self._closing:
+                return
+            self._buf = self._buf + data if self._buf else data
+            self._process(time.perf_counter())
+        except Exception as exc:  # the last resort: see _failed
+            self._failed(exc)
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self._lent is not None:
-            self._lent[1].eof_received()
-            return True
-        self._maybe_finish()
+        with self._guard():
+            if self._body is not None and self._lent is not None:
+                self._body_failed(400, "bad_request", "the request body ended before its framing did")
+            elif self._lent is not None:
+                self._lent[1].eof_received()
+            else:
+                self._maybe_finish()
         return True  # keep writing what is owed; closed once it has left
 
     def pause_writing(self) -> None:
@@ -650,12 +800,13 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._lent is not None:
-            self._lent[1].resume_writing()
-            return
-        self._process(time.perf_counter())
-        if self._handoff:
-            self._maybe_finish()
+        with self._guard():
+            if self._lent is not None:
+                self._lent[1].resume_writing()
+                return
+            self._process(time.perf_counter())
+            if self._handoff:
+                self._maybe_finish()
 
     # -- reading requests ------------------------------------------------------------------------
 
@@ -665,27 +816,35 @@ class Connection(asyncio.Protocol):
             self._closing or self._handoff or self._write_paused or len(self._queue) >= DEPTH
         ):
             buf = self._buf
+            if buf[0] in CRLF:
+                buf = self._skip_empty_lines(buf)
+                if not buf:
+                    break
             end = buf.find(b"\r\n\r\n", self._fed - 3 if self._fed > 3 else 0)
             if end < 0:
                 self._partial(buf)
                 return
             end += 4
+            if end > MAX_LINE and buf.find(CRLF, 0, end) > MAX_LINE:
+                self._refuse(414, "too_large", "request line is too long")
+                return
             # (A head of more than MAX_FIELDS fields has more than 4 bytes a field.)
             if end > MAX_HEAD or (end > 4 * MAX_FIELDS and buf.count(b"\r\n", 0, end) > MAX_FIELDS + 2):
                 self._refuse(431, "too_large", "request head is too large")
                 return
+            upgrade = False
             try:
                 self._parser.feed_data(buf[self._fed : end])
             except httptools.HttpParserUpgrade:
-                self._start_handoff(None)
-                return
+                upgrade = True  # CONNECT, or Upgrade with Connection: upgrade
             except httptools.HttpParserError as exc:
                 self._refuse(400, "bad_request", f"malformed request: {exc}")
                 return
             self._fed = 0
             self._head_since = 0.0
-            if not self._parsed.complete:  # a body follows: aiohttp's
-                self._start_handoff(_body_end(buf, end))
+            if upgrade or not self._parsed.complete:  # a body follows, or an upgrade: aiohttp's
+                self._parsed.complete = False
+                self._lend_with_body(buf[:end], upgrade)
                 return
             self._parsed.complete = False
             head = buf[:end]
@@ -695,12 +854,47 @@ class Connection(asyncio.Protocol):
                     self._answer(head, t0)
                 except Handoff:
                     self._buf = buf
-                    self._start_handoff(end)
+                    self._start_handoff(end, None)
                     return
         if self._buf or self._read_paused:
             self._settle_reading()
         if self._eof or self._closing:
             self._maybe_finish()
+
+    def _skip_empty_lines(self, buf: bytes) -> bytes:
+        """Empty lines before a request line are ignored (RFC 9112 §2.2), llhttp skips them
+        too; they start the head's timer, so a stream of them is a slowloris like any."""
+        if self._head_since == 0.0:
+            self._head_since = CLOCK.now
+        rest = buf.lstrip(CRLF)
+        self._fed = max(0, self._fed - (len(buf) - len(rest)))
+        self._buf = rest
+        return rest
+
+    def _lend_with_body(self, head: bytes, upgrade: bool) -> None:
+        """A request aiohttp answers with its body (framed here, so the connection comes
+        back after it) or an upgrade (no protocol is switched to here: aiohttp answers it,
+        and the connection closes, since the client may already speak another)."""
+        low = head.lower()
+        refusal = self._refusal(low)
+        body = None if upgrade else _framer(low)
+        if refusal is None and not upgrade and body is None:
+            refusal = 400, "bad_request", "a request body needs Content-Length or chunked framing"
+        if refusal is not None:
+            self._refuse(*refusal, self._parser.get_method())
+            return
+        self._start_handoff(len(head), body, last=upgrade)
+
+    def _refusal(self, low: bytes) -> tuple[int, str, str] | None:
+        """Why a head llhttp has taken is still refused (lowercased): a request line
+        without an HTTP/1.x version (llhttp reads it as HTTP/0.9, and takes 2.x; RFC 9110
+        §15.6.6), or its Host fields (RFC 9112 §3.2)."""
+        version = self._parser.get_http_version()
+        if version == "1.1" or version == "1.0":
+            return None if _host_ok(low, version == "1.1") else (400, "bad_request", HOST_RULE)
+        if version >= "2":
+            return 505, "version_not_supported", f"HTTP/{version[0]}.x is not supported"
+        return 400, "bad_request", NO_VERSION
 
     def _partial(self, buf: bytes) -> None:
         """An incomplete head: enforce the limits, let llhttp reject garbage early."""
@@ -715,11 +909,9 @@ class Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(buf[self._fed :])
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # (An upgrade is only seen at the end of a head, which llhttp finds where we do.)
             self._refuse(400, "bad_request", f"malformed request: {exc}")
-            return
-        except httptools.HttpParserUpgrade:  # pragma: no cover - only after a whole head
-            self._start_handoff(None)
             return
         self._fed = len(buf)
         self._settle_reading()
@@ -734,7 +926,7 @@ class Connection(asyncio.Protocol):
         stalled = (
             bool(self._buf)
             and self._fed < len(self._buf)
-            and (self._write_paused or (self._handoff and not self._owed) or len(self._queue) >= DEPTH)
+            and (self._write_paused or (self._handoff and self._body is None) or len(self._queue) >= DEPTH)
         )
         if stalled and not self._read_paused:
             self._read_paused = True
@@ -862,11 +1054,16 @@ class Connection(asyncio.Protocol):
         self._no_sock = True
 
     def _answer(self, head: bytes, t0: float) -> None:
-        parser = self._parser
-        method = parser.get_method()
+        low = head.lower()
+        method = self._parser.get_method()
+        refusal = self._refusal(low)
+        if refusal is not None:
+            self._refuse(*refusal, method)
+            return
         if method != b"GET" and method != b"HEAD":
             raise Handoff
-        target = head[len(method) + 1 : head.index(b" ", len(method) + 1)]
+        # An HTTP/1.x request line llhttp has taken: method SP target SP version.
+        target = head[len(method) + 1 : head.find(b" ", len(method) + 1)]
         q = target.find(b"?")
         path = target if q < 0 else target[:q]
         slash = path.find(b"/", 4)
@@ -874,7 +1071,7 @@ class Connection(asyncio.Protocol):
         if kind is None or b"%" in path:
             raise Handoff
         try:
-            req = Request(head, method, path, kind, not self._parsed.keep_alive, t0)
+            req = Request(head, low, method, path, kind, not self._parsed.keep_alive, t0)
         except UnicodeDecodeError:
             raise Handoff from None
         if F_EXPECT in req.low or (kind == "manifest" and F_AVAILABLE_DICTIONARY in req.low):
@@ -956,10 +1153,11 @@ class Connection(asyncio.Protocol):
         self._pending.append(req)
 
     def _task_done(self, _task: asyncio.Task[Reply]) -> None:
-        self._flush()
-        if self.transport is not None and not self._closing:
-            self._process(time.perf_counter())
-        self._maybe_finish()
+        with self._guard():
+            self._flush()
+            if self.transport is not None and not self._closing:
+                self._process(time.perf_counter())
+            self._maybe_finish()
 
     def _flush(self) -> None:
         queue = self._queue
@@ -1002,32 +1200,38 @@ class Connection(asyncio.Protocol):
             self._drop_queue()
             transport.close()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer a request we cannot parse (after those before it), then close."""
+    def _refuse(self, status: int, code: str, message: str, method: bytes | None = None) -> None:
+        """Answer a request we cannot parse or serve (after those before it), then close;
+        ``method``: the request's, when its head was parsed (a HEAD answer has no body)."""
+        if method is None:
+            method = b"HEAD" if self._buf.startswith(b"HEAD ") else b"GET"
         self._closing = True
         self._buf = b""
-        reply = _error("other", status, code, message)
+        reply = _error("other", status, code, message, method=method)
         if self._queue:
             self._enqueue(None, reply)
         else:
             self._send(None, reply)
 
-    # -- handing over to aiohttp ---------------------------------------------------------------
+    # -- lending to aiohttp -------------------------------------------------------------------
     #
     # A request the fast path does not answer is *lent* to aiohttp: once every reply before
     # it has left, a RequestHandler made by the application's web.Server is connected to a
     # stand-in transport (_Lent) that writes to the real one, and is fed exactly that
-    # request (its head, then Content-Length bytes of body as they arrive).  When aiohttp
-    # has written the response (its access logger, Returned, is told), the handler is
-    # disconnected and the connection comes back to the data plane.  Only a request whose
-    # end cannot be known without parsing its body (chunked) or an upgrade hands the
-    # connection over for good (set_protocol).
+    # request: its head, then its body as it arrives, framed here (Content-Length, or a
+    # chunked body's end found by Chunked), under the body pace.  When aiohttp has written
+    # the response (its access logger, Returned, is told), the handler is disconnected and
+    # the connection comes back to the data plane; the rest of a body aiohttp did not read
+    # is dropped as it arrives (at most MAX_SKIP bytes, under the same pace).  An upgrade is
+    # lent too, and the connection closed after.
 
-    def _start_handoff(self, request_end: int | None) -> None:
-        """``request_end``: where the request ends in the buffer (head and body), or None
-        to hand the connection over for good."""
+    def _start_handoff(self, head_end: int, body: Body | None, last: bool = False) -> None:
+        """Lend the request whose head ends at ``head_end`` in the buffer, with ``body``
+        (its framing) after it, once the replies before it have left."""
         self._handoff = True
-        self._handoff_end = request_end
+        self._handoff_end = head_end
+        self._handoff_body = body
+        self._last = last
         self._head_since = 0.0
         self._settle_reading()
         self._maybe_finish()
@@ -1038,10 +1242,7 @@ class Connection(asyncio.Protocol):
             return
         if self._handoff:
             if self._lent is None and not self._queue and not self._write_paused:
-                if self._handoff_end is None or self._closing:
-                    self._hand_over(transport)
-                else:
-                    self._lend(transport, self._handoff_end)
+                self._lend(transport)
             return
         if self._queue:
             return
@@ -1051,103 +1252,199 @@ class Connection(asyncio.Protocol):
     def _has_complete_head(self) -> bool:
         return b"\r\n\r\n" in self._buf
 
-    def _lend(self, transport: asyncio.Transport, request_end: int) -> None:
+    def _lend(self, transport: asyncio.Transport) -> None:
         lent = _Lent(self, transport)
         handler = self.plane.fallback()
         self._lent = (lent, handler)
         handler.connection_made(cast(asyncio.Transport, lent))
-        chunk, self._buf = self._buf[:request_end], self._buf[request_end:]
-        self._owed = request_end - len(chunk)
+        head, rest = self._buf[: self._handoff_end], self._buf[self._handoff_end :]
+        self._buf = b""
+        body, self._handoff_body = self._handoff_body, None
+        self._body = body if body is not None and not body.done else None
+        self._body_since = CLOCK.now if self._body is not None else 0.0
+        self._skipped = 0
+        if self._last:
+            self._closing = True  # nothing after an upgrade is read
+        handler.data_received(head)
+        if self._body is not None and rest:
+            rest = self._take_body(rest)
+        if rest and not self._closing:
+            self._buf = rest
         self._settle_reading()
-        handler.data_received(chunk)
-        if self._eof:
-            handler.eof_received()
+        if self._eof and self._lent is not None:
+            self.eof_received()
 
-    def _feed_lent(self, data: bytes) -> None:
-        """Body bytes the lent request is still owed go to its handler; the rest waits."""
-        assert self._lent is not None
-        piece, rest = data[: self._owed], data[self._owed :]
-        self._owed -= len(piece)
-        if rest:
-            self._buf += rest
-        self._lent[1].data_received(piece)
-        if not self._owed:
+    def _take_body(self, data: bytes) -> bytes:
+        """Hand the lent request's body bytes at the start of ``data`` to its handler (or
+        drop them, once aiohttp has answered without reading them); the rest of ``data``."""
+        body = self._body
+        assert body is not None
+        try:
+            n = body.take(data)
+        except BadBody as exc:
+            self._body_failed(400, "bad_request", f"malformed request body: {exc}")
+            return b""
+        if self._lent is not None:
+            self._lent[1].data_received(data[:n])
+        else:
+            self._skipped += n
+            if self._skipped > MAX_SKIP:
+                self._close_now()
+                return b""
+        if body.done:
+            self._body = None
+            self._body_since = 0.0
             self._settle_reading()
+        return data[n:]
 
     def returned(self, keep_alive: bool) -> None:
         """aiohttp has written the lent request's response: take the connection back."""
+        with self._guard():
+            if self._lent is None:
+                return
+            self._take_back(None)
+            transport = self.transport
+            if transport is None:
+                return
+            body = self._body
+            if not keep_alive or self._closing or (isinstance(body, _Length) and body.left > MAX_SKIP):
+                self._close_now()
+                return
+            # Our parser saw the lent request's head, not its body: start it afresh.
+            self._parsed.complete = False
+            self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
+            self._fed = 0
+            self._active = CLOCK.now
+            self._process(time.perf_counter())
+            self._settle_reading()
+
+    def _take_back(self, exc: Exception | None) -> None:
+        """Disconnect the lent request's handler: it ends its loop (it would wait for a
+        next request) and leaves the web.Server's connections; its transport is detached,
+        so whatever it still writes or closes is not ours."""
         if self._lent is None:
             return
         lent, handler = self._lent
         self._lent = None
-        lent.attached = False
-        # Ends the handler's loop (it would wait for the next request) and unregisters it
-        # from the web.Server; closing its transport is a no-op once detached.
-        handler.connection_lost(None)
         self._handoff = False
-        self._handoff_end = None
-        transport = self.transport
-        if transport is None:
-            return
-        if not keep_alive or self._closing or self._owed > MAX_SKIP:
-            self._closing = True
-            transport.close()
-            return
-        self._skip, self._owed = self._owed, 0  # a body aiohttp answered without reading
-        # Our parser saw the lent request's head, not its body: start it afresh.
-        self._parsed.complete = False
-        self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
-        self._fed = 0
-        self._active = CLOCK.now
-        self._process(time.perf_counter())
-        self._settle_reading()
+        lent.attached = False
+        handler.connection_lost(exc)
 
-    def _hand_over(self, transport: asyncio.Transport) -> None:
-        self._give_back()
-        self.plane.connections.discard(self)
-        self.transport = None
+    def _body_failed(self, status: int, code: str, message: str) -> None:
+        """The lent request's body cannot be had (too slow, broken framing, cut short): the
+        answer is ours when aiohttp has written none yet, then the connection closes."""
+        lent = self._lent
+        self._take_back(None)
+        self._body = None
+        self._body_since = 0.0
+        if lent is None or lent[0].wrote:  # answered, or half-answered: nothing can follow
+            self._close_now(abort=lent is not None)
+        else:
+            self._refuse(status, code, message)
+
+    def _close_now(self, abort: bool = False) -> None:
         self._closing = True
-        buf, self._buf = self._buf, b""
-        handler = self.plane.fallback()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if self._read_paused:
-            transport.resume_reading()
-        if buf:
-            handler.data_received(buf)
-        if self._eof:
-            handler.eof_received()
+        self._buf = b""
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
-    # -- timeouts and draining -------------------------------------------------------------------
+    # -- timeouts, draining, and the last resort ---------------------------------------------------
 
     def check(self, now: float) -> None:
-        limits = self.plane.limits
-        if self._lent is not None:
-            return  # aiohttp's request: its handler's own timers apply
-        if self._head_since and now - self._head_since > limits.header_timeout:
-            if self._queue:
+        with self._guard():
+            limits = self.plane.limits
+            body = self._body
+            if (
+                body is not None
+                and self._body_since
+                and limits.body.late(now - self._body_since, body.received)
+            ):
+                self._body_failed(408, "timeout", "request body not received in time")
+            elif self._head_since and now - self._head_since > limits.header_timeout:
+                if self._queue:
+                    self.abort()
+                else:
+                    self._refuse(408, "timeout", "request head not received in time")
+            elif self._write_paused and now - self._paused_since > limits.send_timeout:
                 self.abort()
-            else:
-                self._refuse(408, "timeout", "request head not received in time")
-        elif self._write_paused and now - self._paused_since > limits.send_timeout:
-            self.abort()
-        elif (
-            self.transport is not None
-            and not self._buf
-            and not self._queue
-            and not self._write_paused
-            and now - self._active > limits.keepalive_timeout
-            and not self.transport.get_write_buffer_size()  # an answer still leaving is not idle
-        ):
-            self.transport.close()
+            elif (
+                self.transport is not None
+                and self._lent is None  # aiohttp answers: its handler takes the time it needs
+                and not self._buf
+                and not self._queue
+                and not self._write_paused
+                and body is None
+                and now - self._active > limits.keepalive_timeout
+                and not self.transport.get_write_buffer_size()  # an answer still leaving is not idle
+            ):
+                self.transport.close()
 
     def drain(self) -> None:
         if self.transport is None:
             return
         self._closing = True
-        if not self._queue:
+        if not self._queue and not self._handoff:  # a lent request closes once answered
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # the last resort: see _failed
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """An exception escaped one of this connection's callbacks: a bug (every request
+        is meant to be answered without one).  Answer 500 after what has been sent, close,
+        and log one line, at most every few seconds, instead of a traceback per request."""
+        FAILURES.report(exc)
+        self._drop_queue()
+        with contextlib.suppress(Exception):  # the handler may be what failed
+            self._take_back(None)
+        self._lent = None
+        self._handoff = False
+        self._body = None
+        self._body_since = 0.0
+        if self.transport is None or self._closing:
+            self._close_now(abort=True)
+            return
+        self._closing = True
+        self._buf = b""
+        self._send(None, _error("other", 500, "internal", "internal error"))
+
+
+class _Failures:
+    """One log line for the data plane's bugs every ``every`` seconds, naming where the
+    last one was raised and how many were not logged since."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.next = 0.0
+        self.missed = 0
+
+    def report(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            self.missed += 1
+            return
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "data plane bug, answered 500: %s: %s at %s (%d more since the last report)",
+            type(exc).__name__,
+            exc,
+            where,
+            self.missed,
+        )
+        self.next = now + self.every
+        self.missed = 0
+
+
+FAILURES = _Failures()

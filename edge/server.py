@@ -25,9 +25,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from common.http import json_handlers
 from edge.app import make_app
 from edge.dataplane import Limits, Plane, Returned, Stats
 from edge.service import Edge
@@ -104,17 +106,18 @@ def _worker(make_node: MakeNode, options: ServeOptions, slot: Slot) -> int:
 
 async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | None = None) -> None:
     s = node.settings
-    runner = web.AppRunner(
-        make_app(node),
+    handler_args: dict[str, Any] = {
         # Not a log: Returned tells the data plane when aiohttp has answered a lent request.
-        access_log=logging.getLogger("minicdn.edge.aiohttp"),
-        access_log_class=Returned,
-        shutdown_timeout=s.drain_timeout,
-        keepalive_timeout=options.limits.keepalive_timeout,
-    )
+        "access_log": logging.getLogger("minicdn.edge.aiohttp"),
+        "access_log_class": Returned,
+        "keepalive_timeout": options.limits.keepalive_timeout,
+    }
+    runner = web.AppRunner(make_app(node), shutdown_timeout=s.drain_timeout, **handler_args)
     await runner.setup()
     assert runner.server is not None
-    aiohttp_server: Callable[[], asyncio.Protocol] = runner.server
+    # aiohttp's connection handlers, answering its own errors as JSON: the data plane's
+    # fallback, every connection's with --no-fast-path, and the workers' control sockets'.
+    aiohttp_server: Callable[[], asyncio.Protocol] = json_handlers(runner.server, **handler_args)
     loop = asyncio.get_running_loop()
     plane: Plane | None = None
     if options.fast_path:

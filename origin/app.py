@@ -19,20 +19,25 @@ from common import codec, dcz, jsonutil
 from common.errors import BadRequest, TooLarge, Unauthorized
 from common.http import (
     MAX_BATCH,
+    BodyPace,
+    Paced,
     accepts_zstd,
+    declared_length,
     error_middleware,
     read_batch_ids,
     read_limited,
     serve_immutable,
     stream_batch,
+    strict_middleware,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
 from origin.channels import Channels, RolloutSpec
 from origin.service import Origin, new_upload_path
 
-__all__ = ["ORIGIN", "make_app"]
+__all__ = ["ORIGIN", "PACE", "make_app"]
 
 ORIGIN = web.AppKey("origin", Origin)
+PACE = web.AppKey("pace", BodyPace)  # how slowly a request body may arrive
 BATCH_WINDOW = 32  # chunk reads in flight per batch request
 
 
@@ -79,7 +84,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 
 
 async def post_batch(request: web.Request) -> web.StreamResponse:
-    ids = await read_batch_ids(request, MAX_BATCH)
+    ids = await read_batch_ids(request, MAX_BATCH, request.app[PACE])
     return await stream_batch(request, ids, request.app[ORIGIN].chunk_or_none, BATCH_WINDOW)
 
 
@@ -150,23 +155,25 @@ async def post_version(request: web.Request) -> web.Response:
     version = check_version(request.match_info["version"])
     origin = request.app[ORIGIN]
     limit = origin.settings.limits.max_upload
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"upload of {request.content_length} bytes exceeds the {limit}-byte limit")
+    if (declared := declared_length(request)) > limit:
+        raise TooLarge(f"upload of {declared} bytes exceeds the {limit}-byte limit")
     upload = new_upload_path(origin.tmp_dir)
     try:
-        await _spool(request, upload, limit)
+        await _spool(request, upload, limit, request.app[PACE])
         result = await origin.publish(app, version, upload)
     finally:
         upload.unlink(missing_ok=True)
     return web.json_response(result.to_json(), status=201 if result.created else 200)
 
 
-async def _spool(request: web.Request, dest: Path, limit: int) -> None:
-    """Stream the request body to ``dest`` (never whole in memory), refusing past ``limit``."""
+async def _spool(request: web.Request, dest: Path, limit: int, pace: BodyPace) -> None:
+    """Stream the request body to ``dest`` (never whole in memory), refusing past ``limit``
+    and (RequestTimeout) when it arrives slower than ``pace``."""
     loop = asyncio.get_running_loop()
     received = 0
+    reader = Paced(request.content, pace)
     with open(dest, "wb") as f:
-        async for piece in request.content.iter_chunked(256 * 1024):
+        while piece := await reader.read(256 * 1024):
             received += len(piece)
             if received > limit:
                 raise TooLarge(f"upload exceeds the {limit}-byte limit")
@@ -177,7 +184,8 @@ async def put_channel(request: web.Request) -> web.Response:
     require_token(request)
     app = check_app(request.match_info["app"])
     channel = check_channel(request.match_info["channel"])
-    body = jsonutil.loads(await read_limited(request.content, 64 * 1024, "channel body"), what="channel body")
+    raw = await read_limited(request.content, 64 * 1024, "channel body", request.app[PACE])
+    body = jsonutil.loads(raw, what="channel body")
     if not isinstance(body, dict) or not isinstance(body.get("version"), str):
         raise BadRequest('body must be JSON {"version": str, "rollout"?: {"version", "percent"}}')
     rollout = None
@@ -219,9 +227,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await asyncio.get_running_loop().run_in_executor(None, origin.close)
 
 
-def make_app(origin: Origin) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=1 << 20)
+def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, strict_middleware], client_max_size=1 << 20
+    )
     app[ORIGIN] = origin
+    app[PACE] = pace or BodyPace()
     r = app.router
     r.add_get("/v1/chunks/{id}", get_chunk, name="chunk")  # GET also answers HEAD
     r.add_post("/v1/chunks:batch", post_batch, name="batch")

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import signal
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from common.chunking import ChunkParams
 from common.cli import DURATION, LISTEN, SIZE, option
 from common.errors import ConfigError, UpstreamError
+from common.http import BodyPace, json_handlers
 from common.ids import check_app, check_channel, check_version
 from common.signing import SigningKey
 from origin.app import make_app
@@ -63,6 +65,8 @@ __all__ = ["channel", "origin", "publish"]
     default="30d",
     help="Also make deltas from every version a channel pointed at within this time.",
 )
+@option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
+@option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 def origin(
     data_dir: str,
     listen: tuple[str, int],
@@ -81,6 +85,8 @@ def origin(
     ref_max_age: int,
     delta_bases: int,
     delta_window: float,
+    body_timeout: float,
+    body_min_rate: int,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -90,6 +96,7 @@ def origin(
         raise ConfigError(f"signing_key: {key_path} does not exist (run: minicdn keygen --out {data})")
     if ref_ttl < 3600:
         raise ConfigError("ref_ttl: must be at least 1h")
+    pace = BodyPace(body_timeout, body_min_rate)
     settings = OriginSettings(
         token=token or None,
         level=level,
@@ -106,8 +113,26 @@ def origin(
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")
     service = Origin(FileStorage(data / "store"), SigningKey.load(key_path), data / "tmp", settings)
     _install_uvloop()
-    host, port = listen
-    web.run_app(make_app(service), host=host, port=port, print=None, shutdown_timeout=10, access_log=None)
+    asyncio.run(serve(make_app(service, pace), *listen))
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then give requests in flight 10 s: web.run_app,
+    with connection handlers that answer aiohttp's own errors as JSON (common.http)."""
+    handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": 75.0}
+    runner = web.AppRunner(app, shutdown_timeout=10, **handler_args)
+    await runner.setup()
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(json_handlers(runner.server, **handler_args), host, port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await runner.cleanup()
 
 
 def _install_uvloop() -> None:

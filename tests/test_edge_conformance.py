@@ -319,6 +319,91 @@ def test_oversized_heads_are_refused(apps: dict[str, App], node: Service) -> Non
         assert c.response().status == 431 and c.closed()
     finally:
         c.close()
+    c = Raw(node.port)
+    try:
+        c.send(get("/v1/apps/" + "a" * 9000))  # a whole head at once, its line past MAX_LINE
+        r = c.response()
+        assert r.status == 414 and r.headers["server"] == "minicdn" and c.closed()
+    finally:
+        c.close()
+
+
+def no_traceback(node: Service) -> None:
+    out = node.output()
+    assert "Traceback" not in out and " ERROR " not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("warm_first", [True, False], ids=["memory", "fill"])
+def test_odd_range_digits_are_answered_on_the_same_connection(
+    apps: dict[str, App], node: Service, warm_first: bool
+) -> None:
+    """Digits of other scripts ('²' passes str.isdigit) are no range: the whole body.
+    Positions of thousands of digits (int() refuses more than 4300) are valid: a first one
+    past the body is 416, a last one past it is clamped, so is a suffix (RFC 9110 §14.1.2)."""
+    cid = apps["big"].chunks[70 if warm_first else 71]
+    if warm_first:
+        warm(node, cid)
+    many = "9" * 5000
+    c = Raw(node.port)
+    try:
+        cases = [
+            (b"Range: bytes=\xb2-", 200),
+            (b"Range: bytes=0-\xb3", 200),
+            (b"Range: bytes=\xd9\xa3-", 200),  # ARABIC-INDIC DIGIT THREE, as UTF-8
+            (f"Range: bytes={many}-".encode(), 416),
+            (f"Range: bytes=0-{many}".encode(), 206),
+            (f"Range: bytes=-{many}".encode(), 206),
+            (f"Range: bytes={'0' * 5000}1-{'0' * 5000}2".encode(), 206),
+        ]
+        for field_line, status in cases:
+            c.send(f"GET {chunk(cid)} HTTP/1.1\r\nHost: edge\r\n".encode() + field_line + b"\r\n\r\n")
+            r = c.response()
+            assert r.status == status, (field_line[:40], r.status, r.body[:200])
+            if status == 206 and b"0001-" in field_line:
+                assert len(r.body) == 2
+            elif status != 416:
+                verify_chunk(cid, Response(200, r.headers, r.body) if status == 200 else c_full(node, cid, r))
+    finally:
+        c.close()
+    no_traceback(node)
+
+
+def c_full(node: Service, cid: str, part: Response) -> Response:
+    """A 206 that covers the whole body is the whole body."""
+    size = part.headers["content-range"].rpartition("/")[2]
+    assert part.headers["content-range"] == f"bytes 0-{int(size) - 1}/{size}"
+    return Response(200, part.headers, part.body)
+
+
+def test_odd_request_lines_and_lengths_are_answered(apps: dict[str, App], node: Service) -> None:
+    """Heads llhttp takes but the fast path used to trip on: a request line without a
+    version (llhttp reads HTTP/0.9), Content-Length with thousands of leading zeros, empty
+    lines before a request line (RFC 9112 §2.2: ignored)."""
+    cid = apps["demo"].chunks[0]
+    c = Raw(node.port)
+    try:
+        c.send(f"GET {chunk(cid)}\r\nHost: edge\r\n\r\n".encode())
+        r = c.response()
+        assert r.status == 400 and json.loads(r.body)["error"] == "bad_request" and c.closed()
+    finally:
+        c.close()
+    body = msgpack.packb([cid])
+    c = Raw(node.port)
+    try:
+        c.send(
+            f"POST /v1/chunks:batch HTTP/1.1\r\nHost: edge\r\nContent-Length: {'0' * 5000}{len(body)}\r\n\r\n".encode()
+            + body
+        )
+        b = c.response()
+        assert b.status == 200 and [i[0] for i in batch_items(b.body)] == [cid]
+        c.send(b"\r\n\r\n\r\n" + get(chunk(cid), "Accept-Encoding: zstd"))
+        verify_chunk(cid, c.response())
+        c.send(b"\r\n")  # the empty lines come first, alone
+        c.send(get(chunk(cid), "Accept-Encoding: zstd"))
+        verify_chunk(cid, c.response())
+    finally:
+        c.close()
+    no_traceback(node)
 
 
 # -- slow and vanishing clients ----------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The data plane's last resort (edge.dataplane.Connection._failed): a bug met while
+answering costs its connection a 500 and one log line, not a dropped connection and a
+traceback per request.  In process, with a stand-in transport and a memory tier that
+fails, since no real request is meant to reach it (tests/test_dataplane_fuzz.py holds
+that)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+
+import pytest
+
+from edge import dataplane as dp
+from edge.metrics import EdgeMetrics
+
+HEX = "ab" * 32
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.out = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.out += b"".join(parts)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def broken_connection() -> tuple[dp.Connection, Transport]:
+    def get(key: str) -> None:
+        raise RuntimeError("a bug in the memory tier")
+
+    memory = types.SimpleNamespace(entries={}, get=get, policy=types.SimpleNamespace(touch=lambda k: None))
+    node = types.SimpleNamespace(memory=memory, access_log=None)
+    plane = dp.Plane(node, lambda: None, dp.Limits(), dp.Stats(EdgeMetrics.create()))  # type: ignore[arg-type]
+    conn = dp.Connection(plane)
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode()
+
+
+def test_a_bug_is_answered_500_closes_its_connection_and_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    dp.FAILURES.next = 0.0
+    caplog.set_level(logging.ERROR, "minicdn.edge.dataplane")
+    conn, transport = broken_connection()
+    # The first is answered without the memory tier (the id is its ETag: 304), the second
+    # meets the bug: its 500 follows the 304.
+    not_modified = f'GET /v1/chunks/{HEX} HTTP/1.1\r\nHost: edge\r\nIf-None-Match: "{HEX}"\r\n\r\n'.encode()
+    conn.data_received(not_modified + request(f"/v1/chunks/{HEX}"))
+    first, _, rest = transport.out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 304 ")
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ") and b"\r\nConnection: close" in head
+    assert json.loads(body) == {"error": "internal", "message": "internal error"}
+    assert transport.closed
+    [record] = caplog.records
+    assert "RuntimeError: a bug in the memory tier" in record.getMessage() and record.exc_info is None
+    conn.data_received(request(f"/v1/chunks/{HEX}"))  # a closing connection reads no more
+    assert transport.out.count(b"HTTP/1.1 ") == 2
+
+
+def test_a_bug_while_lending_to_aiohttp_is_answered_500(caplog: pytest.LogCaptureFixture) -> None:
+    dp.FAILURES.next = 0.0
+    conn, transport = broken_connection()  # its fallback makes no handler at all
+    conn.data_received(request("/metrics"))
+    assert transport.out.startswith(b"HTTP/1.1 500 ") and transport.closed
+
+
+def test_more_bugs_within_the_interval_are_counted_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    dp.FAILURES.next = 0.0
+    dp.FAILURES.missed = 0
+    caplog.set_level(logging.ERROR, "minicdn.edge.dataplane")
+    for _ in range(5):
+        conn, transport = broken_connection()
+        conn.data_received(request(f"/v1/chunks/{HEX}"))
+        assert transport.out.startswith(b"HTTP/1.1 500 ") and transport.closed
+    assert len(caplog.records) == 1 and dp.FAILURES.missed == 4
