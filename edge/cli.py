@@ -68,6 +68,12 @@ log = logging.getLogger("minicdn.edge")
 @option(
     "--stale-if-error", type=DURATION, default="1d", help="Serve a ref this stale when every upstream fails."
 )
+@option(
+    "--negative-ttl",
+    type=DURATION,
+    default="10s",
+    help="How long an id no upstream has is answered 404 without asking again (0: off).",
+)
 @option("--max-object", type=SIZE, default="64MiB", help="Largest upstream body accepted.")
 @option("--disk-full-backoff", type=DURATION, default="5s", help="Pause of disk admissions after ENOSPC.")
 @option("--access-log", help="JSON-lines access log file ('-' for standard output).")
@@ -102,6 +108,7 @@ def edge(
     coalesce_timeout: float,
     ref_max_age: float,
     stale_if_error: float,
+    negative_ttl: float,
     max_object: int,
     disk_full_backoff: float,
     access_log: str | None,
@@ -122,6 +129,8 @@ def edge(
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"upstream: {u!r} is not an http(s) URL")
     require_positive(upstream_timeout=upstream_timeout)
+    if negative_ttl < 0:
+        raise ConfigError("negative_ttl: must be 0 (off) or positive")
     cluster = cluster_settings(
         peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
     )
@@ -134,6 +143,7 @@ def edge(
         upstream_timeout=upstream_timeout,
         coalesce_timeout=coalesce_timeout,
         refs=RefSettings(max_age=ref_max_age, stale_if_error=stale_if_error),
+        negative_ttl=negative_ttl,
         max_object=max_object,
         token=token or None,
         access_log=access_log,

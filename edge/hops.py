@@ -134,11 +134,13 @@ def outgoing(node: str, peer: bool = False, secret: str | None = None, url: str 
 def from_peer(request: web.Request, secret: str | None) -> bool:
     """Whether ``request`` carries a peer mark this edge accepts (see the module's doc)."""
     node = request.headers.get(PEER)
-    if node is None:
+    if node is None or not node.isascii():  # node names are ASCII; a stray byte is a client's
         return False
     if secret is None:
         return True
     proof = request.headers.get(PEER_PROOF, "")
+    if not proof.isascii():  # hex; aiohttp hands a byte past ASCII over as a lone surrogate
+        return False
     return hmac.compare_digest(proof.encode(), _proof(secret, node, request.raw_path).encode())
 
 

@@ -46,7 +46,18 @@ __all__ = ["channel", "origin", "publish"]
 @option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1, help="Compression processes.")
 @option("--max-upload", type=SIZE, default="64MiB", help="Largest archive accepted.")
 @option("--max-unpacked", type=SIZE, default="256MiB", help="Largest total unpacked size.")
-@option("--max-files", type=click.IntRange(1), default=20000, help="Most files in one archive.")
+@option(
+    "--max-files",
+    type=click.IntRange(1),
+    default=20000,
+    help="Most files in one archive (and most directories).",
+)
+@option(
+    "--max-subpackages",
+    type=click.IntRange(1),
+    default=10000,
+    help="Most subpackages one app.json may declare.",
+)
 @option("--max-ratio", type=click.FloatRange(1), default=200.0, help="Largest compression ratio of an entry.")
 @option("--chunk-min", type=SIZE, default="4KiB", help="FastCDC minimum chunk size.")
 @option("--chunk-avg", type=SIZE, default="16KiB", help="FastCDC average chunk size.")
@@ -77,6 +88,7 @@ def origin(
     max_upload: int,
     max_unpacked: int,
     max_files: int,
+    max_subpackages: int,
     max_ratio: float,
     chunk_min: int,
     chunk_avg: int,
@@ -101,7 +113,7 @@ def origin(
         token=token or None,
         level=level,
         workers=workers,
-        limits=Limits(max_upload, max_unpacked, max_files, max_ratio),
+        limits=Limits(max_upload, max_unpacked, max_files, max_ratio, max_subpackages=max_subpackages),
         chunking=ChunkParams(chunk_min, chunk_avg, chunk_max),
         ref_ttl=ref_ttl,
         ref_max_age=ref_max_age,
