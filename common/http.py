@@ -29,6 +29,7 @@ from common.negotiate import accepts_coding
 __all__ = [
     "IMMUTABLE",
     "BodyPace",
+    "BrokenStream",
     "ByteRange",
     "JsonErrors",
     "Paced",
@@ -190,7 +191,9 @@ class JsonErrors(web.RequestHandler):
             status, exc, message = 417, None, "unknown Expect"
         transport = request.transport
         gone = transport is None or transport.is_closing()
-        if status >= 500 and not gone:
+        if isinstance(exc, BrokenStream):
+            log.warning("%s %s: %s", request.method, request.path, exc)
+        elif status >= 500 and not gone:
             log.error("%s %s failed", request.method, request.path, exc_info=exc)  # a bug: show it
         else:
             log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
@@ -326,6 +329,12 @@ async def read_batch_ids(
     return ids
 
 
+class BrokenStream(ConnectionResetError):
+    """A streamed answer that cannot go on once its status line has left: the connection is
+    reset (the client re-asks for what it did not get).  An upstream's failure, not a bug:
+    logged as one line, without a traceback."""
+
+
 async def stream_batch(
     request: web.Request,
     ids: list[str],
@@ -337,25 +346,33 @@ async def stream_batch(
     request order, each written as soon as it and those before it are ready; ``load`` runs
     at most ``window`` ids ahead; ``wrote`` hears the size of each piece written.
 
-    Once the status line has left, a failure can only break the stream (the client's batch
-    reader reports it and re-asks for what it did not get): a MinicdnError becomes a reset.
+    The status line waits for the first answer, so a batch that fails at once (every
+    upstream down) is an error answer (502) like any other request's.  Once it has left, a
+    failure can only break the stream: a MinicdnError becomes a BrokenStream.
     """
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
-    await resp.prepare(request)
     tasks: list[asyncio.Task[bytes | None]] = []
+    resp: web.StreamResponse | None = None
     n = 0
     try:
         for n, hexid in enumerate(ids):
             while len(tasks) < min(len(ids), n + window):
                 tasks.append(asyncio.ensure_future(load(bytes.fromhex(ids[len(tasks)]))))
             piece = msgpack.packb([hexid, await tasks[n]], use_bin_type=True)
+            if resp is None:
+                resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
+                await resp.prepare(request)
             await resp.write(piece)
             wrote(len(piece))
     except errors.MinicdnError as exc:
-        raise ConnectionResetError(f"batch aborted after {n} answers: {exc.message}") from exc
+        if resp is None:
+            raise
+        raise BrokenStream(f"batch aborted after {n} answers: {exc.message}") from exc
     finally:
         for t in tasks:
             t.cancel()
+    if resp is None:  # an empty batch
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
+        await resp.prepare(request)
     await resp.write_eof()
     return resp
 
