@@ -1,9 +1,10 @@
 """Every process minicdn starts dies with the process that started it, however that one
-died: a SIGKILLed origin takes its compression workers and their resource tracker with it
-(origin/service.py).
+died: a SIGKILLed origin takes its compression workers and their resource tracker with it,
+a SIGKILLed edge supervisor its workers (origin/service.py, edge/workers.py).
 
 Before: each crash of an origin mid-publish left two spawn workers and a resource tracker
-running forever under init."""
+running forever under init; each crash of an edge supervisor left its workers serving the
+port."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 from loadtests.proctree import alive, cmdline, descendants, kill, wait_gone
 from tests.conftest import TOKEN, publish, tar_gz_of
 from tests.edge_support import random_app
-from tests.procs import origin_service
+from tests.procs import edge_service, origin_service
 
-# A worker blocked in the middle of a compression exits once that call returns: well within this.
+# A worker blocked in the middle of a compression exits once that call returns; an edge
+# worker drains first (--drain-timeout below).  Both are well within this.
 GONE_WITHIN = 30.0
 
 
@@ -69,3 +71,31 @@ def _publish_or_error(url: str, archive: bytes) -> object:
         return publish(url, "big", "1.0.0", archive).status
     except OSError as exc:  # the origin died under the request: what this test does
         return exc
+
+
+def test_a_sigkilled_edge_supervisor_takes_its_workers_and_their_private_directory_with_it(
+    tmp_path: Path,
+) -> None:
+    tmpdir = tmp_path / "tmpdir"  # where the supervisor makes its private directory
+    tmpdir.mkdir()
+    svc = edge_service(tmp_path, "http://127.0.0.1:9", extra=("--workers", "2", "--drain-timeout", "2s"))
+    svc.env["TMPDIR"] = str(tmpdir)
+    svc.start()
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    workers: list[int] = []
+    try:
+
+        def forked() -> bool:
+            workers[:] = descendants(pid)
+            return len(workers) == 2
+
+        wait_for(forked, 20, lambda: f"two workers, not {describe(workers)}")
+        assert [p.name.startswith("minicdn-edge-metrics-") for p in tmpdir.iterdir()] == [True]
+        svc.kill()  # SIGKILL the supervisor only
+        left = wait_gone(workers, GONE_WITHIN)
+        assert not left, f"still running {GONE_WITHIN:.0f}s after the supervisor was SIGKILLed: {describe(left)}"
+        assert not list(tmpdir.iterdir()), "the workers' private directory was left behind"
+    finally:
+        svc.kill()
+        kill(w for w in workers if alive(w))
