@@ -8,13 +8,15 @@ predecessor would prove nothing.  With ``w = min(60 s, M / 5)``:
 
     judged from   the end of the run's warm-up, or, for a process started later (a
                   restart), W seconds after its start: it gets the same warm-up
-    first window  [judged from,  judged from + w)
-    last window   [end - w,      end]
+    its window    w' = min(w, judged life / 3)
+    first window  [judged from,  judged from + w')
+    last window   [end - w',     end]
 
 so in a 600 s run every process that lives through it is judged on the minute after the
-warm-up against its last minute, and in a 60 s run on 12 s windows.  A process whose
-judged life is shorter than ``2w``, or with fewer than ``MIN_SAMPLES`` samples in a
-window, is reported as not judged, never as passed.
+warm-up against its last minute, an edge restarted and killed again three minutes later
+on 39 s windows, and in a 60 s run on 12 s windows.  A process whose windows would be
+shorter than ``w / 2`` (judged life under ``1.5 w``), or with fewer than ``MIN_SAMPLES``
+samples in a window, is reported as not judged, never as passed.
 
 - **RSS**: the last window's peak is at most ``1 + RSS_GROWTH`` (10%) times the first
   window's peak.
@@ -68,9 +70,11 @@ class Run:
 
     def windows(self, start: float, end: float) -> Windows | None:
         """The windows of a process seen from ``start`` to ``end``, or None if its judged
-        life is too short to hold two."""
-        since, w = self.since(start), self.window
-        if end - since < 2 * w:
+        life is too short: its windows are a third of that life at most, and no shorter
+        than half the run's."""
+        since = self.since(start)
+        w = min(self.window, (end - since) / 3)
+        if w < self.window / 2:
             return None
         return Windows(since, (since, since + w), (end - w, end))
 
@@ -103,7 +107,7 @@ def _windows(run: Run, t: Sequence[float], v: Sequence[float]) -> Windows | str:
     ws = run.windows(t[0], t[-1])
     if ws is None:
         judged = max(0.0, t[-1] - run.since(t[0]))
-        return f"judged life {judged:.0f}s, less than two {run.window:.0f}s windows"
+        return f"judged life {judged:.0f}s, less than {1.5 * run.window:.0f}s"
     return ws
 
 

@@ -428,7 +428,7 @@ def growth_checks(procs: dict[str, dict[str, Any]], run: growth.Run) -> list[dic
                 f"; {_who(p)}: {_fig(j.first, unit)} → {_fig(j.last, unit)} (limit {_fig(j.limit, unit)})"
                 for p, j in bad
             )
-            + (f"; not judged: {', '.join(f'{_who(p)} ({j.why})' for p, j in skipped)}" if skipped else "")
+            + _not_judged(skipped)
             + (f"; roles with no process judged: {', '.join(unjudged)}" if unjudged else "")
         )
         out.append(check(f"no process's {what} grew", not bad and not unjudged, detail))
@@ -445,6 +445,18 @@ def _values(p: dict[str, Any], field: str) -> list[float]:
     if field == "files":
         return [n - s - m for n, s, m in zip(p["fds"], p["sockets"], p["memfds"], strict=True)]
     return list(p[field])
+
+
+def _not_judged(skipped: list[tuple[dict[str, Any], growth.Judgement]]) -> str:
+    """The processes not judged, by reason (most are lives too short: PIDs by role)."""
+    by_why: dict[str, dict[str, list[str]]] = {}
+    for p, j in skipped:
+        why = "too short a life after the warm-up" if "judged life" in j.why else j.why
+        by_why.setdefault(why, {}).setdefault(p["role"], []).append(str(p["pid"]))
+    return "".join(
+        f"; not judged ({why}): " + ", ".join(f"{role} {' '.join(pids)}" for role, pids in roles.items())
+        for why, roles in by_why.items()
+    )
 
 
 def _who(p: dict[str, Any]) -> str:

@@ -43,6 +43,8 @@ def test_windows_follow_the_warm_up_and_a_restarted_process_gets_its_own() -> No
     assert LONG.windows(0.0, 660) == growth.Windows(60, (60, 120), (600, 660))
     assert SHORT.windows(0.0, 90) == growth.Windows(30, (30, 42), (78, 90))
     assert LONG.windows(300.0, 660) == growth.Windows(360, (360, 420), (600, 660))  # restarted at 300 s
+    assert LONG.windows(93.0, 270) == growth.Windows(153, (153, 192), (231, 270))  # killed 3 minutes later
+    assert LONG.windows(93.0, 200) is None  # 47 s after its warm-up: windows under half a minute
     assert SHORT.windows(53.0, 90) is None  # restarted at 53 s: 7 s left after its warm-up
 
 
@@ -70,7 +72,7 @@ def test_descriptors_that_follow_connections_pass_and_a_leak_fails() -> None:
 
 def test_a_process_too_short_or_too_sparse_is_not_judged_never_passed() -> None:
     t, v = series(40, lambda s, r: 1.0)
-    assert growth.judge_rss(SHORT, t, v).ok is None and "less than two" in growth.judge_rss(SHORT, t, v).why
+    assert growth.judge_rss(SHORT, t, v).ok is None and "less than 18s" in growth.judge_rss(SHORT, t, v).why
     sparse = ([0.0, 1.0, 89.0, 90.0], [1.0, 1.0, 1.0, 1.0])
     assert growth.judge_fds(SHORT, *sparse).ok is None
 
