@@ -4,7 +4,8 @@ the series it sampled (one value a second per process).
 A run is a warm-up of ``W`` seconds under load (nothing killed, nothing judged), then the
 measured period of ``M`` seconds.  Every process is judged on its own lifetime: a process
 restarted is a new PID, and a fresh process is small, so comparing it with its
-predecessor would prove nothing.  With ``w = min(60 s, M / 5)``:
+predecessor would prove nothing.  With ``w = min(60 s, max(M / 5, the work's cycle))``
+(the soak's cycle: every app published once, so both windows hold the same work):
 
     judged from   the end of the run's warm-up, or, for a process started later (a
                   restart), W seconds after its start: it gets the same warm-up
@@ -14,12 +15,14 @@ predecessor would prove nothing.  With ``w = min(60 s, M / 5)``:
 
 so in a 600 s run every process that lives through it is judged on the minute after the
 warm-up against its last minute, an edge restarted and killed again three minutes later
-on 39 s windows, and in a 60 s run on 12 s windows.  A process whose windows would be
+on 39 s windows, and in a 60 s run (a 20 s cycle) on 20 s windows.  A process whose windows would be
 shorter than ``w / 2`` (judged life under ``1.5 w``), or with fewer than ``MIN_SAMPLES``
 samples in a window, is reported as not judged, never as passed.
 
 - **RSS**: the last window's peak is at most ``1 + RSS_GROWTH`` (10%) times the first
-  window's peak.
+  window's peak.  (The soak samples each process's high-water mark and resets it every
+  second, so a peak is the true one, however short the burst: an origin's enrichment of
+  a version lasts about a second.)
 - **Descriptors**: the last window's *lowest* count is at most the first window's
   *highest* count plus ``max(FD_SLACK, 10%)``.  Descriptors follow the connections
   clients and peers hold at the moment (an edge whose neighbour was just killed holds that
@@ -54,14 +57,17 @@ FD_SLACK = 4
 
 @dataclass(frozen=True)
 class Run:
-    """A run's clock: ``warmup`` seconds of load, then ``measured`` seconds."""
+    """A run's clock: ``warmup`` seconds of load, then ``measured`` seconds; ``cycle``: the
+    period of its work (every app published once), which a window must hold so that the
+    two windows compared saw the same work."""
 
     warmup: float
     measured: float
+    cycle: float = 0.0
 
     @property
     def window(self) -> float:
-        return min(WINDOW_CAP, self.measured / 5)
+        return min(WINDOW_CAP, max(self.measured / 5, self.cycle))
 
     def since(self, start: float) -> float:
         """When a process first seen at ``start`` is judged from: the end of the run's

@@ -39,6 +39,7 @@ def memfd_bytes(pids: list[int]) -> int:
 @dataclass(frozen=True)
 class Usage:
     rss: int  # bytes resident (VmRSS): anon + file + shmem
+    peak: int  # the most resident since the previous reset (VmHWM), or since it started
     anon: int  # of which anonymous (RssAnon): the heap, where a leak shows
     file: int  # of which file-backed (RssFile): code and mapped files, which the kernel can drop
     memfd: int  # bytes of the edge's sealed memfds it holds open
@@ -63,9 +64,11 @@ def tcp_states() -> dict[str, str]:
     return states
 
 
-def usage(pid: int, states: dict[str, str] | None = None) -> Usage | None:
+def usage(pid: int, states: dict[str, str] | None = None, reset_peak: bool = False) -> Usage | None:
     """``pid``'s usage now, or None when it is gone; ``states`` (tcp_states()) to count its
-    connections in CLOSE_WAIT."""
+    connections in CLOSE_WAIT.  ``reset_peak``: start its high-water mark afresh (writing 5
+    to /proc/PID/clear_refs resets only that), so that the next call's ``peak`` is the most
+    it held in between: a burst shorter than the sampling period is still seen."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
@@ -85,8 +88,20 @@ def usage(pid: int, states: dict[str, str] | None = None) -> Usage | None:
             if link.startswith("socket:["):
                 sockets += 1
                 close_wait += (states or {}).get(link[8:-1]) == CLOSE_WAIT
+    if reset_peak:
+        with suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
     started = int(stat.rpartition(")")[2].split()[19])  # field 22, counted after the name
     memfd = memfd_bytes([pid]) if memfds else 0
     return Usage(
-        kib["VmRSS"], kib["RssAnon"], kib["RssFile"], memfd, len(names), sockets, close_wait, memfds, started
+        kib["VmRSS"],
+        kib["VmHWM"],
+        kib["RssAnon"],
+        kib["RssFile"],
+        memfd,
+        len(names),
+        sockets,
+        close_wait,
+        memfds,
+        started,
     )

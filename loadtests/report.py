@@ -160,11 +160,11 @@ def _marks(events: Iterable[dict[str, Any]]) -> list[Mark]:
 
 def charts(data: dict[str, Any]) -> list[Chart]:
     t_end = _t_end(data)
-    rss = role_series(data["procs"], "rss", data["ticks"])
+    rss = role_series(data["procs"], "peak" if _has(data, "peak") else "rss", data["ticks"])
     fds = role_series(data["procs"], "fds", data["ticks"])
     out = [
         Chart(
-            "Resident memory of each role (its processes summed)",
+            "Resident memory of each role: the peak of each second, its processes summed",
             "MiB",
             [Line(r, t, [None if v is None else v / MIB for v in vs]) for r, (t, vs) in rss.items()],
         ),
@@ -208,6 +208,10 @@ def charts(data: dict[str, Any]) -> list[Chart]:
             ),
         ]
     return out
+
+
+def _has(data: dict[str, Any], field: str) -> bool:
+    return all(field in p for p in data["procs"].values())
 
 
 def _t_end(data: dict[str, Any]) -> float:

@@ -44,6 +44,7 @@ class Proc:
     cmd: str
     t: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    peak: list[int] = field(default_factory=list)  # the most resident since the previous sample
     anon: list[int] = field(default_factory=list)
     file: list[int] = field(default_factory=list)
     memfd: list[int] = field(default_factory=list)
@@ -105,7 +106,7 @@ class Sampler:
         t = self.now()
         states = tcp_states()
         seen = [
-            (role, pid, usage(pid, states))
+            (role, pid, usage(pid, states, reset_peak=True))
             for role, root in roots.items()
             if root
             for pid in [root, *descendants(root)]
@@ -123,6 +124,7 @@ class Sampler:
                     proc = self.procs[key] = Proc(role, pid, cmdline(pid)[:300])
                 proc.t.append(t)
                 proc.rss.append(u.rss)
+                proc.peak.append(u.peak)
                 proc.anon.append(u.anon)
                 proc.file.append(u.file)
                 proc.memfd.append(u.memfd)

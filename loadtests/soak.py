@@ -98,7 +98,7 @@ class Timeline:
 
     @property
     def run(self) -> growth.Run:
-        return growth.Run(self.warmup, self.seconds)
+        return growth.Run(self.warmup, self.seconds, cycle=len(APPS) * self.publish_every)
 
     @classmethod
     def of(cls, seconds: float, period: float = 60.0) -> Timeline:
@@ -410,7 +410,7 @@ def growth_checks(procs: dict[str, dict[str, Any]], run: growth.Run) -> list[dic
     lives may all be too short in a short run: they are listed as not judged)."""
     out = []
     for what, rule, field, unit in (
-        ("resident memory", growth.judge_rss, "rss", 1 << 20),
+        ("resident memory", growth.judge_rss, "peak", 1 << 20),
         ("descriptors (sockets and memfds aside)", growth.judge_fds, "files", 1),
         ("connections the other end closed (CLOSE_WAIT)", growth.judge_fds, "close_wait", 1),
     ):

@@ -84,7 +84,8 @@ def proc(role: str, pid: int, start: int, end: int, rss: Any, fds: Any = lambda 
     t = [float(s) for s in range(start, end + 1)]
     sockets = [20 + int(s) % 7 for s in t]
     memfds = [int(s) % 5 for s in t]
-    return {"role": role, "pid": pid, "t": t, "rss": [rss(s) for s in t], "sockets": sockets, "memfds": memfds,
+    return {"role": role, "pid": pid, "t": t, "rss": [rss(s) for s in t], "peak": [rss(s) for s in t],
+            "sockets": sockets, "memfds": memfds,
             "fds": [fds(s) + k + m for s, k, m in zip(t, sockets, memfds, strict=True)],
             "close_wait": [close_wait(s) for s in t]}
 
@@ -110,6 +111,19 @@ def test_leaked_files_and_half_closed_connections_fail_but_sockets_and_memfds_co
     assert [c["ok"] for c in growth_checks(procs, LONG)] == [True, False, True]
     procs["3"] = proc("edge0", 3, 0, 660, lambda s: MIB, close_wait=lambda s: s // 60)  # never closed
     assert [c["ok"] for c in growth_checks(procs, LONG)] == [True, True, False]
+
+
+def test_the_peak_of_a_burst_shorter_than_a_sample_is_seen_and_then_reset() -> None:
+    before = usage(os.getpid(), reset_peak=True)
+    burst = bytearray(64 << 20)
+    for i in range(0, len(burst), 4096):
+        burst[i] = 1
+    del burst  # gone again before the next sample
+    during = usage(os.getpid(), reset_peak=True)
+    after = usage(os.getpid())
+    assert before is not None and during is not None and after is not None
+    assert during.peak >= before.rss + (60 << 20) > during.rss
+    assert after.peak < during.peak - (60 << 20)
 
 
 def test_a_connection_the_other_end_closed_counts_as_close_wait_until_closed() -> None:
@@ -143,8 +157,10 @@ def test_the_origin_the_phones_and_an_edge_must_each_have_a_process_judged() -> 
 def test_the_timeline_kills_an_edge_a_minute_restarts_the_origin_once_and_keeps_the_ends_quiet() -> None:
     short = Timeline.of(60)
     assert short.warmup == 30 and short.total == 90 and short.publish_every == 5
+    assert short.run.window == 20  # every one of the four apps published once in each window
     assert short.kills == ((50, "edge0"),) and short.origin_restart == 70
     full = Timeline.of(600)
+    assert full.run.window == 60
     assert [t for t, _ in full.kills] == list(range(90, 571, 60))
     assert [name for _, name in full.kills][:4] == ["edge0", "edge1", "edge2", "edge0"]
     assert all(abs(full.origin_restart - t) >= 15 for t, _ in full.kills)
