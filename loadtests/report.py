@@ -251,8 +251,8 @@ figure {{ margin: 12px 0; }} pre {{ background: #f6f6f6; padding: 8px; }}
 <h2>Checks</h2><table>{rows}</table>
 <h2>Plots</h2>
 <p>Shaded bands: a process down, from its SIGKILL (red) or SIGTERM (orange) until it answered
-ready again. Grey lines: channel moves; grey ticks on the time axis: publishes (hover for the
-version).</p>
+ready again. Grey lines: the end of the warm-up, channel moves; grey ticks on the time axis:
+publishes (hover for the version).</p>
 {plots}
 <h2>Events</h2><ul>{events}</ul>
 <h2>Processes</h2>

@@ -306,6 +306,10 @@ def run(timeline: Timeline, out: Path, phones: int) -> dict[str, Any]:
     leftovers = [f"pid {p}: {' '.join(cmdline(p).split())[:200]}" for p in left]
     kill(set(left) & set(marked(MARK, run_id, exclude=[os.getpid()])))
     data = sampler.data()
+    data["events"] = sorted(
+        [*data["events"], {"t": timeline.warmup, "kind": "phase", "role": "", "label": "warm-up ends"}],
+        key=lambda e: float(e["t"]),
+    )
     clients = _clients(results, sampler.started)
     data.update(
         title=f"minicdn soak: {timeline.warmup:.0f} s warm-up + {seconds:.0f} s, {phones} phones, "

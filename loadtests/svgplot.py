@@ -13,7 +13,7 @@ __all__ = ["Chart", "Line", "Mark"]
 
 # Okabe & Ito's palette: told apart by the colour-blind too.
 COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-MARK_COLOURS = {"kill": "#D55E00", "stop": "#E69F00", "up": "#009E73", "move": "#999999"}
+MARK_COLOURS = {"kill": "#D55E00", "stop": "#E69F00", "up": "#009E73", "move": "#999999", "phase": "#555555"}
 
 
 @dataclass(frozen=True)
