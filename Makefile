@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-slow loadtest lint clean
+.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-slow loadtest soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) deploy/run_local.py
 
-## make test: the whole suite (bounded versions of the slow runs)
+## make test: the whole suite (bounded versions of the slow runs: a 60 s soak among them);
+## it fails if any process it started is still running after its last test
 test: $(STAMP) data
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -45,11 +46,19 @@ bench-delivery: $(STAMP) data
 	$(PY) -m loadtests.bench_delivery
 
 ## make loadtest: locust phones (Zipf over apps built from `make data`) against an origin and a ring
-## of three edges, headless for LOAD_SECONDS (default 30); prints each edge's hit ratio and the origin's requests
+## of three edges, headless for LOAD_SECONDS (default 30); prints each edge's hit ratio and the origin's
+## requests; var/loadtest/: report.html (plots over time), locust.html (locust's), series.json, summary.txt
 LOAD_SECONDS ?= 30
 loadtest: $(STAMP) data
 	$(PY) -m pip install -q -e '.[load]'
-	$(PY) -m loadtests.cluster --duration $(LOAD_SECONDS)
+	$(PY) -m loadtests.cluster --duration $(LOAD_SECONDS) --report var/loadtest
+
+## make soak: an origin, three edges and phones installing and updating for SOAK_SECONDS (default 600)
+## while edges are SIGKILLed and the origin restarted; fails on any failed install, byte difference,
+## growth of memory or descriptors, or process left behind; var/soak/report.html (docs/soak.md)
+SOAK_SECONDS ?= 600
+soak: $(STAMP) data
+	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) --out var/soak
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 import zlib
@@ -203,6 +205,24 @@ def merge(snapshots: Iterable[list[Any]]) -> list[Metric]:
 
 # -- the supervisor --------------------------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies, however it dies
+    (a SIGKILL, the OOM killer): the worker then drains and exits as on a stop, instead of
+    serving the port on, orphaned, with no one to pass it a signal.  The signal follows the
+    *thread* that forked, here the supervisor's only one.  A supervisor already gone before
+    the call is seen by the parent check.  Called with SIGTERM blocked, so the signal waits
+    until the worker has its default handler back."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:  # not Linux: nothing watches the supervisor
+        log.warning("worker %d: no prctl; it will not stop if the supervisor is killed", os.getpid())
+    elif prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("worker %d: prctl(PR_SET_PDEATHSIG): %s", os.getpid(), os.strerror(ctypes.get_errno()))
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int:
     """Fork ``count`` workers, each running ``work(slot)`` (its exit status); keep them
@@ -210,6 +230,7 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
     children: dict[int, Slot] = {}
     stopping = False
     failed = False
+    supervisor = os.getpid()
 
     def spawn(slot: Slot) -> None:
         # Signals wait until the child has dropped the supervisor's handlers and the parent
@@ -222,6 +243,7 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
                 code = 1
                 try:
                     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
+                    _die_with(supervisor)
                     for sig in STOP_SIGNALS:
                         signal.signal(sig, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -229,6 +251,8 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
                 except BaseException:
                     log.exception("worker %d failed", slot.index)
                 finally:
+                    if os.getppid() != supervisor:  # orphaned: no one else will remove it
+                        shutil.rmtree(metrics_dir, ignore_errors=True)
                     os._exit(code)
             children[pid] = slot
         finally:

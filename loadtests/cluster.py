@@ -14,9 +14,15 @@ phones, each attached to one edge, opening apps chosen by Zipf popularity; an ap
 phone is a cold install (ref, manifest, every chunk in batches), one whose channel moved is an
 update (only the chunks the phone lacks).  During the middle third of the run this driver moves
 the ``release`` channel of every app to ``1.1.0``, one app at a time, most popular first.
-At the end the locustfile prints the hit ratio of each edge and the origin's request counts.
+At the end the locustfile prints the hit ratio of each edge and the origin's request counts,
+and ``--report`` (default ``var/loadtest``) receives locust's own ``locust.html`` and the
+report loadtests.soak writes too (loadtests.report: ``report.html``, plots over time of
+each process's memory and descriptors and each edge's request rate, p50/p99 latency and
+hit ratio, the channel moves marked; ``series.json``; ``summary.txt``).  Every process is
+marked ``MINICDN_LOAD_RUN=<this run>`` and one still running once all were stopped makes
+the run fail.
 
-    python -m loadtests.cluster [--duration 30] [--users 60] [--apps 30] [--keep DIR]
+    python -m loadtests.cluster [--duration 30] [--users 60] [--apps 30] [--keep DIR] [--report DIR]
 """
 
 from __future__ import annotations
@@ -37,49 +43,76 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from loadtests import report
 from loadtests.data import build_app, chains, ensure_data
 from loadtests.net import free_port, wait_http
+from loadtests.proctree import cmdline, kill, marked, wait_gone
+from loadtests.sampler import Sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "common"]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 HOST = "127.0.0.1"
+MARK = "MINICDN_LOAD_RUN"
 VANT, WEUI = "@vant/weapp", "weui-miniprogram"
 
 
 class Procs:
-    """Processes started here, each stopped by its PID (SIGTERM, then SIGKILL)."""
+    """Processes started here, by name, each stopped by its PID (SIGTERM, then SIGKILL); a
+    name can be killed and started again with the same arguments (port, data, cache)."""
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         self.logs, self.env = logs, env
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, tuple[list[str], int]] = {}
 
-    def start(self, name: str, args: list[str], port: int) -> str:
+    def start(self, name: str, args: list[str], port: int, ready: str = "/healthz") -> str:
         with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.procs.append(proc)
+        self.procs[name], self.specs[name] = proc, (args, port)
         url = f"http://{HOST}:{port}"
         try:
-            wait_http(url + "/healthz", 30, proc)
+            wait_http(url + ready, 60, proc)
         except (RuntimeError, TimeoutError) as exc:
             raise SystemExit(f"{name}: {exc}; see {self.logs / name}.log") from exc
         print(f"{name:7} {url} (pid {proc.pid})", flush=True)
         return url
 
+    def again(self, name: str) -> str:
+        """Start ``name`` again as it was started, once it is ready to serve."""
+        return self.start(name, *self.specs[name], ready="/readyz")
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def stop(self, name: str, timeout: float = 30) -> int:
+        """SIGTERM, and SIGKILL if it has not exited within ``timeout`` seconds; the exit status."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
     def stop_all(self) -> None:
-        for p in self.procs:
+        for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for name in self.procs:
+            self.stop(name, 15)
 
 
 def plan_apps(count: int) -> list[tuple[str, dict[str, str], dict[str, str], int]]:
@@ -148,7 +181,13 @@ def set_channel(origin: str, token: str, app: str, version: str) -> None:
 
 
 def roll_updates(
-    origin: str, token: str, apps: list[str], start: float, span: float, stop: threading.Event
+    origin: str,
+    token: str,
+    apps: list[str],
+    start: float,
+    span: float,
+    stop: threading.Event,
+    sampler: Sampler | None = None,
 ) -> None:
     """Move every app's channel to 1.1.0 over [start, start + span) seconds from now."""
     t0 = time.monotonic()
@@ -156,11 +195,20 @@ def roll_updates(
         if stop.wait(max(0.0, t0 + start + span * i / len(apps) - time.monotonic())):
             return
         set_channel(origin, token, app, "1.1.0")
+        if sampler is not None:
+            kind, label = ("move", "release → 1.1.0 begins") if i == 0 else ("tick", f"{app} → 1.1.0")
+            sampler.event(kind, "origin", label)
+    if sampler is not None:
+        sampler.event("move", "origin", "release → 1.1.0 done")
     print(f"moved release of {len(apps)} apps to 1.1.0", flush=True)
 
 
 @contextlib.contextmanager
-def cluster(work: Path, token: str) -> Iterator[tuple[str, list[str], Procs]]:
+def cluster(
+    work: Path, token: str, edge_args: tuple[str, ...] = (), origin_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, list[str], Procs]]:
+    """An origin (``origin``) and three edges in one ring (``edge0``..``edge2``), each
+    with ``edge_args`` added; every one stopped by PID at the end."""
     env = {**os.environ, "MINICDN_TOKEN": token}
     procs = Procs(work, env)
     try:
@@ -182,6 +230,7 @@ def cluster(work: Path, token: str) -> Iterator[tuple[str, list[str], Procs]]:
                 "2",
                 "--workers",
                 "2",
+                *origin_args,
             ],
             port,
         )
@@ -203,6 +252,7 @@ def cluster(work: Path, token: str) -> Iterator[tuple[str, list[str], Procs]]:
                     f"http://{HOST}:{p}",
                     "--ref-max-age",
                     "2s",
+                    *edge_args,
                 ],
                 p,
             )
@@ -225,55 +275,101 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--apps", type=int, default=30, help="apps published, two versions each (default 30)")
     ap.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of app popularity (default 1.0)")
     ap.add_argument("--keep", type=Path, help="keep logs and caches in this directory (default: a temp dir)")
+    ap.add_argument("--report", type=Path, default=ROOT / "var" / "loadtest", help="where the reports go")
     args = ap.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="minicdn-loadtest-"))
     work.mkdir(parents=True, exist_ok=True)
+    args.report.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(16)
+    run_id = uuid.uuid4().hex
+    os.environ[MARK] = run_id  # inherited by every process started from here on
     try:
-        with cluster(work, token) as (origin, edges, _procs):
+        with cluster(work, token) as (origin, edges, procs):
             apps = publish_all(origin, token, work / "apps", args.apps)
-            stop = threading.Event()
-            mover = threading.Thread(
-                target=roll_updates, args=(origin, token, apps, args.duration / 3, args.duration / 3, stop)
-            )
-            env = {
-                **os.environ,
-                "MINICDN_LOAD_EDGES": " ".join(edges),
-                "MINICDN_LOAD_ORIGIN": origin,
-                "MINICDN_LOAD_APPS": " ".join(apps),
-                "MINICDN_LOAD_ZIPF": str(args.zipf),
-            }
-            cmd = [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(LOCUSTFILE),
-                "--headless",
-                "--only-summary",
-                "-u",
-                str(args.users),
-                "-r",
-                str(args.spawn_rate),
-                "-t",
-                f"{args.duration}s",
-                "--stop-timeout",
-                "10",
-                "--host",
-                edges[0],
-                "--loglevel",
-                "WARNING",
-            ]
-            mover.start()
-            try:
-                locust = subprocess.run(cmd, env=env, cwd=ROOT)
-            finally:
-                stop.set()
-                mover.join()
-            return locust.returncode
+            code, sampler = _locust(args, origin, edges, apps, token, procs)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+    left = wait_gone(marked(MARK, run_id, exclude=[os.getpid()]), 20)
+    leftovers = [f"pid {p}: {' '.join(cmdline(p).split())[:200]}" for p in left]
+    kill(set(left) & set(marked(MARK, run_id, exclude=[os.getpid()])))
+    data = sampler.data()
+    data.update(
+        title=f"minicdn load test: {args.duration} s, {args.users} locust phones, 3 edges, {args.apps} apps",
+        checks=[
+            {"name": "locust saw no failed request", "ok": code == 0, "detail": f"locust exited {code}"},
+            {
+                "name": "no process left behind",
+                "ok": not leftovers,
+                "detail": "; ".join(leftovers) or "none of the run's processes ran once all were stopped",
+            },
+        ],
+        notes=[f"locust's own report: {args.report / 'locust.html'}"],
+    )
+    page = report.write(args.report, data)
+    print(f"\nreport: {page}", flush=True)
+    return code if not leftovers else 1
+
+
+def _locust(
+    args: argparse.Namespace,
+    origin: str,
+    edges: list[str],
+    apps: list[str],
+    token: str,
+    procs: Procs,
+) -> tuple[int, Sampler]:
+    """Run locust for the duration, with the channel moves in the middle third, sampling
+    every process; locust's exit status and the samples."""
+    env = {
+        **os.environ,
+        "MINICDN_LOAD_EDGES": " ".join(edges),
+        "MINICDN_LOAD_ORIGIN": origin,
+        "MINICDN_LOAD_APPS": " ".join(apps),
+        "MINICDN_LOAD_ZIPF": str(args.zipf),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        f"{args.duration}s",
+        "--stop-timeout",
+        "10",
+        "--host",
+        edges[0],
+        "--loglevel",
+        "WARNING",
+        "--html",
+        str(args.report / "locust.html"),
+    ]
+    stop = threading.Event()
+    span = args.duration / 3
+    locust = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    sampler = Sampler()  # t = 0: the load starts
+    mover = threading.Thread(target=roll_updates, args=(origin, token, apps, span, span, stop, sampler))
+    for name, url in zip(["origin", "edge0", "edge1", "edge2"], [origin, *edges], strict=True):
+        sampler.watch(name, procs.pid(name), url)
+    sampler.watch("locust", locust.pid)
+    sampler.start()
+    mover.start()
+    try:
+        return locust.wait(), sampler
+    finally:
+        if locust.poll() is None:
+            locust.kill()
+            locust.wait()
+        stop.set()
+        mover.join()
+        sampler.stop()
 
 
 if __name__ == "__main__":

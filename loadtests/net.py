@@ -44,9 +44,9 @@ def wait_http(
         time.sleep(0.05)
 
 
-def scrape(base: str) -> dict[tuple[str, str], float]:
+def scrape(base: str, timeout: float = 10) -> dict[tuple[str, str], float]:
     """Every sample of a /metrics page: (name, label text) → value."""
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+    with urllib.request.urlopen(base + "/metrics", timeout=timeout) as r:
         text = r.read().decode()
     out: dict[tuple[str, str], float] = {}
     for line in text.splitlines():

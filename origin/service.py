@@ -103,7 +103,9 @@ class Origin:
         if self._pool is None:
             # "spawn": forking a process that runs threads and an event loop is unsafe.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(
+                self.settings.workers, mp_context=ctx, initializer=_die_with_parent
+            )
         return self._pool
 
     def stop_background(self) -> None:
@@ -316,6 +318,27 @@ class Origin:
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("re-signing refs failed")
             await asyncio.sleep(self.settings.resign_interval)
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: exit as soon as the origin process is gone, however it went.
+
+    A worker otherwise outlives a SIGKILLed origin forever: it waits on the pool's call
+    queue, whose write end every sibling holds too, so no EOF ever comes (and the resource
+    tracker, which exits on EOF once every holder of its pipe is gone, stays with it).
+    ``parent_process().join()`` waits on the pipe the origin spawned the worker through:
+    only the origin holds its write end, so it reads EOF when the origin dies.  A thread,
+    not PR_SET_PDEATHSIG: that fires when the *thread* that started the worker ends, and
+    the pool starts workers lazily from whichever executor thread submits."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # run in the origin's own process (a test): nothing to watch
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="minicdn-die-with-parent", daemon=True).start()
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256) -> None:

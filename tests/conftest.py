@@ -19,6 +19,10 @@ from common.manifest import MAIN_PACKAGE
 from common.signing import PublicKey
 from tests.procs import Service, origin_service
 
+# pytester: tests/test_leftovers.py runs whole pytest sessions; leftovers: no test run leaves
+# a process behind (checked after the last test).
+pytest_plugins = ["pytester", "tests.leftovers"]
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "demo"
 TOKEN = "test-token"

@@ -7,16 +7,21 @@ About 15 s on the 2-core reference machine.  The full-length run is ``make loadt
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 
 
-def test_a_short_loadtest_serves_phones_without_failures_and_each_chunk_once_from_the_origin() -> None:
+def test_a_short_loadtest_serves_phones_without_failures_and_each_chunk_once_from_the_origin(
+    tmp_path: Path,
+) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "loadtests.cluster", "--duration", "5", "--users", "12", "--apps", "4"],
+        [sys.executable, "-m", "loadtests.cluster", "--duration", "5", "--users", "12", "--apps", "4",
+         "--report", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     out = r.stdout + r.stderr
@@ -30,3 +35,8 @@ def test_a_short_loadtest_serves_phones_without_failures_and_each_chunk_once_fro
     origin = re.search(r"^origin: (\d+) requests, (\d+) chunk requests", out, re.MULTILINE)
     assert origin is not None, out[-3000:]
     assert 0 < int(origin.group(2)) <= stored  # the ring asked the origin for each chunk at most once
+    # The reports: locust's own, and the plots over time (loadtests.report) with their checks.
+    assert "</html>" in (tmp_path / "locust.html").read_text().lower()
+    assert (tmp_path / "report.html").read_text().count("<svg") >= 6
+    checks = json.loads((tmp_path / "series.json").read_text())["checks"]
+    assert [c["ok"] for c in checks] == [True, True], checks
