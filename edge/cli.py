@@ -17,6 +17,7 @@ import click
 from common.cli import DURATION, LISTEN, SIZE, option
 from common.errors import ConfigError
 from common.http import BodyPace
+from common.malloc import fix_mmap_threshold
 from edge.cluster import ClusterSettings
 from edge.dataplane import Limits
 from edge.metrics import EdgeMetrics
@@ -125,6 +126,7 @@ def edge(
 ) -> None:
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
     for u in upstreams:
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"upstream: {u!r} is not an http(s) URL")

@@ -24,6 +24,7 @@ from common.cli import DURATION, LISTEN, SIZE, option
 from common.errors import ConfigError, UpstreamError
 from common.http import BodyPace, json_handlers
 from common.ids import check_app, check_channel, check_version
+from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
 from origin.app import make_app
 from origin.ingest import Limits
@@ -102,6 +103,7 @@ def origin(
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
     data = Path(data_dir)
     key_path = Path(signing_key) if signing_key else data / "signing.key"
     if not key_path.exists():
