@@ -82,6 +82,12 @@ def _what(exc: MinicdnError) -> str:
 @option("--open", "open_page", help="Install what opening PAGE needs (its package and its preloadRule).")
 @option("--timeout", type=DURATION, default="15s", help="Per-request timeout.")
 @option(
+    "--retry-for",
+    type=DURATION,
+    default="10s",
+    help="Keep retrying a failed request, over every edge, at least this long.",
+)
+@option(
     "--plan",
     type=click.Choice(PREFERENCES),
     default="auto",
@@ -100,6 +106,7 @@ def fetch(
     packages: tuple[str, ...],
     open_page: str | None,
     timeout: float,
+    retry_for: float,
     plan: str,
     as_json: bool,
 ) -> None:
@@ -120,6 +127,7 @@ def fetch(
             store_dir=store,
             store_size=store_size,
             timeout=timeout,
+            retry_for=retry_for,
             plan=plan,
         )
         summary = asyncio.run(

@@ -57,6 +57,7 @@ class ClientConfig:
     batches_in_flight: int = 4
     timeout: float = 15.0
     cooldown: float = 5.0
+    retry_for: float = 10.0  # each request is retried at least this long (client/transport.py)
     plan: str = "auto"  # auto | delta | chunks | bundle (client/plan.py)
 
     def __post_init__(self) -> None:
@@ -136,7 +137,13 @@ class Client:
         self.state = State(config.store_dir)
         self._own_session = session is None
         self.session = session or aiohttp.ClientSession(auto_decompress=False)
-        self.edges = Edges(list(config.edges), self.session, timeout=config.timeout, cooldown=config.cooldown)
+        self.edges = Edges(
+            list(config.edges),
+            self.session,
+            timeout=config.timeout,
+            cooldown=config.cooldown,
+            retry_for=config.retry_for,
+        )
         self.progress = progress or (lambda *_: None)
         self._expected = (0, 0)
         self._stored = 0
@@ -383,7 +390,8 @@ class Client:
         remaining = {e.id.hex(): e for e in group}
         max_item = max(e.stored_size for e in group)
         last: BaseException | None = None
-        for attempt in range(self.edges.attempts):
+        started, attempt = time.monotonic(), 0
+        while True:
             base = self.edges.pick()
             try:
                 async for hexid, frame in self.edges.batch(base, list(remaining), max_item):
@@ -397,8 +405,9 @@ class Client:
             except RETRYABLE as exc:
                 self.edges.mark_failed(base)
                 last = exc
-                if attempt + 1 < self.edges.attempts:
-                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+            if not await self.edges.retry(attempt, started):
+                break
+            attempt += 1
         if isinstance(last, MinicdnError) and not isinstance(last, UpstreamError):
             raise last
         raise UpstreamError(f"chunks could not be fetched from any edge ({type(last).__name__}: {last})")

@@ -2,7 +2,10 @@
 every byte and request (the fetch summary reports them).
 
 An edge that fails (connection error, timeout, 5xx, or bytes that do not verify) is
-skipped for ``cooldown`` seconds; requests go to the next one.
+skipped for ``cooldown`` seconds; requests go to the next one.  A request is tried at
+least ``attempts`` times and for at least ``retry_for`` seconds (backoff 0.1 s doubling, at
+most 2 s between tries), so that a failure shorter than that — every edge missing an
+object while the origin restarts, an edge restarting — is ridden out.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Edges:
         attempts: int | None = None,
         backoff: float = 0.1,
         cooldown: float = 5.0,
+        retry_for: float = 10.0,
     ) -> None:
         if not urls:
             raise ValueError("at least one edge URL is needed")
@@ -73,6 +77,7 @@ class Edges:
         self.attempts = attempts or max(3, 2 * len(self.urls))
         self.backoff = backoff
         self.cooldown = cooldown
+        self.retry_for = retry_for
         self.traffic = Traffic()
         self._down_until: dict[str, float] = {}
         self._next = 0
@@ -88,10 +93,19 @@ class Edges:
     def _failed(self, url: str) -> None:
         self._down_until[url] = time.monotonic() + self.cooldown
 
+    async def retry(self, attempt: int, started: float) -> bool:
+        """After failed try number ``attempt`` (from 0) of a request begun at ``started``
+        (monotonic): whether to try again — then after the backoff has been slept."""
+        if attempt + 1 >= self.attempts and time.monotonic() - started >= self.retry_for:
+            return False
+        await asyncio.sleep(min(2.0, self.backoff * 2**attempt))
+        return True
+
     async def with_failover(self, what: str, op: Callable[[str], Awaitable[T]]) -> T:
         """Run ``op(edge_url)`` on edges in turn until one succeeds."""
         last: BaseException | None = None
-        for attempt in range(self.attempts):
+        started, attempt = time.monotonic(), 0
+        while True:
             url = self._order()[0]
             try:
                 return await op(url)
@@ -100,8 +114,9 @@ class Edges:
             except RETRYABLE as exc:
                 last = exc
                 self._failed(url)
-                if attempt + 1 < self.attempts:
-                    await asyncio.sleep(min(2.0, self.backoff * 2**attempt))
+            if not await self.retry(attempt, started):
+                break
+            attempt += 1
         if isinstance(last, MinicdnError) and not isinstance(last, UpstreamError):
             raise last  # e.g. IntegrityError: every edge sent bytes that do not verify
         raise UpstreamError(f"{what} failed on every edge ({type(last).__name__}: {last})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -245,7 +246,7 @@ def test_cli_failure_is_one_line_with_the_exit_status_of_its_class(
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "app"
     elif case == "no-edge":
-        edge, args = "http://127.0.0.1:9", ["--timeout", "2"]
+        edge, args = "http://127.0.0.1:9", ["--timeout", "2", "--retry-for", "1s"]
     elif case == "wrong-key":
         key = tmp_path / "wrong.key"
         key.write_text("ab" * 32 + "\n")
@@ -273,6 +274,33 @@ def test_cli_failure_is_one_line_with_the_exit_status_of_its_class(
     if case == "corrupt-state":
         assert "state.json is corrupt" in line and "not reset" in line
         assert (tmp_path / "store" / "state.json").read_text() == "{bad"  # never silently reset
+
+
+async def test_an_install_rides_out_an_origin_restart(tmp_path: Path) -> None:
+    """Nothing cached on the edge and the origin down for 4 s (a restart): the install keeps
+    retrying for --retry-for (10 s by default) and completes, byte-exact.  (It used to give
+    up after max(3, 2 x edges) tries, 0.3 s of backoff with one edge.)"""
+    origin = origin_service(tmp_path, TOKEN).start()
+    edge = edge_service(tmp_path, origin.url)
+    try:
+        edge.start()
+        assert publish(origin.url, "demo", "1.0.0", tar_gz_of(DEMO)).status == 201
+        assert set_channel(origin.url, "demo", "release", {"version": "1.0.0"}).status == 200
+        origin.stop()
+
+        async def restart() -> None:
+            await asyncio.sleep(4)
+            await asyncio.to_thread(origin.start)
+
+        cfg = ClientConfig(edges=(edge.url,), public_keys=(PublicKey.load(tmp_path / "keys" / "public.key"),),
+                           store_dir=tmp_path / "store", timeout=5.0)
+        async with Client(cfg) as c:
+            summary, _ = await asyncio.gather(c.install("demo", tmp_path / "app"), restart())
+        assert summary.version == "1.0.0"
+        assert tree(tmp_path / "app") == source_files(DEMO, ["__APP__"])
+    finally:
+        edge.stop()
+        origin.stop()
 
 
 # -- 4. rollout ------------------------------------------------------------------------------
