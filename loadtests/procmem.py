@@ -80,6 +80,8 @@ def usage(pid: int, states: dict[str, str] | None = None, reset_peak: bool = Fal
         for k, _, v in (line.partition(":") for line in status.splitlines())
         if v.endswith("kB")
     }
+    if "VmRSS" not in kib:  # a zombie: its memory is gone, only its exit status is left
+        return None
     sockets = memfds = close_wait = 0
     for fd in names:
         with suppress(OSError):

@@ -62,6 +62,7 @@ class Sampler:
         self.procs: dict[str, Proc] = {}
         self.metrics: dict[str, list[dict[str, Any]]] = {}
         self.ticks: list[float] = []  # every sampling moment
+        self.errors: list[str] = []  # samples that failed: the data has a hole there
         self.events: list[dict[str, Any]] = []
         self._roots: dict[str, int | None] = {}
         self._urls: dict[str, str] = {}
@@ -96,7 +97,11 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
-            self.sample()
+            try:
+                self.sample()
+            except Exception as exc:  # keep sampling; the verdict fails on any failed sample
+                with self._lock:
+                    self.errors.append(f"{self.now():.1f} s: {type(exc).__name__}: {exc}")
             self._stop.wait(max(0.0, self.period - (time.monotonic() - began)))
 
     def sample(self) -> None:
@@ -159,6 +164,7 @@ class Sampler:
                 "started": self.started,
                 "period": self.period,
                 "ticks": list(self.ticks),
+                "sampler_errors": list(self.errors),
                 "procs": {key: dict(p.__dict__) for key, p in self.procs.items()},
                 "metrics": self.metrics,
                 "events": list(self.events),

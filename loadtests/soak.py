@@ -394,6 +394,7 @@ def verdict(
             f"{len(data['publishes'])} versions published during the run"
             + (f"; stopped by {error!r}" if error else ""),
         ),
+        sampling_check(data["ticks"], data["sampler_errors"], timeline.total, data["period"]),
         *growth_checks(data["procs"], timeline.run),
         check(
             "no process left behind",
@@ -403,6 +404,16 @@ def verdict(
             else f"{len(leftovers)} still ran {GRACE:.0f} s after the stop (killed): " + "; ".join(leftovers),
         ),
     ]
+
+
+def sampling_check(ticks: list[float], errors: list[str], until: float, period: float) -> dict[str, Any]:
+    """Every growth rule judges samples: a sampler that failed or stalled leaves holes
+    where growth would go unseen, so the run fails instead of passing on what is left."""
+    gaps = [b - a for a, b in zip([0.0, *ticks], [*ticks, until], strict=True)]
+    worst = max(gaps, default=until)
+    ok = not errors and worst <= max(5.0, 5 * period)
+    detail = f"{len(ticks)} samples, the longest gap {worst:.1f} s, {len(errors)} failed"
+    return check("the sampler saw the whole run", ok, detail + (f" (first: {errors[0]})" if errors else ""))
 
 
 REQUIRED = ("origin", "phones", "edge")  # roles (by prefix) that must have a process judged

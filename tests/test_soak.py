@@ -21,7 +21,7 @@ import pytest
 
 from loadtests import growth, report
 from loadtests.procmem import tcp_states, usage
-from loadtests.soak import Timeline, growth_checks
+from loadtests.soak import Timeline, growth_checks, sampling_check
 from tests.conftest import REPO
 
 MIB = 1 << 20
@@ -140,6 +140,28 @@ def test_a_connection_the_other_end_closed_counts_as_close_wait_until_closed() -
         finally:
             accepted.close()
         assert usage(os.getpid(), tcp_states()).close_wait == 0  # type: ignore[union-attr]
+
+
+def test_a_zombie_is_a_process_gone_not_a_failed_sample() -> None:
+    """A child that has exited but not been reaped has no VmRSS: the sampler once died on
+    it (KeyError) in the middle of a 600 s soak."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < wait, "the child never became a zombie"
+            time.sleep(0.01)
+        assert usage(child.pid) is None
+    finally:
+        child.wait()
+
+
+def test_a_sampler_that_failed_or_stalled_fails_the_run() -> None:
+    steady = [float(t) for t in range(1, 90)]
+    assert sampling_check(steady, [], 90.0, 1.0)["ok"]
+    assert not sampling_check(steady, ["41.0 s: KeyError: 'VmRSS'"], 90.0, 1.0)["ok"]
+    assert not sampling_check(steady[:40], [], 90.0, 1.0)["ok"]  # it stopped at 40 s: a hole to the end
+    assert not sampling_check([t for t in steady if not 30 < t < 50], [], 90.0, 1.0)["ok"]
 
 
 def test_the_origin_the_phones_and_an_edge_must_each_have_a_process_judged() -> None:
