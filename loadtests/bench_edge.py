@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -61,7 +60,8 @@ from common.fsutil import atomic_write
 from common.ids import sha256
 from loadtests.data import _library_files, ensure_data, packages
 from loadtests.net import free_port, wait_http
-from loadtests.procmem import memfd_bytes
+from loadtests.procmem import PeakRss
+from loadtests.proctree import descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "common"]
@@ -255,13 +255,7 @@ def warm(url: str, ids: list[str]) -> int:
 
 
 def tree(pid: int) -> list[int]:
-    pids, i = [pid], 0
-    while i < len(pids):
-        p = pids[i]
-        with suppress(OSError):
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        i += 1
-    return pids
+    return [pid, *descendants(pid)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -271,40 +265,6 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    """RSS of the process tree plus its sealed memfds (large bodies: memory no mapping shows)."""
-    pids = tree(pid)
-    total = memfd_bytes(pids)
-    for p in pids:
-        with suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-class PeakRss:
-    """Samples a process tree's RSS in a thread while a load runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class CpuCap:

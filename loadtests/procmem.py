@@ -11,9 +11,12 @@ every second."""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from loadtests.proctree import descendants
 
 __all__ = ["Usage", "memfd_bytes", "tcp_states", "usage"]
 
@@ -107,3 +110,42 @@ def usage(pid: int, states: dict[str, str] | None = None, reset_peak: bool = Fal
         memfds,
         started,
     )
+
+
+def rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and its descendants, plus their sealed memfds (an edge's large bodies:
+    memory no mapping shows)."""
+    pids = [pid, *descendants(pid)]
+    total = memfd_bytes(pids)
+    for p in pids:
+        with suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class PeakRss:
+    """The most ``rss_bytes(pid)`` was while the ``with`` block ran, sampled in a thread
+    every ``period`` seconds (``peak``, bytes)."""
+
+    def __init__(self, pid: int, period: float = 0.2) -> None:
+        self.pid = pid
+        self.period = period
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            if self._stop.wait(self.period):  # the sampling period, not a synchronisation
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -26,6 +26,7 @@ from tests.edge_support import (
     get_chunk,
     publish_app,
     random_app,
+    tmpfs,
     verify_chunk,
 )
 from tests.procs import Service, free_port, metric, origin_service
@@ -161,15 +162,8 @@ def test_tiers_stay_within_limits_under_a_larger_workload_and_count_evictions(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 384 KiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "384k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_stops_admissions_without_failing_requests_and_they_resume(

@@ -11,12 +11,12 @@ whatever falls between two samples.
 from __future__ import annotations
 
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from loadtests.procmem import PeakRss
 from tests import hostile
 from tests.conftest import auth, http
 from tests.procs import Service
@@ -30,40 +30,6 @@ def _status_kib(pid: int, field: str) -> int:
     except (FileNotFoundError, ProcessLookupError):  # a worker that has just exited
         return 0
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")), 0)
-
-
-def _tree(pid: int) -> Iterator[int]:
-    yield pid
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        for child in children:
-            yield from _tree(int(child))
-
-
-class PeakRss:
-    """The largest sum of VmRSS over a process and its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, sum(_status_kib(p, "VmRSS") for p in _tree(self.pid)))
-            self._stop.wait(0.005)  # the sampling period, not a synchronisation
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _app_json_of_objects() -> bytes:
@@ -94,11 +60,11 @@ def test_every_archive_within_the_upload_limit_keeps_the_origin_under_512_mib(or
     for n, (name, build, status) in enumerate(ARCHIVES):
         archive = build()
         assert len(archive) <= 64 << 20, name
-        with PeakRss(pid) as rss:
+        with PeakRss(pid, period=0.005) as rss:
             r = http("POST", f"{origin.url}/v1/apps/mem/versions/1.0.{n}", archive, auth(), timeout=600)
         del archive
-        print(f"{name}: peak RSS {rss.peak_kib >> 10} MiB (origin and workers)")
-        assert rss.peak_kib < LIMIT_KIB, f"{name}: {rss.peak_kib >> 10} MiB"
+        print(f"{name}: peak RSS {rss.peak >> 20} MiB (origin and workers)")
+        assert rss.peak < LIMIT_KIB << 10, f"{name}: {rss.peak >> 20} MiB"
         assert _status_kib(pid, "VmHWM") < LIMIT_KIB, f"{name}: origin high-water mark"
         assert r.status == status, (name, r.body[:300])
 
