@@ -69,6 +69,11 @@ class Run:
     def window(self) -> float:
         return min(WINDOW_CAP, max(self.measured / 5, self.cycle))
 
+    @property
+    def shortest(self) -> float:
+        """The shortest window a process may be judged on."""
+        return max(self.window / 2, self.cycle)
+
     def since(self, start: float) -> float:
         """When a process first seen at ``start`` is judged from: the end of the run's
         warm-up for one there from the first sample (t < 1 s), else ``warmup`` after it started."""
@@ -76,11 +81,13 @@ class Run:
 
     def windows(self, start: float, end: float) -> Windows | None:
         """The windows of a process seen from ``start`` to ``end``, or None if its judged
-        life is too short: its windows are a third of that life at most, and no shorter
-        than half the run's."""
+        life is too short: its windows are a third of that life at most, no shorter than
+        half the run's, and never shorter than one cycle — a shorter window may or may not
+        hold the costliest work of the cycle (the origin enriching the largest app), so
+        its peak would say which work fell in it, not whether the process grew."""
         since = self.since(start)
         w = min(self.window, (end - since) / 3)
-        if w < self.window / 2:
+        if w < self.shortest:
             return None
         return Windows(since, (since, since + w), (end - w, end))
 
@@ -113,7 +120,7 @@ def _windows(run: Run, t: Sequence[float], v: Sequence[float]) -> Windows | str:
     ws = run.windows(t[0], t[-1])
     if ws is None:
         judged = max(0.0, t[-1] - run.since(t[0]))
-        return f"judged life {judged:.0f}s, less than {1.5 * run.window:.0f}s"
+        return f"judged life {judged:.0f}s, less than {3 * run.shortest:.0f}s"
     return ws
 
 

@@ -15,7 +15,7 @@ supervisor with workers below it) and a 4 MiB memory tier.
 ``min(60 s, seconds / 2)`` under load, then ``--seconds`` measured.
 - before t = 0, version 1.0.0 of each of four apps built from the npm packages of ``make
   data`` (loadtests.data.build_app) is published and put on channel ``release``;
-- every ``publish_every`` seconds (``seconds / 40``, between 5 and 15) the next version of
+- every ``publish_every`` seconds (``seconds / 80``, between 5 and 15) the next version of
   one app, round robin (its libraries one step further along their release chains, a
   page changed), is published and ``release`` moved to it; a copy of each version's files
   is kept, and the publisher retries while the origin is down (an operator would);
@@ -112,7 +112,10 @@ class Timeline:
         if any(abs(restart - t) < 15 for t, _ in kills):
             restart = min(kills, key=lambda k: abs(restart - k[0]))[0] + period / 2
         restart = min(restart, warmup + seconds - quiet)
-        return cls(seconds, warmup, min(15.0, max(5.0, seconds / 40)), tuple(kills), restart)
+        # Every app once every 7.5 s x 4 apps = 30 s in the 600 s run: a window (60 s) holds
+        # two cycles, and a restarted edge or origin (two or three minutes of judged life)
+        # still holds windows of a whole cycle (loadtests.growth: never shorter).
+        return cls(seconds, warmup, min(15.0, max(5.0, seconds / 80)), tuple(kills), restart)
 
 
 # -- the publisher ---------------------------------------------------------------------------

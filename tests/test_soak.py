@@ -48,6 +48,22 @@ def test_windows_follow_the_warm_up_and_a_restarted_process_gets_its_own() -> No
     assert SHORT.windows(53.0, 90) is None  # restarted at 53 s: 7 s left after its warm-up
 
 
+def test_a_window_never_holds_less_than_one_cycle_of_work() -> None:
+    """The origin's peaks come from enriching versions, the largest app's costing most: a
+    window shorter than a cycle holds that burst or not by luck.  (A 600 s soak failed a
+    restarted origin so: 40 s windows of a 60 s cycle, one with the burst, RSS flat.)"""
+    run = growth.Run(warmup=60, measured=600, cycle=60)
+    assert run.windows(480.0, 660) is None  # 120 s judged: 40 s windows, shorter than a cycle
+    burst = lambda s: (100 if int(s) % 60 == 50 else 66) * MIB  # noqa: E731  (the largest app every minute)
+    t = [float(s) for s in range(480, 661)]
+    # Blind to the cycle, the flat process "grows": its last 40 s hold a burst, its first not.
+    assert growth.judge_rss(growth.Run(warmup=60, measured=600), t, [burst(x) for x in t]).ok is False
+    judged = growth.judge_rss(run, t, [burst(x) for x in t])
+    assert judged.ok is None and "less than 180s" in judged.why
+    whole = [float(s) for s in range(0, 661)]
+    assert growth.judge_rss(run, whole, [burst(x) for x in whole]).ok is True  # 60 s windows: one burst each
+
+
 def test_rss_flat_with_noise_passes_and_a_slow_leak_fails() -> None:
     flat = series(660, lambda s, r: 100 * MIB * r.uniform(0.97, 1.03))
     assert growth.judge_rss(LONG, *flat).ok is True
@@ -178,11 +194,11 @@ def test_the_origin_the_phones_and_an_edge_must_each_have_a_process_judged() -> 
 
 def test_the_timeline_kills_an_edge_a_minute_restarts_the_origin_once_and_keeps_the_ends_quiet() -> None:
     short = Timeline.of(60)
-    assert short.warmup == 30 and short.total == 90 and short.publish_every == 5
+    assert short.warmup == 30 and short.total == 90 and short.publish_every == 5 and short.run.shortest == 20
     assert short.run.window == 20  # every one of the four apps published once in each window
     assert short.kills == ((50, "edge0"),) and short.origin_restart == 70
     full = Timeline.of(600)
-    assert full.run.window == 60
+    assert full.run.window == 60 and full.publish_every == 7.5 and full.run.shortest == 30
     assert [t for t, _ in full.kills] == list(range(90, 571, 60))
     assert [name for _, name in full.kills][:4] == ["edge0", "edge1", "edge2", "edge0"]
     assert all(abs(full.origin_restart - t) >= 15 for t, _ in full.kills)
