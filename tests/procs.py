@@ -55,6 +55,9 @@ class Service:
     def wait_ready(self, timeout: float = 20.0) -> Service:
         try:
             wait_http(self.url + "/healthz", timeout, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            raise type(exc)(f"{exc}; the end of its log:\n{self.output()[-3000:]}") from exc
         except BaseException:
             self.kill()
             raise

@@ -23,7 +23,7 @@ from loadtests.net import scrape, total
 from tests.conftest import auth, wait_enriched
 from tests.conftest import http as call
 from tests.edge_support import App, cache_dir, chunk_files, edge, eventually, publish_app, random_app
-from tests.procs import Service, metric, origin_chunks
+from tests.procs import Service, edge_service, metric, origin_chunks
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +340,21 @@ def test_the_workers_admin_sockets_are_private_and_the_port_is_not_one(node: Ser
     body = json.dumps({"app": "workers", "manifests": ["0" * 64], "everything": True}).encode()
     r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
     assert r.status == 400 and b"channel" in r.body  # not taken as a worker's share
+
+
+def test_a_tmpdir_too_long_for_the_admin_sockets_is_refused_by_name_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """sun_path holds 107 bytes: with a longer $TMPDIR the workers could not bind their admin
+    sockets, so the supervisor says so at start (exit 1) and removes its private directory."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    svc = edge_service(tmp_path, "http://127.0.0.1:9", extra=("--workers", "2"))
+    svc.env["TMPDIR"] = str(deep)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        svc.start()
+    assert "$TMPDIR is too long for the workers' sockets" in svc.output()
+    assert list(deep.iterdir()) == []
 
 
 # -- the pieces, without processes ----------------------------------------------------------------

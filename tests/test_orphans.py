@@ -8,10 +8,14 @@ port."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from loadtests.proctree import alive, cmdline, descendants, kill, wait_gone
 from tests.conftest import TOKEN, publish, tar_gz_of
@@ -74,10 +78,12 @@ def _publish_or_error(url: str, archive: bytes) -> object:
 
 
 def test_a_sigkilled_edge_supervisor_takes_its_workers_and_their_private_directory_with_it(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    tmpdir = tmp_path / "tmpdir"  # where the supervisor makes its private directory
-    tmpdir.mkdir()
+    # Where the supervisor makes its private directory: short, as its Unix sockets' paths
+    # must fit in 107 bytes (pytest's tmp_path need not; the edge refuses such a $TMPDIR).
+    tmpdir = Path(tempfile.mkdtemp(prefix="orphans-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
     svc = edge_service(tmp_path, "http://127.0.0.1:9", extra=("--workers", "2", "--drain-timeout", "2s"))
     svc.env["TMPDIR"] = str(tmpdir)
     svc.start()

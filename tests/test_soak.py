@@ -194,14 +194,18 @@ def test_the_origin_the_phones_and_an_edge_must_each_have_a_process_judged() -> 
 
 def test_the_timeline_kills_an_edge_a_minute_restarts_the_origin_once_and_keeps_the_ends_quiet() -> None:
     short = Timeline.of(60)
-    assert short.warmup == 30 and short.total == 90 and short.publish_every == 5 and short.run.shortest == 20
-    assert short.run.window == 20  # every one of the four apps published once in each window
+    assert short.warmup == 30 and short.total == 90 and short.publish_every == 3 and short.run.shortest == 12
+    assert short.run.window == 12  # every one of the four apps published once in each window
     assert short.kills == ((50, "edge0"),) and short.origin_restart == 70
+    # The origin must be judged (REQUIRED): its life before the restart holds both windows.
+    # Before: apps every 5 s made a 20 s cycle, and 40 s of judged life was too short for it.
+    assert short.run.windows(0.0, short.origin_restart) is not None
     full = Timeline.of(600)
     assert full.run.window == 60 and full.publish_every == 7.5 and full.run.shortest == 30
     assert [t for t, _ in full.kills] == list(range(90, 571, 60))
     assert [name for _, name in full.kills][:4] == ["edge0", "edge1", "edge2", "edge0"]
     assert all(abs(full.origin_restart - t) >= 15 for t, _ in full.kills)
+    assert full.run.windows(0.0, full.origin_restart) is not None
     # Nothing killed in the warm-up, nor in the last window (compared with the first).
     moments = [*(t for t, _ in full.kills), full.origin_restart]
     assert min(moments) >= full.warmup and max(moments) <= full.total - 60
