@@ -196,10 +196,15 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
             raise TooLarge(f"archive holds more than {budget.limits.max_files} files")
         files = []
         declared = 0
+        size = archive.stat().st_size
         for info in infos:  # refuse on the central directory before inflating anything
             path = _zip_path(info, budget)
             if path is None:
                 continue
+            # A corrupt central directory can point before the archive's start (zipfile then
+            # seeks to a negative offset: EINVAL) or past its end.
+            if not 0 <= info.header_offset < size:
+                raise BadArchive(f"corrupt zip entry {path!r}: its local header lies outside the archive")
             declared += info.file_size
             if declared > budget.limits.max_unpacked:
                 raise TooLarge(f"archive unpacks to more than {budget.limits.max_unpacked} bytes")
@@ -211,7 +216,7 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
             try:
                 with zf.open(info) as src:
                     _copy(src, dest, path, budget, _entry_ratio(budget, path, info.compress_size))
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as exc:
                 raise BadArchive(f"corrupt zip entry {path!r}: {exc}") from exc
 
 
