@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import TooLarge, UnsafeArchive
+from common.errors import ConfigError, TooLarge, UnsafeArchive
 
 __all__ = ["ENTRY_OVERHEAD", "Budget", "Limits"]
 
@@ -16,12 +16,28 @@ ENTRY_OVERHEAD = 4 << 10
 
 @dataclass(frozen=True)
 class Limits:
+    """Each field is the origin's flag of the same name (``max_upload``: ``--max-upload``)."""
+
     max_upload: int = 64 << 20
     max_unpacked: int = 256 << 20
     max_files: int = 20_000  # files in an archive, and directories too
     max_ratio: float = 200.0
-    ratio_floor: int = 1 << 20
+    ratio_floor: int = 1 << 20  # no flag: the ratio is judged once an entry has produced this much
     max_subpackages: int = 10_000  # subPackages entries of app.json
+
+    def __post_init__(self) -> None:
+        if self.max_upload < 1:
+            raise ConfigError("--max-upload must be at least 1 byte")
+        if self.max_unpacked < 1:
+            raise ConfigError("--max-unpacked must be at least 1 byte")
+        if self.max_files < 1:
+            raise ConfigError("--max-files must be at least 1")
+        if not self.max_ratio >= 1:  # also refuses NaN
+            raise ConfigError("--max-ratio must be at least 1")
+        if self.ratio_floor < 0:
+            raise ConfigError("ratio_floor must not be negative")
+        if self.max_subpackages < 1:
+            raise ConfigError("--max-subpackages must be at least 1")
 
     @property
     def max_entries(self) -> int:

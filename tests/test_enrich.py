@@ -47,9 +47,8 @@ class World:
     channels: Channels
     publisher: Publisher
 
-    def enricher(self, **settings: object) -> Enricher:
-        return Enricher(self.storage, self.key, self.channels, EnrichSettings(level=LEVEL, **settings),  # type: ignore[arg-type]
-                        clock=self.clock)
+    def enricher(self, **settings: Any) -> Enricher:
+        return Enricher(self.storage, self.key, self.channels, EnrichSettings(level=LEVEL, **settings), clock=self.clock)
 
     def publish(self, version: str, edit: int = 0) -> bytes:
         """DEMO with ``edit`` marking app.js and a subpackage page (a small change per version)."""
@@ -135,7 +134,7 @@ def test_delta_bases_are_the_last_n_and_every_recent_channel_target(world: World
         world.clock.now = when
         world.channels.move("demo", "release", version, None)
     world.clock.now = now
-    enricher = world.enricher(bases=2)
+    enricher = world.enricher(delta_bases=2)
     m1 = enricher.enrich("demo", "1.6.0")  # the earlier versions are plain: one manifest id each
     assert m1 is not None
     bases = {d[0] for p in world.manifest(m1).packages for d in p.deltas}
