@@ -60,9 +60,11 @@ SOAK_SECONDS ?= 600
 soak: $(STAMP) data
 	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) --out var/soak
 
+## make lint: ruff over everything, ruff's formatting over the packages, mypy --strict over the code and the tests
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check common origin edge client
+	$(VENV)/bin/mypy common origin edge client deploy loadtests tests
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache

@@ -25,14 +25,17 @@ __all__ = ["DURATION", "LISTEN", "SIZE", "main", "option"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _flag(param: click.Parameter | None, default: str) -> str:
+    """The option as the user spells it (``--ref-ttl``), so that every message names the flag."""
+    return next((o for o in param.opts if o.startswith("--")), default) if param else default
+
+
 class _Size(click.ParamType):  # type: ignore[type-arg]
     name = "size"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
-            return parse_size(
-                value, key=f"--{param.name.replace('_', '-')}" if param and param.name else "size"
-            )
+            return parse_size(value, key=_flag(param, "size"))
         except ConfigError as exc:
             self.fail(exc.message, param, ctx)
 
@@ -42,7 +45,7 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
-            return parse_duration(value, key=param.name if param and param.name else "duration")
+            return parse_duration(value, key=_flag(param, "duration"))
         except ConfigError as exc:
             self.fail(exc.message, param, ctx)
 

@@ -108,8 +108,6 @@ def origin(
     key_path = Path(signing_key) if signing_key else data / "signing.key"
     if not key_path.exists():
         raise ConfigError(f"signing_key: {key_path} does not exist (run: minicdn keygen --out {data})")
-    if ref_ttl < 3600:
-        raise ConfigError("ref_ttl: must be at least 1h")
     pace = BodyPace(body_timeout, body_min_rate)
     settings = OriginSettings(
         token=token or None,

@@ -14,8 +14,8 @@ version record; enriching a version then runs:
     5. move refs that name M0 to M1 (serial + 1)
 
 Nothing is deleted: M0 stays, so a ref or a client naming it is never left dangling.
-Delta bases are the last ``bases`` versions published before this one plus every earlier
-version a channel pointed at within ``window`` (origin/channels.py ``versions_since``);
+Delta bases are the last ``delta_bases`` versions published before this one plus every earlier
+version a channel pointed at within ``delta_window`` (origin/channels.py ``versions_since``);
 each delta is listed once for every manifest id its base has had, so a client holding
 either manifest of the base finds it.
 
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import codec
-from common.errors import IntegrityError
+from common.errors import ConfigError, IntegrityError
 from common.ids import sha256
 from common.manifest import Manifest, PackageEntry, open_manifest
 from common.signing import SigningKey
@@ -43,19 +43,33 @@ from origin.channels import DAY, Channels
 from origin.publish import VersionRecord
 from origin.storage import Storage
 
-__all__ = ["EnrichSettings", "Enricher"]
+__all__ = ["MAX_DELTA_BASES", "MAX_LEVEL", "EnrichSettings", "Enricher"]
 
 log = logging.getLogger("minicdn.origin.enrich")
 
 MAX_CHANNEL_BASES = 8  # bases from channel history beyond the last N (bounds the work per version)
+MAX_LEVEL = 22  # zstd's highest level
+MAX_DELTA_BASES = 64  # each base costs a compression per package of every version published
 
 
 @dataclass(frozen=True)
 class EnrichSettings:
+    """Each field but ``max_stream`` is the origin's flag of the same name (``--delta-bases``)."""
+
     level: int = codec.DEFAULT_LEVEL
-    bases: int = 3  # the last N versions published before this one
-    window: float = 30 * DAY  # plus every earlier version a channel pointed at this recently
+    delta_bases: int = 3  # the last N versions published before this one
+    delta_window: float = 30 * DAY  # plus every earlier version a channel pointed at this recently
     max_stream: int = 64 << 20  # a package stream larger than this gets no bundle or deltas
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= MAX_LEVEL:
+            raise ConfigError(f"--level must be between 1 and {MAX_LEVEL}")
+        if not 0 <= self.delta_bases <= MAX_DELTA_BASES:
+            raise ConfigError(f"--delta-bases must be between 0 and {MAX_DELTA_BASES}")
+        if not self.delta_window >= 0:  # also refuses NaN
+            raise ConfigError("--delta-window must not be negative")
+        if self.max_stream < 1:
+            raise ConfigError("max_stream must be at least 1 byte")
 
 
 class Enricher:
@@ -162,8 +176,8 @@ class Enricher:
             return (records[v].order, v)
 
         earlier = [v for v in sorted(records, key=key) if key(v) < (rec.order, version)]
-        chosen = earlier[-self.settings.bases :] if self.settings.bases > 0 else []
-        recent = self.channels.versions_since(app, self.clock() - self.settings.window)
+        chosen = earlier[-self.settings.delta_bases :] if self.settings.delta_bases > 0 else []
+        recent = self.channels.versions_since(app, self.clock() - self.settings.delta_window)
         chosen += [v for v in reversed(earlier) if v in recent and v not in chosen][:MAX_CHANNEL_BASES]
         return [(records[v], self._manifest(records[v].all_manifests[0])) for v in chosen]
 

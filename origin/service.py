@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from common import codec, dcz
 from common.chunking import ChunkParams
-from common.errors import NotFound
+from common.errors import ConfigError, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
 from common.manifest import app_of
 from common.signing import SigningKey
@@ -41,11 +41,16 @@ from origin.storage import Storage
 __all__ = ["Origin", "OriginSettings"]
 
 log = logging.getLogger("minicdn.origin")
+
+MIN_REF_TTL = 3600.0  # a ref must outlive the re-signing check that renews it
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class OriginSettings:
+    """The origin's flags, each field named as its flag (``ref_ttl``: ``--ref-ttl``); limits,
+    chunking and enrichment validate their own (``Limits``, ``ChunkParams``, ``EnrichSettings``)."""
+
     token: str | None = None
     level: int = 19
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -53,9 +58,25 @@ class OriginSettings:
     chunking: ChunkParams = field(default_factory=ChunkParams)
     ref_ttl: float = 7 * 86400
     ref_max_age: int = 30
-    resign_interval: float = 3600.0
+    resign_interval: float = 3600.0  # no flag: --ref-ttl / 8, at most an hour (origin/cli.py)
     delta_bases: int = 3
     delta_window: float = 30 * DAY
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if not self.ref_ttl >= MIN_REF_TTL:  # also refuses NaN
+            raise ConfigError("--ref-ttl must be at least 1h")
+        if self.ref_max_age < 0:
+            raise ConfigError("--ref-max-age must not be negative")
+        # Refs are re-signed once less than half their lifetime is left: a check must come
+        # round within that half, or a ref could expire between two checks.
+        if not 0 < self.resign_interval < self.ref_ttl / 2:
+            raise ConfigError("resign_interval must be positive and less than half of --ref-ttl")
+        self.enrich()  # --level, --delta-bases, --delta-window
+
+    def enrich(self) -> EnrichSettings:
+        return EnrichSettings(level=self.level, delta_bases=self.delta_bases, delta_window=self.delta_window)
 
 
 class _Stopped(Exception):
@@ -88,7 +109,7 @@ class Origin:
             storage,
             key,
             self.channels,
-            EnrichSettings(level=settings.level, bases=settings.delta_bases, window=settings.delta_window),
+            settings.enrich(),
         )
         self._enrich_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         # Set while no publish runs; the enricher thread waits on it before each compression.

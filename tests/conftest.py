@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from common.manifest import MAIN_PACKAGE
 from common.signing import PublicKey
 from tests.procs import Service, origin_service
+from tests.waiting import eventually
 
 # pytester: tests/test_leftovers.py runs whole pytest sessions; leftovers: no test run leaves
 # a process behind (checked after the last test).
@@ -93,11 +94,25 @@ def set_channel(base: str, app: str, channel: str, body: dict[str, object], toke
 
 def wait_enriched(url: str, app: str, version: str, timeout: float = 60) -> None:
     """Poll until the origin has made the version's bundles and deltas (in the background)."""
-    deadline = time.monotonic() + timeout
-    while not next(v["enriched"] for v in http("GET", f"{url}/v1/apps/{app}").json()["versions"]  # type: ignore[index]
-                   if v["version"] == version):
-        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
-        time.sleep(0.05)
+    enriched(url, app, version, timeout)
+
+
+def enriched(url: str, app: str, version: str, timeout: float = 60) -> dict[str, Any]:
+    """The version's entry in the app listing once the origin has made its bundles and
+    deltas (in the background, after publishing); polled."""
+
+    def entry() -> dict[str, Any] | None:
+        found: dict[str, Any] = next(v for v in app_info(url, app)["versions"] if v["version"] == version)
+        return found if found["enriched"] else None
+
+    return eventually(entry, timeout, f"{app}@{version} enriched")
+
+
+def app_info(url: str, app: str) -> dict[str, Any]:
+    """The origin's JSON listing of an app: its versions and channels."""
+    info = http("GET", f"{url}/v1/apps/{app}").json()
+    assert isinstance(info, dict), info
+    return info
 
 
 def batch(base: str, ids: list[str]) -> list[list[object]]:

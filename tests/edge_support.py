@@ -12,8 +12,7 @@ import random
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from aiohttp import web
 from common import codec
 from tests.conftest import DEMO, Reply, http, publish, set_channel, tar_gz_of
 from tests.procs import Service, edge_service, free_port, metric, start_all
+from tests.waiting import eventually  # re-exported: the edge's tests import it from here
 
 __all__ = [
     "App",
@@ -129,15 +129,6 @@ def cache_dir(svc: Service) -> Path:
 def chunk_files(svc: Service) -> dict[str, Path]:
     root = cache_dir(svc) / "chunks"
     return {p.name: p for p in root.glob("*/*") if not p.name.startswith(".tmp-")}
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        time.sleep(0.02)
 
 
 def get_chunk(base: str, hexid: str, zstd: bool = False, **headers: str) -> Reply:

@@ -11,6 +11,7 @@ import struct
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from typing import Literal
 
 
 def tar_with(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None, gz: bool = True) -> bytes:
@@ -78,7 +79,7 @@ def tar_gz_bomb(size: int) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tf:
         info = member("app.json")
         info.size = size
-        tf.addfile(info, io.BufferedReader(_Zeros(size)))
+        tf.addfile(info, _Zeros(size))  # full reads: readinto fills what it is given
     return buf.getvalue()
 
 
@@ -141,7 +142,7 @@ def with_trailer_byte_flipped(gz: bytes, offset: int) -> bytes:
 # -- raw tar headers: what tarfile will not write ------------------------------------------------
 
 
-def header(name: str, kind: bytes, size: int, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+def header(name: str, kind: bytes, size: int, fmt: Literal[0, 1, 2] = tarfile.GNU_FORMAT) -> bytes:
     """One 512-byte tar header (checksum included) declaring ``size`` bytes of ``kind``."""
     info = tarfile.TarInfo(name)
     info.type = kind

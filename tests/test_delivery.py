@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.conftest import (
     INDEPENDENT,
     NORMAL,
     TOKEN,
+    app_info,
     http,
     publish,
     set_channel,
@@ -35,6 +35,7 @@ from tests.conftest import (
 )
 from tests.procs import Service, edge_service, metric, origin_service
 from tests.tamper import TamperProxy
+from tests.waiting import eventually
 
 ALL = (MAIN_PACKAGE, NORMAL, INDEPENDENT)
 
@@ -55,8 +56,7 @@ class Cdn:
                             timeout=10.0, plan=plan)
 
     def manifest_id(self, version: str) -> str:
-        info = http("GET", f"{self.origin.url}/v1/apps/demo").json()
-        return next(v["manifest"] for v in info["versions"] if v["version"] == version)  # type: ignore[index]
+        return str(next(v["manifest"] for v in app_info(self.origin.url, "demo")["versions"] if v["version"] == version))
 
 
 def _build(tmp: Path, version: str, edit: int) -> Path:
@@ -70,10 +70,10 @@ def _build(tmp: Path, version: str, edit: int) -> Path:
 
 
 def wait_enriched(url: str, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(1 for v in http("GET", f"{url}/v1/apps/demo").json()["versions"] if v["enriched"]) < count:  # type: ignore[index]
-        assert time.monotonic() < deadline, "versions not enriched in time"
-        time.sleep(0.05)
+    def done() -> bool:
+        return sum(1 for v in app_info(url, "demo")["versions"] if v["enriched"]) >= count
+
+    eventually(done, timeout, f"{count} versions enriched")
 
 
 @pytest.fixture(scope="module")

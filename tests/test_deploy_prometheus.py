@@ -27,12 +27,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -40,6 +40,7 @@ import yaml
 
 from tests.conftest import DEMO, http, publish, set_channel, tar_gz_of
 from tests.procs import Service, edge_service, free_port, origin_service
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 PROM = REPO / "deploy" / "prometheus"
@@ -196,7 +197,7 @@ class Stack:
     edges: list[Service]
     prometheus: str  # base URL
 
-    def query(self, promql: str) -> list[dict[str, object]]:
+    def query(self, promql: str) -> list[dict[str, Any]]:
         url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         with urllib.request.urlopen(url, timeout=10) as r:
             answer = json.loads(r.read())
@@ -204,7 +205,7 @@ class Stack:
         return answer["data"]["result"]  # type: ignore[no-any-return]
 
     def values(self, promql: str, by: str = "instance") -> dict[str, float]:
-        return {s["metric"].get(by, ""): float(s["value"][1]) for s in self.query(promql)}  # type: ignore[index, union-attr]
+        return {s["metric"].get(by, ""): float(s["value"][1]) for s in self.query(promql)}
 
 
 def scrape(base: str) -> list[tuple[str, dict[str, str], float]]:
@@ -242,13 +243,16 @@ def counters(edge: Service) -> tuple[dict[str, float], float]:
     return hits, misses
 
 
-def eventually(check: object, what: str, timeout: float = 40.0) -> None:
-    """Poll ``check()`` (returning an error text, or None when it holds) until a deadline."""
-    deadline = time.monotonic() + timeout
-    while (problem := check()) is not None:  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s: {problem}")
-        time.sleep(0.1)
+def settles(check: Callable[[], object], what: str, timeout: float = 40.0) -> None:
+    """Poll ``check()`` (returning an error text, or None when it holds) until it holds;
+    the failure shows the last error text."""
+    problem: list[object] = [None]
+
+    def holds() -> bool:
+        problem[0] = check()
+        return problem[0] is None
+
+    eventually(holds, timeout, lambda: f"{what} ({problem[0]})", interval=0.1)
 
 
 @contextlib.contextmanager
@@ -285,18 +289,17 @@ def prometheus(binary: Path, tmp: Path, origin: Service, edges: list[Service]) -
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(
                     f"prometheus exited {proc.returncode}: {(tmp / 'prometheus.log').read_text()[-2000:]}"
                 )
             with contextlib.suppress(OSError), urllib.request.urlopen(base + "/-/ready", timeout=2) as r:
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError("prometheus was not ready within 30s")
-            time.sleep(0.1)
+                return bool(r.status == 200)
+            return False
+
+        eventually(ready, 30, "prometheus ready", interval=0.1)
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -335,7 +338,7 @@ def stack(prometheus_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             s = Stack(origin, edges, base)
             # A first scrape of every target before any traffic: the rate() windows then
             # start at zero, so the rate-based ratios are exact too.
-            eventually(
+            settles(
                 lambda: None if len(s.values('up{job=~"minicdn-.*"} == 1')) == 3 else s.query("up"),
                 "a first scrape of the origin and both edges",
             )
@@ -385,7 +388,7 @@ def test_hit_ratio_rules_match_the_edges_counters(stack: Stack) -> None:
 
     def compare_tiers(rule: str) -> str | None:
         got = {
-            (s["metric"]["instance"], s["metric"]["tier"]): float(s["value"][1])  # type: ignore[index]
+            (s["metric"]["instance"], s["metric"]["tier"]): float(s["value"][1])
             for s in stack.query(rule)
         }
         want = {(i, t): r for i, (_, tiers) in expected.items() for t, r in tiers.items()}
@@ -407,18 +410,18 @@ def test_hit_ratio_rules_match_the_edges_counters(stack: Stack) -> None:
     # Counter ratios (exact), then the rate() ratios of one edge: their windows start at
     # the first scrape, taken before any traffic, and rate() extrapolates every series of
     # one target by the same factor, so over them rate ratios equal counter ratios.
-    eventually(
+    settles(
         lambda: compare("instance:minicdn_edge_hit_ratio:cumulative"), "the cumulative hit ratio per edge"
     )
-    eventually(
+    settles(
         lambda: compare_tiers("instance_tier:minicdn_edge_hit_ratio:cumulative"),
         "the cumulative ratio per tier",
     )
-    eventually(
+    settles(
         lambda: compare_job("job:minicdn_edge_hit_ratio:cumulative"), "the cumulative ratio of all edges"
     )
-    eventually(lambda: compare("instance:minicdn_edge_hit_ratio:rate5m"), "the 5m hit ratio per edge")
-    eventually(lambda: compare_tiers("instance_tier:minicdn_edge_hit_ratio:rate5m"), "the 5m ratio per tier")
+    settles(lambda: compare("instance:minicdn_edge_hit_ratio:rate5m"), "the 5m hit ratio per edge")
+    settles(lambda: compare_tiers("instance_tier:minicdn_edge_hit_ratio:rate5m"), "the 5m ratio per tier")
     # Across edges the factors differ (each target has its own scrape times): the ratio of
     # all edges is a weighted mean of theirs.
     low, high = sorted(r for r, _ in expected.values())
@@ -431,11 +434,11 @@ def test_throughput_rules_see_the_traffic(stack: Stack) -> None:
         got = stack.values(rule)
         return None if len(got) == n and all(v > 0 for v in got.values()) else f"{rule}: {got}"
 
-    eventually(lambda: positive("instance:minicdn_edge_sent_bytes:rate5m", 2), "bytes/s per edge")
-    eventually(lambda: positive("instance:minicdn_edge_requests:rate5m", 2), "requests/s per edge")
-    eventually(lambda: positive("job:minicdn_origin_chunk_requests:rate5m", 1), "origin chunk requests/s")
+    settles(lambda: positive("instance:minicdn_edge_sent_bytes:rate5m", 2), "bytes/s per edge")
+    settles(lambda: positive("instance:minicdn_edge_requests:rate5m", 2), "requests/s per edge")
+    settles(lambda: positive("job:minicdn_origin_chunk_requests:rate5m", 1), "origin chunk requests/s")
     fill = {
-        (s["metric"]["instance"], s["metric"]["tier"]): float(s["value"][1])  # type: ignore[index]
+        (s["metric"]["instance"], s["metric"]["tier"]): float(s["value"][1])
         for s in stack.query("instance_tier:minicdn_edge_cache_fill:ratio")
     }
     assert len(fill) == 4 and all(0 < v < 1 for v in fill.values()), fill
@@ -452,14 +455,14 @@ def test_rules_load_and_evaluate_without_errors(stack: Stack) -> None:
         bad = [(rule["name"], rule.get("lastError")) for rule in rules if rule.get("health") != "ok"]
         return f"unhealthy: {bad}" if bad else None
 
-    eventually(healthy, "every rule loaded and evaluated")
-    firing = [a for a in stack.query("ALERTS") if a["metric"]["alertstate"] == "firing"]  # type: ignore[index]
+    settles(healthy, "every rule loaded and evaluated")
+    firing = [a for a in stack.query("ALERTS") if a["metric"]["alertstate"] == "firing"]
     assert firing == [], f"a healthy stack fires no alert: {firing}"
 
 
 def test_every_dashboard_query_evaluates_with_data(stack: Stack) -> None:
     # Wait for a scrape after the traffic (the rate windows are 1 m here).
-    eventually(
+    settles(
         lambda: None if stack.values("instance:minicdn_edge_sent_bytes:rate5m") else "no rates yet",
         "rates after the traffic",
     )

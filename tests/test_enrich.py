@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +23,9 @@ from origin.channels import DAY, Channels, RolloutSpec
 from origin.enrich import Enricher, EnrichSettings
 from origin.publish import Publisher, VersionRecord, tree_files
 from origin.storage import FileStorage
-from tests.conftest import DEMO, TOKEN, http, publish, tar_gz_of
+from tests.conftest import DEMO, TOKEN, app_info, http, publish, tar_gz_of
 from tests.procs import origin_service
+from tests.waiting import eventually
 
 LEVEL = 9  # the logic does not depend on the level; keep the tests quick
 
@@ -46,9 +47,8 @@ class World:
     channels: Channels
     publisher: Publisher
 
-    def enricher(self, **settings: object) -> Enricher:
-        return Enricher(self.storage, self.key, self.channels, EnrichSettings(level=LEVEL, **settings),  # type: ignore[arg-type]
-                        clock=self.clock)
+    def enricher(self, **settings: Any) -> Enricher:
+        return Enricher(self.storage, self.key, self.channels, EnrichSettings(level=LEVEL, **settings), clock=self.clock)
 
     def publish(self, version: str, edit: int = 0) -> bytes:
         """DEMO with ``edit`` marking app.js and a subpackage page (a small change per version)."""
@@ -134,7 +134,7 @@ def test_delta_bases_are_the_last_n_and_every_recent_channel_target(world: World
         world.clock.now = when
         world.channels.move("demo", "release", version, None)
     world.clock.now = now
-    enricher = world.enricher(bases=2)
+    enricher = world.enricher(delta_bases=2)
     m1 = enricher.enrich("demo", "1.6.0")  # the earlier versions are plain: one manifest id each
     assert m1 is not None
     bases = {d[0] for p in world.manifest(m1).packages for d in p.deltas}
@@ -196,15 +196,12 @@ def test_a_crash_before_the_record_redoes_the_same_work(world: World, monkeypatc
 # -- a real origin process ------------------------------------------------------------------
 
 
-def _wait_enriched(url: str, app: str, count: int, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = http("GET", f"{url}/v1/apps/{app}").json()
-        assert isinstance(info, dict)
-        if sum(1 for v in info["versions"] if v["enriched"]) >= count:
-            return info
-        assert time.monotonic() < deadline, f"not enriched within {timeout}s: {info}"
-        time.sleep(0.05)
+def _wait_enriched(url: str, app: str, count: int, timeout: float = 60) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        info = app_info(url, app)
+        return info if sum(1 for v in info["versions"] if v["enriched"]) >= count else None
+
+    return eventually(done, timeout, f"{count} versions of {app} enriched")
 
 
 def test_origin_resumes_enrichment_at_start_and_serves_bundles(tmp_path: Path) -> None:
@@ -226,7 +223,7 @@ def test_origin_resumes_enrichment_at_start_and_serves_bundles(tmp_path: Path) -
     origin = origin_service(tmp_path, TOKEN).start()
     try:
         info = _wait_enriched(origin.url, "demo", 2)
-        versions = {v["version"]: v for v in info["versions"]}  # type: ignore[union-attr]
+        versions = {v["version"]: v for v in info["versions"]}
         assert versions["1.0.0"]["manifests"][0] == m0.hex() and len(versions["1.0.0"]["manifests"]) == 2
         ref = open_ref(http("GET", f"{origin.url}/v1/apps/demo/channels/release").body, [key.public])
         assert ref.manifest.hex() == versions["1.0.0"]["manifest"] != m0.hex()
@@ -257,7 +254,7 @@ def test_origin_resumes_enrichment_at_start_and_serves_bundles(tmp_path: Path) -
     finally:
         origin.stop()
     store = FileStorage(tmp_path / "origin" / "store")
-    for v in info["versions"]:  # type: ignore[union-attr]
+    for v in info["versions"]:
         m = open_manifest(store.get(paths.manifest_key(v["manifest"])), [key.public])
         for p in m.packages:
             named = [p.bundle[0]] if p.bundle else []

@@ -16,7 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.errors import BadArchive, MinicdnError, TooLarge, UnsafeArchive
-from origin.ingest import Limits, _pax_records, extract
+from origin.ingest import Limits, extract
+from origin.tarreader import pax_records
 from tests import hostile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,14 +245,14 @@ PAX_RECORDS = st.lists(st.tuples(st.text(min_size=1, max_size=10).filter(lambda 
 @given(PAX_RECORDS)
 def test_pax_records_round_trip(kv: list[tuple[str, str]]) -> None:
     data = b"".join(hostile.pax_record(k, v) for k, v in kv)
-    assert _pax_records(data) == {k.encode(): v.encode() for k, v in kv}
+    assert pax_records(data) == {k.encode(): v.encode() for k, v in kv}
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_pax_bytes_parse_or_are_a_bad_archive(data: bytes) -> None:
     try:
-        records = _pax_records(data)
+        records = pax_records(data)
     except BadArchive:
         return
     assert all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in records.items())
@@ -273,9 +274,10 @@ def test_the_whole_tar_stream_is_read_to_its_end(tmp_path: Path) -> None:
 
 
 def test_gzip_reader_reads_in_bounded_pieces() -> None:
-    from origin.ingest import PIECE, _Gunzip
+    from origin.entry import PIECE
+    from origin.gunzip import Gunzip
 
-    reader = _Gunzip(io.BytesIO(hostile.gzip_of(bytes(10 << 20))))
+    reader = Gunzip(io.BytesIO(hostile.gzip_of(bytes(10 << 20))))
     sizes = []
     while piece := reader.read(PIECE):
         sizes.append(len(piece))

@@ -15,25 +15,12 @@ import zstandard
 from common import wire
 from common.manifest import open_manifest, open_ref
 from common.signing import PublicKey, open_envelope
-from tests.conftest import DEMO, Reply, auth, batch, http, publish, set_channel, tar_gz_of
+from tests.conftest import DEMO, Reply, auth, batch, enriched, http, publish, set_channel, tar_gz_of
 from tests.procs import Service
 
 
 def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def enriched(url: str, app: str, version: str, timeout: float = 60) -> dict[str, object]:
-    """The version's entry in the app listing once the origin has made its bundles and
-    deltas (in the background, after publishing); polled."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = http("GET", f"{url}/v1/apps/{app}").json()
-        entry = next(v for v in info["versions"] if v["version"] == version)  # type: ignore[index]
-        if entry["enriched"]:
-            return entry  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"{app}@{version} not enriched within {timeout}s"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

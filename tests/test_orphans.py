@@ -11,8 +11,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from loadtests.proctree import alive, cmdline, descendants, kill, wait_gone
 from tests.conftest import TOKEN, publish, tar_gz_of
 from tests.edge_support import random_app
 from tests.procs import edge_service, origin_service
+from tests.waiting import eventually
 
 # A worker blocked in the middle of a compression exits once that call returns; an edge
 # worker drains first (--drain-timeout below).  Both are well within this.
@@ -29,13 +28,6 @@ GONE_WITHIN = 30.0
 
 def describe(pids: list[int]) -> str:
     return "; ".join(f"{p}: {cmdline(p)[:160]}" for p in pids)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what()
-        time.sleep(0.02)
 
 
 def test_a_sigkilled_origin_takes_its_compression_workers_and_their_resource_tracker_with_it(
@@ -59,7 +51,7 @@ def test_a_sigkilled_origin_takes_its_compression_workers_and_their_resource_tra
             workers = sum("multiprocessing.spawn" in c for c in lines)
             return workers == 2 and any("resource_tracker" in c for c in lines)
 
-        wait_for(pool_started, 60, lambda: f"the pool never started: {describe(kids)}")
+        eventually(pool_started, 60, lambda: f"the pool never started: {describe(kids)}")
         assert poster.is_alive(), f"the publish ended before the kill ({answered}): the test needs a bigger app"
         svc.kill()  # SIGKILL, mid-publish
         left = wait_gone(kids, GONE_WITHIN)
@@ -96,7 +88,7 @@ def test_a_sigkilled_edge_supervisor_takes_its_workers_and_their_private_directo
             workers[:] = descendants(pid)
             return len(workers) == 2
 
-        wait_for(forked, 20, lambda: f"two workers, not {describe(workers)}")
+        eventually(forked, 20, lambda: f"two workers, not {describe(workers)}")
         assert [p.name.startswith("minicdn-edge-metrics-") for p in tmpdir.iterdir()] == [True]
         svc.kill()  # SIGKILL the supervisor only
         left = wait_gone(workers, GONE_WITHIN)

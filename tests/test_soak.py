@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ import pytest
 
 from loadtests import growth, report
 from loadtests.procmem import tcp_states, usage
+from loadtests.sampler import KEPT
 from loadtests.soak import Timeline, growth_checks, sampling_check
 from tests.conftest import REPO
+from tests.waiting import eventually
 
 MIB = 1 << 20
 
@@ -54,7 +55,10 @@ def test_a_window_never_holds_less_than_one_cycle_of_work() -> None:
     restarted origin so: 40 s windows of a 60 s cycle, one with the burst, RSS flat.)"""
     run = growth.Run(warmup=60, measured=600, cycle=60)
     assert run.windows(480.0, 660) is None  # 120 s judged: 40 s windows, shorter than a cycle
-    burst = lambda s: (100 if int(s) % 60 == 50 else 66) * MIB  # noqa: E731  (the largest app every minute)
+
+    def burst(s: float) -> int:  # the largest app every minute
+        return (100 if int(s) % 60 == 50 else 66) * MIB
+
     t = [float(s) for s in range(480, 661)]
     # Blind to the cycle, the flat process "grows": its last 40 s hold a burst, its first not.
     assert growth.judge_rss(growth.Run(warmup=60, measured=600), t, [burst(x) for x in t]).ok is False
@@ -142,20 +146,24 @@ def test_the_peak_of_a_burst_shorter_than_a_sample_is_seen_and_then_reset() -> N
     assert after.peak < during.peak - (60 << 20)
 
 
+def close_waiting() -> int:
+    """This process's sockets in CLOSE_WAIT, as the soak's sampler counts them."""
+    now = usage(os.getpid(), tcp_states())
+    assert now is not None
+    return now.close_wait
+
+
 def test_a_connection_the_other_end_closed_counts_as_close_wait_until_closed() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         accepted, _ = server.accept()
         try:
-            assert usage(os.getpid(), tcp_states()).close_wait == 0  # type: ignore[union-attr]
+            assert close_waiting() == 0
             client.close()
-            wait = time.monotonic() + 10
-            while usage(os.getpid(), tcp_states()).close_wait != 1:  # type: ignore[union-attr]
-                assert time.monotonic() < wait, "the closed end never showed"
-                time.sleep(0.01)
+            eventually(lambda: close_waiting() == 1, 10, "the closed end in CLOSE_WAIT")
         finally:
             accepted.close()
-        assert usage(os.getpid(), tcp_states()).close_wait == 0  # type: ignore[union-attr]
+        assert close_waiting() == 0
 
 
 def test_a_zombie_is_a_process_gone_not_a_failed_sample() -> None:
@@ -163,10 +171,11 @@ def test_a_zombie_is_a_process_gone_not_a_failed_sample() -> None:
     it (KeyError) in the middle of a 600 s soak."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        wait = time.monotonic() + 30
-        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-            assert time.monotonic() < wait, "the child never became a zombie"
-            time.sleep(0.01)
+
+        def zombie() -> bool:
+            return Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+        eventually(zombie, 30, "the child a zombie")
         assert usage(child.pid) is None
     finally:
         child.wait()
@@ -194,6 +203,7 @@ def test_the_origin_the_phones_and_an_edge_must_each_have_a_process_judged() -> 
 
 def test_the_timeline_kills_an_edge_a_minute_restarts_the_origin_once_and_keeps_the_ends_quiet() -> None:
     short = Timeline.of(60)
+    assert short.origin_restart is not None
     assert short.warmup == 30 and short.total == 90 and short.publish_every == 3 and short.run.shortest == 12
     assert short.run.window == 12  # every one of the four apps published once in each window
     assert short.kills == ((50, "edge0"),) and short.origin_restart == 70
@@ -201,6 +211,7 @@ def test_the_timeline_kills_an_edge_a_minute_restarts_the_origin_once_and_keeps_
     # Before: apps every 5 s made a 20 s cycle, and 40 s of judged life was too short for it.
     assert short.run.windows(0.0, short.origin_restart) is not None
     full = Timeline.of(600)
+    assert full.origin_restart is not None
     assert full.run.window == 60 and full.publish_every == 7.5 and full.run.shortest == 30
     assert [t for t, _ in full.kills] == list(range(90, 571, 60))
     assert [name for _, name in full.kills][:4] == ["edge0", "edge1", "edge2", "edge0"]
@@ -225,7 +236,7 @@ def test_quantiles_from_histogram_buckets_interpolate_as_prometheus_does() -> No
 def metrics_row(t: float, requests: float, up: bool = True) -> dict[str, Any]:
     if not up:
         return {"t": t, "up": False}
-    row: dict[str, Any] = {k: 0.0 for k in report.KEPT}
+    row: dict[str, Any] = {k: 0.0 for k in KEPT}
     row.update(t=t, up=True, requests=requests, hits=requests / 2, misses=requests / 2,
                buckets={"0.01": requests, "+Inf": requests})
     return row
