@@ -26,8 +26,8 @@ class ChunkParams:
     def __post_init__(self) -> None:
         if not 64 <= self.min_size <= self.avg_size <= self.max_size <= 1 << 20:
             raise ConfigError(
-                "chunking: need 64 <= min_size <= avg_size <= max_size <= 1 MiB, got "
-                f"min={self.min_size} avg={self.avg_size} max={self.max_size}"
+                "need 64 B <= --chunk-min <= --chunk-avg <= --chunk-max <= 1 MiB, got "
+                f"--chunk-min {self.min_size} --chunk-avg {self.avg_size} --chunk-max {self.max_size}"
             )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.chunking import ChunkParams
 from common.errors import ConfigError
 from common.signing import generate_keypair
 from origin.enrich import EnrichSettings
@@ -41,6 +42,8 @@ REFUSED: list[tuple[Callable[[], object], str]] = [
     (lambda: OriginSettings(level=0), "--level must be between 1 and 22"),
     (lambda: OriginSettings(delta_bases=65), "--delta-bases must be between 0 and 64"),
     (lambda: OriginSettings(delta_window=-1.0), "--delta-window must not be negative"),
+    (lambda: ChunkParams(8192, 4096, 65536),
+     "need 64 B <= --chunk-min <= --chunk-avg <= --chunk-max <= 1 MiB, got --chunk-min 8192 --chunk-avg 4096 --chunk-max 65536"),
 ]
 
 
