@@ -28,6 +28,7 @@ from common.negotiate import accepts_coding
 from common.representation import (
     IMMUTABLE,
     OCTETS,
+    Answer,
     ByteRange,
     Conditions,
     Unsatisfiable,
@@ -57,6 +58,7 @@ __all__ = [
     "parse_range",
     "read_batch_ids",
     "read_limited",
+    "respond",
     "serve_immutable",
     "status_of",
     "stream_batch",
@@ -407,17 +409,20 @@ def serve_immutable(
     (304, Range/206/416; for HEAD aiohttp sends the fields, Content-Length included, and no
     body)."""
     variant = Variant(etag, len(body), content_type, content_encoding, vary, cache_control)
-    answer = represent(variant, conditions(request))
-    headers = {k: v for k, v in answer.fields if k not in _AIOHTTP_OWN}
+    return respond(represent(variant, conditions(request)), body)
+
+
+def respond(answer: Answer, body: bytes | memoryview = b"") -> web.Response:
+    """common.representation's ``answer`` as aiohttp's response, ``body`` the variant's."""
+    fields = dict(answer.fields)
+    content_type = fields.pop("Content-Type", None)
+    fields.pop("Content-Length", None)  # web.Response sets it from the body, for HEAD too
     if answer.status == 416:
-        return error_response(416, answer.code, answer.message, headers)
+        return error_response(416, answer.code, answer.message, fields)
     if answer.status == 304:
-        return web.Response(status=304, headers=headers)
+        return web.Response(status=304, headers=fields)
     part = bytes(memoryview(body)[answer.start : answer.end])
-    return web.Response(status=answer.status, body=part, headers=headers, content_type=content_type)
-
-
-_AIOHTTP_OWN = frozenset({"Content-Type", "Content-Length"})  # set by web.Response from its body
+    return web.Response(status=answer.status, body=part, headers=fields, content_type=content_type)
 
 
 def conditions(request: web.BaseRequest) -> Conditions:
