@@ -62,7 +62,7 @@ def broken_connection() -> tuple[dp.Connection, Transport]:
         entries={}, get=get, policy=types.SimpleNamespace(touch=lambda k: None), on_forget=[]
     )
     node = types.SimpleNamespace(memory=memory, access_log=None, metrics=EdgeMetrics.create())
-    plane = Plane(node, Encodings(memory), lambda: None, Limits())  # type: ignore[arg-type]
+    plane = Plane(node, Encodings(memory), lambda: None, Limits())  # type: ignore[arg-type, return-value]
     conn = dp.Connection(plane)
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]

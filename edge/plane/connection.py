@@ -29,20 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
-import enum
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
 from edge.objects import Sealed
 from edge.plane.answers import Handoff, Reply, error
-from edge.plane.body import BadBody, Body, Length, framer
+from edge.plane.body import Body, framer
 from edge.plane.clock import CLOCK
-from edge.plane.failures import FAILURES
 from edge.plane.head import (
     CRLF,
     F_AVAILABLE_DICTIONARY,
@@ -55,23 +51,17 @@ from edge.plane.head import (
     plain_shape,
     refusal,
 )
-from edge.plane.lending import Lent
+from edge.plane.lending import Lending, Lent, Phase
 from edge.plane.send import Sender
+from edge.plane.timers import Timers
 from edge.representation import BUNDLE, CHUNK_ZSTD, MANIFEST_RAW, MANIFEST_ZSTD
 
 if TYPE_CHECKING:
     from edge.plane.plane import Plane
 
-__all__ = ["DEPTH", "MAX_SKIP", "Connection", "Phase"]
+__all__ = ["DEPTH", "Connection", "Phase"]
 
 DEPTH = 32  # pipelined requests answered ahead of the one being written
-MAX_SKIP = 1 << 20  # body bytes an answered request may still owe before we close instead
-
-
-class Phase(enum.Enum):
-    SERVING = "serving"  # the data plane reads and answers
-    HANDOFF = "handoff"  # a request is to be lent once the answers before it have left
-    LENT = "lent"  # aiohttp answers the lent request; its body is fed to it as it comes
 
 
 class _Parsed:
@@ -91,7 +81,7 @@ class _Parsed:
         self.keep_alive = self.parser.should_keep_alive()
 
 
-class Connection(asyncio.Protocol):
+class Connection(Timers, Lending, asyncio.Protocol):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
         self.node = plane.node
@@ -495,210 +485,3 @@ class Connection(asyncio.Protocol):
             self._enqueue(None, reply)
         else:
             self._send(None, reply)
-
-    # -- lending to aiohttp -------------------------------------------------------------------
-    #
-    # A request the fast path does not answer is *lent* to aiohttp: once every reply before
-    # it has left, a RequestHandler made by the application's web.Server is connected to a
-    # stand-in transport (_Lent) that writes to the real one, and is fed exactly that
-    # request: its head, then its body as it arrives, framed here (Content-Length, or a
-    # chunked body's end found by Chunked), under the body pace.  When aiohttp has written
-    # the response (its access logger, Returned, is told), the handler is disconnected and
-    # the connection comes back to the data plane; the rest of a body aiohttp did not read
-    # is dropped as it arrives (at most MAX_SKIP bytes, under the same pace).  An upgrade is
-    # lent too, and the connection closed after.
-
-    def _start_handoff(self, head_end: int, body: Body | None, last: bool = False) -> None:
-        """Lend the request whose head ends at ``head_end`` in the buffer, with ``body``
-        (its framing) after it, once the replies before it have left."""
-        self.phase = Phase.HANDOFF
-        self._handoff_end = head_end
-        self._handoff_body = body
-        self._last = last
-        self._head_since = 0.0
-        self._settle_reading()
-        self._maybe_finish()
-
-    def _maybe_finish(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        if self.phase is not Phase.SERVING:
-            if self.phase is Phase.HANDOFF and not self._queue and not self._write_paused:
-                self._lend(transport)
-            return
-        if self._queue:
-            return
-        if self.closing or (self._eof and self._fed == len(self._buf) and not self._has_complete_head()):
-            transport.close()
-
-    def _has_complete_head(self) -> bool:
-        return b"\r\n\r\n" in self._buf
-
-    def _lend(self, transport: asyncio.Transport) -> None:
-        lent = Lent(self, transport)
-        handler = self.plane.fallback()
-        self._lent = (lent, handler)
-        self.phase = Phase.LENT
-        handler.connection_made(cast(asyncio.Transport, lent))
-        head, rest = self._buf[: self._handoff_end], self._buf[self._handoff_end :]
-        self._buf = b""
-        body, self._handoff_body = self._handoff_body, None
-        self._body = body if body is not None and not body.done else None
-        self._body_since = CLOCK.now if self._body is not None else 0.0
-        self._skipped = 0
-        if self._last:
-            self.closing = True  # nothing after an upgrade is read
-        handler.data_received(head)
-        if self._body is not None and rest:
-            rest = self._take_body(rest)
-        if rest and not self.closing:
-            self._buf = rest
-        self._settle_reading()
-        if self._eof and self._lent is not None:
-            self.eof_received()
-
-    def _take_body(self, data: bytes) -> bytes:
-        """Hand the lent request's body bytes at the start of ``data`` to its handler (or
-        drop them, once aiohttp has answered without reading them); the rest of ``data``."""
-        body = self._body
-        assert body is not None
-        try:
-            n = body.take(data)
-        except BadBody as exc:
-            self._body_failed(400, "bad_request", f"malformed request body: {exc}")
-            return b""
-        if self._lent is not None:
-            self._lent[1].data_received(data[:n])
-        else:
-            self._skipped += n
-            if self._skipped > MAX_SKIP:
-                self._close_now()
-                return b""
-        if body.done:
-            self._body = None
-            self._body_since = 0.0
-            self._settle_reading()
-        return data[n:]
-
-    def returned(self, keep_alive: bool) -> None:
-        """aiohttp has written the lent request's response: take the connection back."""
-        with self._guard():
-            if self._lent is None:
-                return
-            self._take_back(None)
-            transport = self.transport
-            if transport is None:
-                return
-            body = self._body
-            if not keep_alive or self.closing or (isinstance(body, Length) and body.left > MAX_SKIP):
-                self._close_now()
-                return
-            # Our parser saw the lent request's head, not its body: start it afresh.
-            self._parsed.complete = False
-            self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
-            self._fed = 0
-            self._active = CLOCK.now
-            self._process(time.perf_counter())
-            self._settle_reading()
-
-    def _take_back(self, exc: Exception | None) -> None:
-        """Disconnect the lent request's handler: it ends its loop (it would wait for a
-        next request) and leaves the web.Server's connections; its transport is detached,
-        so whatever it still writes or closes is not ours."""
-        if self._lent is None:
-            return
-        lent, handler = self._lent
-        self._lent = None
-        self.phase = Phase.SERVING
-        lent.attached = False
-        handler.connection_lost(exc)
-
-    def _body_failed(self, status: int, code: str, message: str) -> None:
-        """The lent request's body cannot be had (too slow, broken framing, cut short): the
-        answer is ours when aiohttp has written none yet, then the connection closes."""
-        lent = self._lent
-        self._take_back(None)
-        self._body = None
-        self._body_since = 0.0
-        if lent is None or lent[0].wrote:  # answered, or half-answered: nothing can follow
-            self._close_now(abort=lent is not None)
-        else:
-            self._refuse(status, code, message)
-
-    def _close_now(self, abort: bool = False) -> None:
-        self.closing = True
-        self._buf = b""
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-
-    # -- timeouts, draining, and the last resort ---------------------------------------------------
-
-    def check(self, now: float) -> None:
-        with self._guard():
-            limits = self.plane.limits
-            body = self._body
-            if (
-                body is not None
-                and self._body_since
-                and limits.body.late(now - self._body_since, body.received)
-            ):
-                self._body_failed(408, "timeout", "request body not received in time")
-            elif self._head_since and now - self._head_since > limits.header_timeout:
-                if self._queue:
-                    self.abort()
-                else:
-                    self._refuse(408, "timeout", "request head not received in time")
-            elif self._write_paused and now - self._paused_since > limits.send_timeout:
-                self.abort()
-            elif (
-                self.transport is not None
-                and self._lent is None  # aiohttp answers: its handler takes the time it needs
-                and not self._buf
-                and not self._queue
-                and not self._write_paused
-                and body is None
-                and now - self._active > limits.keepalive_timeout
-                and not self.transport.get_write_buffer_size()  # an answer still leaving is not idle
-            ):
-                self.transport.close()
-
-    def drain(self) -> None:
-        if self.transport is None:
-            return
-        self.closing = True
-        if not self._queue and self.phase is Phase.SERVING:  # a lent request closes once answered
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except Exception as exc:  # the last resort: see _failed
-            self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        """An exception escaped one of this connection's callbacks: a bug (every request
-        is meant to be answered without one).  Answer 500 after what has been sent, close,
-        and log one line, at most every few seconds, instead of a traceback per request."""
-        FAILURES.report(exc)
-        self._drop_queue()
-        with contextlib.suppress(Exception):  # the handler may be what failed
-            self._take_back(None)
-        self._lent = None
-        self.phase = Phase.SERVING
-        self._body = None
-        self._body_since = 0.0
-        if self.transport is None or self.closing:
-            self._close_now(abort=True)
-            return
-        self.closing = True
-        self._buf = b""
-        self._send(None, error("other", 500, "internal", "internal error"))
