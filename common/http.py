@@ -25,6 +25,18 @@ from aiohttp import StreamReader, web
 from common import errors
 from common.ids import parse_hex_id
 from common.negotiate import accepts_coding
+from common.representation import (
+    IMMUTABLE,
+    OCTETS,
+    Answer,
+    ByteRange,
+    Conditions,
+    Unsatisfiable,
+    Variant,
+    etag_matches,
+    parse_range,
+    represent,
+)
 
 __all__ = [
     "IMMUTABLE",
@@ -33,8 +45,10 @@ __all__ = [
     "ByteRange",
     "JsonErrors",
     "Paced",
+    "Unsatisfiable",
     "accepts_coding",
     "accepts_zstd",
+    "conditions",
     "declared_length",
     "error_middleware",
     "error_response",
@@ -44,6 +58,7 @@ __all__ = [
     "parse_range",
     "read_batch_ids",
     "read_limited",
+    "respond",
     "serve_immutable",
     "status_of",
     "stream_batch",
@@ -51,8 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("minicdn.http")
-
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 # The one table from error class to HTTP status (most specific class first).
 STATUS: list[tuple[type[errors.MinicdnError], int]] = [
@@ -382,110 +395,36 @@ def accepts_zstd(request: web.Request) -> bool:
     return accepts_coding(request.headers.get("Accept-Encoding", ""), "zstd")
 
 
-def etag_matches(header: str, etag: str) -> bool:
-    """If-None-Match uses weak comparison (RFC 9110 §13.1.2)."""
-    if header.strip() == "*":
-        return True
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag == etag:
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class ByteRange:
-    start: int
-    end: int  # inclusive
-
-
-class Unsatisfiable(Exception):
-    pass
-
-
-def parse_range(header: str, size: int) -> ByteRange | None:
-    """One byte range, or None to ignore the header and send 200 (RFC 9110 §14.2: a server
-    may ignore a Range it does not support, e.g. several ranges or other units).
-    Raises Unsatisfiable for a syntactically valid range that selects nothing (→ 416).
-
-    Positions are ASCII digits of any length (§14.1.1): a first position past the body is
-    unsatisfiable, a last one past it is clamped, a suffix longer than it is all of it."""
-    unit, _, spec = header.partition("=")
-    if unit.strip(" \t").lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip(" \t").partition("-")
-    first_d, last_d = _digits(first), _digits(last)
-    if not dash or (first and first_d is None) or (last and last_d is None):
-        return None
-    if first_d is None:
-        if last_d is None:
-            return None
-        suffix = _position(last_d)
-        if suffix == 0 or size == 0:
-            raise Unsatisfiable
-        return ByteRange(max(0, size - suffix), size - 1)
-    if last_d is not None and (len(last_d), last_d) < (len(first_d), first_d):
-        return None  # invalid syntax (RFC 9110 §14.1.1): ignore the header
-    start = _position(first_d)
-    if start >= size:
-        raise Unsatisfiable
-    end = size - 1 if last_d is None else min(_position(last_d), size - 1)
-    return ByteRange(start, end)
-
-
-def _digits(text: str) -> str | None:
-    """``text`` as a position: ASCII digits only (``str.isdigit`` also takes '²' and other
-    scripts' digits, which ``int`` refuses), without leading zeros; else None."""
-    if not text or not text.isascii() or not text.isdigit():
-        return None
-    return text.lstrip("0") or "0"
-
-
-BEYOND = 10**18  # larger than any body; int() refuses strings of more than 4300 digits
-
-
-def _position(digits: str) -> int:
-    return int(digits) if len(digits) < 18 else BEYOND
-
-
 def serve_immutable(
     request: web.Request,
     body: bytes | memoryview,
     *,
     etag: str,
-    content_type: str = "application/octet-stream",
+    content_type: str = OCTETS,
     cache_control: str = IMMUTABLE,
     content_encoding: str | None = None,
     vary: str | None = None,
 ) -> web.Response:
-    """GET/HEAD of an object whose ETag never changes: 304, Range/206/416, HEAD.
+    """GET/HEAD of an object whose ETag never changes, as common.representation answers it
+    (304, Range/206/416; for HEAD aiohttp sends the fields, Content-Length included, and no
+    body)."""
+    variant = Variant(etag, len(body), content_type, content_encoding, vary, cache_control)
+    return respond(represent(variant, conditions(request)), body)
 
-    With ``content_encoding`` the body is the encoded representation; ranges then count
-    bytes of that representation (RFC 9110 §14.1.2 applies ranges to the selected one).
-    """
-    headers = {"ETag": etag, "Cache-Control": cache_control, "Accept-Ranges": "bytes"}
-    if content_encoding:
-        headers["Content-Encoding"] = content_encoding
-    if vary:
-        headers["Vary"] = vary
-    inm = request.headers.get("If-None-Match")
-    if inm is not None and etag_matches(inm, etag):
-        return web.Response(status=304, headers=headers)  # RFC 9110 §13.1.2
-    size = len(body)
-    status = 200
-    rng_header = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
-    if rng_header and (if_range is None or if_range.strip() == etag):  # RFC 9110 §13.1.5
-        try:
-            rng = parse_range(rng_header, size)
-        except Unsatisfiable:
-            headers["Content-Range"] = f"bytes */{size}"
-            return error_response(416, "range_not_satisfiable", "range selects no bytes", headers)
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{size}"
-            body = memoryview(body)[rng.start : rng.end + 1]
-    # For HEAD aiohttp sends the headers (Content-Length included) and no body.
-    return web.Response(status=status, body=bytes(body), headers=headers, content_type=content_type)
+
+def respond(answer: Answer, body: bytes | memoryview = b"") -> web.Response:
+    """common.representation's ``answer`` as aiohttp's response, ``body`` the variant's."""
+    fields = dict(answer.fields)
+    content_type = fields.pop("Content-Type", None)
+    fields.pop("Content-Length", None)  # web.Response sets it from the body, for HEAD too
+    if answer.status == 416:
+        return error_response(416, answer.code, answer.message, fields)
+    if answer.status == 304:
+        return web.Response(status=304, headers=fields)
+    part = bytes(memoryview(body)[answer.start : answer.end])
+    return web.Response(status=answer.status, body=part, headers=fields, content_type=content_type)
+
+
+def conditions(request: web.BaseRequest) -> Conditions:
+    h = request.headers
+    return Conditions(h.get("If-None-Match"), h.get("Range"), h.get("If-Range"))

@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["AccessLog"]
@@ -29,6 +30,23 @@ class AccessLog:
 
     def write(self, record: dict[str, Any]) -> None:
         self._logger.info(json.dumps(record, separators=(",", ":")))
+
+    def request(
+        self, remote: str | None, method: str, path: str, status: int, sent: int, seconds: float, ua: str
+    ) -> None:
+        """One answered request, as either serving path saw it: ``sent`` body bytes."""
+        self.write(
+            {
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "remote": remote,
+                "method": method,
+                "path": path,
+                "status": status,
+                "bytes": sent,
+                "ms": round(seconds * 1000, 3),
+                "ua": ua,
+            }
+        )
 
     def close(self) -> None:
         self._listener.stop()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 
 from common.http import error_middleware, strict_middleware
 from edge import handlers as h
 from edge import hops
-from edge.handlers import EDGE, SENT
+from edge.encodings import Encodings
+from edge.handlers import EDGE, ENCODINGS, SENT
 from edge.service import Edge
 
 __all__ = ["make_app"]
@@ -39,22 +39,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = resp.status if resp is not None else 500  # None: a bug, or the client left
         route = request.match_info.route.name or "other"
         sent = 0 if route in OPERATIONS else _body_bytes(request, resp)
-        m = edge.metrics
-        m.requests.labels(route, str(status)).inc()
-        m.request_seconds.observe(elapsed)
-        m.sent_bytes.inc(sent)
+        edge.metrics.stats.record(route, status, sent, elapsed)
         if edge.access_log is not None:
-            edge.access_log.write(
-                {
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "remote": request.remote,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "bytes": sent,
-                    "ms": round(elapsed * 1000, 3),
-                    "ua": request.headers.get("User-Agent", ""),
-                }
+            ua = request.headers.get("User-Agent", "")
+            edge.access_log.request(
+                request.remote or "", request.method, request.path, status, sent, elapsed, ua
             )
 
 
@@ -78,6 +67,7 @@ def make_app(edge: Edge) -> web.Application:
         client_max_size=1 << 20,
     )
     app[EDGE] = edge
+    app[ENCODINGS] = Encodings(edge.memory)
     r = app.router
     r.add_get("/v1/chunks/{id}", h.get_chunk, name="chunk")  # GET also answers HEAD
     r.add_post("/v1/chunks:batch", h.post_batch, name="batch")

@@ -1,6 +1,7 @@
 """The edge's HTTP handlers: each parses, calls one thing of ``Edge``, maps the result.
 
-Conditionals and ranges are common.http's ``serve_immutable`` (RFC 9110 §13, §14).
+Objects are answered as edge.representation and common.representation say (RFC 9110
+§13, §14), the data plane's answers' one source.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from common.errors import BadRequest, Unauthorized
 from common.http import (
     MAX_BATCH,
     accepts_zstd,
-    etag_matches,
     read_batch_ids,
     read_limited,
+    respond,
     serve_immutable,
     stream_batch,
 )
@@ -28,18 +29,29 @@ from common.ids import check_app, check_channel, check_version, parse_hex_id, sh
 from common.manifest import app_of
 from edge import hops
 from edge.cluster import NODE_HEADER
+from edge.encodings import MAX_DICTIONARIES, Encodings
 from edge.objects import Entry, Obj
+from edge.representation import (
+    BUNDLE,
+    CHUNK_RAW,
+    CHUNK_ZSTD,
+    MANIFEST_DCZ,
+    MANIFEST_RAW,
+    MANIFEST_ZSTD,
+    Form,
+    not_modified,
+)
 from edge.service import Edge
 from edge.upstream import Answer, batch_body
 
-__all__ = ["EDGE", "MAX_BATCH", "SENT"]
+__all__ = ["EDGE", "ENCODINGS", "MAX_BATCH", "SENT"]
 
 T = TypeVar("T")
 
 EDGE = web.AppKey("edge", Edge)
+ENCODINGS = web.AppKey("encodings", Encodings)  # the memory tier's manifests, encoded
 SENT = "minicdn.sent"  # request key: body bytes a streaming handler wrote
 BATCH_WINDOW = 32  # fills in flight per batch request
-MSGPACK = "application/x-msgpack"
 
 
 def _obj(request: web.Request, kind: str) -> Obj:
@@ -47,13 +59,19 @@ def _obj(request: web.Request, kind: str) -> Obj:
 
 
 def _not_modified(request: web.Request, obj: Obj) -> web.Response | None:
-    """The id is the content's hash: a client naming it in If-None-Match already has it,
-    wherever it is cached (RFC 9110 §13.1.2), so no lookup is needed."""
-    inm = request.headers.get("If-None-Match")
-    if inm is not None and etag_matches(inm, obj.etag):
-        vary = dcz.VARY if obj.kind == "manifest" else "Accept-Encoding"
-        return serve_immutable(request, b"", etag=obj.etag, vary=vary)
-    return None
+    early = not_modified(obj.kind, obj.etag, request.headers.get("If-None-Match"))
+    return None if early is None else respond(early)
+
+
+def _serve(request: web.Request, obj: Obj, body: bytes, form: Form) -> web.Response:
+    return serve_immutable(
+        request,
+        body,
+        etag=obj.etag,
+        content_type=form.content_type,
+        content_encoding=form.content_encoding,
+        vary=form.vary,
+    )
 
 
 async def get_chunk(request: web.Request) -> web.StreamResponse:
@@ -62,17 +80,15 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         return early
     entry = await request.app[EDGE].objects.load(obj)
     if accepts_zstd(request):
-        return serve_immutable(
-            request, entry.body, etag=obj.etag, content_encoding="zstd", vary="Accept-Encoding"
-        )
-    raw = await asyncio.get_running_loop().run_in_executor(None, codec.decode_chunk, obj.id, entry.body)
-    return serve_immutable(request, raw, etag=obj.etag, vary="Accept-Encoding")
+        return _serve(request, obj, entry.body, CHUNK_ZSTD)
+    raw = await _off_loop(codec.decode_chunk, obj.id, entry.body)
+    return _serve(request, obj, raw, CHUNK_RAW)
 
 
 async def get_bundle(request: web.Request) -> web.StreamResponse:
     obj = _obj(request, "bundle")
     entry = await request.app[EDGE].objects.load(obj)
-    return serve_immutable(request, entry.body, etag=obj.etag)
+    return _serve(request, obj, entry.body, BUNDLE)
 
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
@@ -82,30 +98,25 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     obj = _obj(request, "manifest")
     if (early := _not_modified(request, obj)) is not None:
         return early
-    edge = request.app[EDGE]
+    edge, encodings = request.app[EDGE], request.app[ENCODINGS]
     entry = await edge.objects.load(obj)
-    body, encoding = entry.body, None
+    body, form = entry.body, MANIFEST_RAW
     if accepts_zstd(request):
-        if entry.encoded is None:
-            entry.encoded = await _off_loop(codec.compress, entry.body, 19)
-        body, encoding = entry.encoded, "zstd"
+        body, form = await encodings.zstd_of(obj.key, entry), MANIFEST_ZSTD
     dictionary = dcz.parse_available_dictionary(request.headers.get(dcz.AVAILABLE_DICTIONARY))
     if dictionary is not None and dcz.accepts_dcz(request.headers.get("Accept-Encoding")):
-        encoded = await _dcz_of(edge, obj, entry, dictionary)
+        encoded = await _dcz_of(edge, encodings.dcz_known(obj.key, entry), obj, entry, dictionary)
         if encoded is not None and len(encoded) < len(body):
-            body, encoding = encoded, dcz.CONTENT_ENCODING
-    return serve_immutable(
-        request, body, etag=obj.etag, content_type=MSGPACK, content_encoding=encoding, vary=dcz.VARY
-    )
+            body, form = encoded, MANIFEST_DCZ
+    return _serve(request, obj, body, form)
 
 
-MAX_DICTIONARIES = 8  # dcz encodings kept per manifest (clients name their installed one)
-
-
-async def _dcz_of(edge: Edge, obj: Obj, entry: Entry, dictionary: bytes) -> bytes | None:
+async def _dcz_of(
+    edge: Edge, known: dict[bytes, bytes | None], obj: Obj, entry: Entry, dictionary: bytes
+) -> bytes | None:
     """The manifest dcz-encoded against the manifest ``dictionary`` (filled like any
-    manifest, so verified), or None when that is no manifest of the same app."""
-    known = entry.dcz if entry.dcz is not None else {}
+    manifest, so verified), or None when that is no manifest of the same app; ``known``:
+    the encodings made so far, which keeps it."""
     if dictionary in known:
         return known[dictionary]
     encoded = None
@@ -116,7 +127,6 @@ async def _dcz_of(edge: Edge, obj: Obj, entry: Entry, dictionary: bytes) -> byte
     if len(known) >= MAX_DICTIONARIES:
         known.pop(next(iter(known)))
     known[dictionary] = encoded
-    entry.dcz = known
     return encoded
 
 
@@ -134,7 +144,7 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
         request,
         entry.body,
         etag=entry.etag,
-        content_type=MSGPACK,
+        content_type=MANIFEST_RAW.content_type,
         cache_control=f"public, max-age={remaining}",
     )
     resp.headers["Age"] = str(int(served.age))

@@ -49,6 +49,9 @@ class MemoryTier:
         # Public so the data plane's inline path can look up with a dict lookup, not a
         # call; everyone else reads and changes it through the methods below.
         self.entries: dict[str, Entry] = {}
+        # Told of every entry the tier lets go (evicted, removed or replaced): the serving
+        # paths keep what they derive from an entry (encodings, prebuilt heads) beside it.
+        self.on_forget: list[Callable[[Entry], None]] = []
 
     @property
     def used(self) -> int:
@@ -102,6 +105,8 @@ class MemoryTier:
     def _forget(self, entry: Entry) -> None:
         if entry.sealed is not None:
             self.sealed -= 1
+        for forget in self.on_forget:
+            forget(entry)
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         return (k for k in list(self.entries) if k.startswith(prefix))

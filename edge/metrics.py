@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from edge.plane.stats import Labelled, Stats
 
 __all__ = ["FALLBACKS", "PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
@@ -26,16 +28,17 @@ FALLBACKS = ("coalesce_timeout", "peer_timeout", "peer_error", "owner_down")
 @dataclass
 class EdgeMetrics:
     registry: CollectorRegistry
-    requests: Counter  # HTTP requests answered, by route name and status code
-    hits: Counter  # objects served from a tier without asking anyone (each id of a batch counts)
+    # HTTP requests answered (by route name and status code), body bytes sent to clients
+    # (HEAD and 304 send none), the wall time of one request (routing to the last byte), and
+    # hits: one collector of plain integers, counted by both serving paths (edge.plane.stats).
+    stats: Stats
+    hits: Labelled  # objects served from a tier without asking anyone (each id of a batch counts)
     misses: Counter  # objects that were in no tier and had to be filled
-    sent_bytes: Counter  # response body bytes sent to clients (HEAD and 304 send none)
     upstream_requests: Counter  # requests made to fill a miss, by kind: peer or upstream
     coalesced: Counter  # callers that joined a fill already in flight instead of starting one
     cache_bytes: Gauge  # bytes held now, by tier
     cache_limit: Gauge  # the configured limit, by tier
     evicted_bytes: Counter  # bytes evicted, by tier
-    request_seconds: Histogram  # wall time of one request, from routing to the last byte
     upstream_errors: Counter  # failed upstream attempts: connect, timeout, status, redirect, integrity, loop
     peer_errors: Counter  # failed requests to owner peers, by the same reasons
     ring_size: Gauge  # members of this node's ring now, itself included (1 alone)
@@ -49,12 +52,13 @@ class EdgeMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> EdgeMetrics:
         r = registry or CollectorRegistry()
+        stats = Stats(TIERS)  # counters start at zero for every label of their fixed sets
+        r.register(stats)
         m = cls(
             registry=r,
-            requests=Counter("minicdn_edge_requests", "HTTP requests", ["route", "code"], registry=r),
-            hits=Counter("minicdn_edge_hits", "Cache hits", ["tier"], registry=r),
+            stats=stats,
+            hits=stats.hits,
             misses=Counter("minicdn_edge_misses", "Cache misses", registry=r),
-            sent_bytes=Counter("minicdn_edge_sent_bytes", "Response body bytes sent", registry=r),
             upstream_requests=Counter(
                 "minicdn_edge_upstream_requests", "Requests to peers and upstreams", ["kind"], registry=r
             ),
@@ -62,12 +66,6 @@ class EdgeMetrics:
             cache_bytes=Gauge("minicdn_edge_cache_bytes", "Bytes cached", ["tier"], registry=r),
             cache_limit=Gauge("minicdn_edge_cache_limit_bytes", "Cache limit", ["tier"], registry=r),
             evicted_bytes=Counter("minicdn_edge_evicted_bytes", "Bytes evicted", ["tier"], registry=r),
-            request_seconds=Histogram(
-                "minicdn_edge_request_seconds",
-                "Request duration",
-                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                registry=r,
-            ),
             upstream_errors=Counter(
                 "minicdn_edge_upstream_errors", "Failed upstream attempts", ["reason"], registry=r
             ),
@@ -95,7 +93,6 @@ class EdgeMetrics:
         )
         # Counters start at zero for every label of their fixed sets.
         for tier in TIERS:
-            m.hits.labels(tier)
             m.evicted_bytes.labels(tier)
             m.cache_bytes.labels(tier)
         for kind in ("peer", "upstream"):

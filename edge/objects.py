@@ -70,7 +70,7 @@ class Entry:
     large body into a ``Sealed`` memfd (``seal``): ``body`` then reads it back (a copy, for
     the paths that need bytes) while the data plane sends it from the file."""
 
-    __slots__ = ("data", "dcz", "encoded", "etag", "heads", "max_age", "sealed", "size", "validated")
+    __slots__ = ("data", "etag", "max_age", "sealed", "size", "validated")
 
     def __init__(self, body: bytes, etag: str, validated: float = 0.0, max_age: float = 0.0) -> None:
         self.data: bytes | None = body  # the body, until it is sealed
@@ -79,11 +79,8 @@ class Entry:
         self.etag = etag
         self.validated = validated  # refs: wall-clock time of the last upstream 200 or 304
         self.max_age = max_age  # refs: seconds the ref stays fresh after ``validated``
-        self.encoded: bytes | None = None  # manifests: the zstd encoding, made on first demand
-        # manifests: dcz encodings (RFC 9842) by dictionary id, None where dcz does not help
-        self.dcz: dict[bytes, bytes | None] | None = None
-        # response heads prebuilt by the data plane (edge.dataplane), one per variant
-        self.heads: dict[object, bytes] | None = None
+        # (How HTTP encodes it, and the heads it is sent with, are kept beside the memory
+        # tier's entries by the serving paths: edge.encodings, edge.plane.answers.)
 
     @property
     def body(self) -> bytes:

@@ -31,7 +31,9 @@ from aiohttp import web
 
 from common.http import json_handlers
 from edge.app import make_app
-from edge.dataplane import Limits, Plane, Returned, Stats
+from edge.handlers import ENCODINGS
+from edge.plane.lending import Returned
+from edge.plane.plane import Limits, Plane
 from edge.service import Edge
 from edge.workers import Slot, WorkerRegistry, supervise
 
@@ -112,7 +114,8 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         "access_log_class": Returned,
         "keepalive_timeout": options.limits.keepalive_timeout,
     }
-    runner = web.AppRunner(make_app(node), shutdown_timeout=s.drain_timeout, **handler_args)
+    app = make_app(node)
+    runner = web.AppRunner(app, shutdown_timeout=s.drain_timeout, **handler_args)
     await runner.setup()
     assert runner.server is not None
     # aiohttp's connection handlers, answering its own errors as JSON: the data plane's
@@ -121,10 +124,7 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
     loop = asyncio.get_running_loop()
     plane: Plane | None = None
     if options.fast_path:
-        stats = Stats(node.metrics)
-        if registry is not None:
-            registry.before_collect(stats.flush)
-        plane = Plane(node, aiohttp_server, options.limits, stats)
+        plane = Plane(node, app[ENCODINGS], aiohttp_server, options.limits)
         plane.start()
         factory: Callable[[], asyncio.Protocol] = plane.connection
     else:

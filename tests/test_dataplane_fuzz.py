@@ -3,7 +3,7 @@
 - ``common.http.parse_range``, pure: any header, any size → a range inside the body, None
   (ignore it), or Unsatisfiable; never another exception, and the same answer as a model
   written with Python's unbounded integers.
-- ``edge.dataplane.Chunked``, pure: where it says a chunked body ends, llhttp (which
+- ``edge.plane.body.Chunked``, pure: where it says a chunked body ends, llhttp (which
   aiohttp parses the same bytes with) ends it too, fed in any pieces.
 - A real edge in front of a real origin with one published app, sent hypothesis-made
   requests over raw sockets (methods, targets valid and not, versions or none, Host, Range,
@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from common.http import ByteRange, Unsatisfiable, parse_range
-from edge.dataplane import BadBody, Chunked
+from edge.plane.body import BadBody, Chunked
 from tests.conftest import DEMO
 from tests.edge_support import App, edge, publish_app
 from tests.procs import Service
@@ -47,7 +47,12 @@ DIGITS = st.one_of(
     st.sampled_from(["²", "٣", "1²", "\u0661", "１", "1_0", " 1", "+1", "-1", ""]),
 )
 RANGES = st.one_of(
-    st.builds(lambda u, a, b: f"{u}={a}-{b}", st.sampled_from(["bytes", "BYTES", " bytes ", "items"]), DIGITS, DIGITS),
+    st.builds(
+        lambda u, a, b: f"{u}={a}-{b}",
+        st.sampled_from(["bytes", "BYTES", " bytes ", "items"]),
+        DIGITS,
+        DIGITS,
+    ),
     st.builds(lambda a, b, c, d: f"bytes={a}-{b},{c}-{d}", DIGITS, DIGITS, DIGITS, DIGITS),
     st.text(max_size=40),
     st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
@@ -61,7 +66,7 @@ def model(header: str, size: int) -> ByteRange | type[Unsatisfiable] | None:
         return None
     first, last = m.group(1), m.group(2)
     big = 10**6000
-    value = (lambda d: int(d.lstrip("0") or "0") if len(d.lstrip("0")) <= 4000 else big)  # noqa: E731
+    value = lambda d: int(d.lstrip("0") or "0") if len(d.lstrip("0")) <= 4000 else big  # noqa: E731
     if not first:
         if not last:
             return None
@@ -146,8 +151,14 @@ TRAILER = st.lists(st.sampled_from([b"T: v\r\n", b"X-Y: 1\r\n", b"Bad\r\n"]), ma
 def chunked_bodies(draw: st.DrawFn) -> bytes:
     chunks = draw(st.lists(CHUNK, max_size=4))
     body = b"".join(
-        draw(st.sampled_from(["x", "X", "0x"])).replace("x", f"{len(c):x}").replace("X", f"{len(c):X}").encode()
-        + draw(EXT) + b"\r\n" + c + b"\r\n"
+        draw(st.sampled_from(["x", "X", "0x"]))
+        .replace("x", f"{len(c):x}")
+        .replace("X", f"{len(c):X}")
+        .encode()
+        + draw(EXT)
+        + b"\r\n"
+        + c
+        + b"\r\n"
         for c in chunks
     )
     body += draw(st.sampled_from([b"0", b"000"])) + draw(EXT) + b"\r\n" + b"".join(draw(TRAILER)) + b"\r\n"
@@ -155,7 +166,11 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
         i = draw(st.integers(0, len(body) - 1))
         kind = draw(st.sampled_from(["set", "drop", "add"]))
         byte = bytes([draw(st.sampled_from(b"\r\n ;0aZ\x00\xff"))])
-        body = {"set": body[:i] + byte + body[i + 1 :], "drop": body[:i] + body[i + 1 :], "add": body[:i] + byte + body[i:]}[kind]
+        body = {
+            "set": body[:i] + byte + body[i + 1 :],
+            "drop": body[:i] + body[i + 1 :],
+            "add": body[:i] + byte + body[i:],
+        }[kind]
     return body + draw(st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"\r\n"]))
 
 
@@ -201,7 +216,9 @@ TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN
 VALUE = st.binary(max_size=24).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
 
-def sometimes(plausible: st.SearchStrategy[bytes], hostile: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+def sometimes(
+    plausible: st.SearchStrategy[bytes], hostile: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[bytes]:
     """Mostly ``plausible``, one time in five ``hostile``: most requests reach the answers
     a valid request gets (200, 206, 304, 416), the rest every way of being refused."""
     return st.integers(0, 4).flatmap(lambda n: hostile if n == 0 else plausible)
@@ -225,10 +242,15 @@ HOSTS = sometimes(
     st.sampled_from([[], [b"Host: a", b"Host: b"], [b"Host: a b"], [b"Host: \xff"], [b"Host: a/b"]]),
 )
 RANGE_VALUES = sometimes(
-    st.builds(lambda a, b: f"bytes={a}-{b}".encode(), st.sampled_from(["", "0", "5", "100", "99999"]),
-              st.sampled_from(["", "0", "9", "20", "99999"])),
+    st.builds(
+        lambda a, b: f"bytes={a}-{b}".encode(),
+        st.sampled_from(["", "0", "5", "100", "99999"]),
+        st.sampled_from(["", "0", "9", "20", "99999"]),
+    ),
     RANGES.map(lambda t: t.encode("utf-8"))
-    | st.sampled_from([b"bytes=\xb2-", b"bytes=0-\xb3", b"bytes=-" + b"9" * 5000, b"bytes=" + b"9" * 5000 + b"-"]),
+    | st.sampled_from(
+        [b"bytes=\xb2-", b"bytes=0-\xb3", b"bytes=-" + b"9" * 5000, b"bytes=" + b"9" * 5000 + b"-"]
+    ),
 ).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))  # one field line
 CONDITIONALS = st.one_of(
     header("Range", RANGE_VALUES),
@@ -237,7 +259,9 @@ CONDITIONALS = st.one_of(
 )
 PLAUSIBLE_FIELDS = st.one_of(
     CONDITIONALS,
-    header("Accept-Encoding", st.sampled_from([b"zstd", b"gzip", b"gzip, zstd;q=0", b"*;q=0.5", b"zstd, dcz"])),
+    header(
+        "Accept-Encoding", st.sampled_from([b"zstd", b"gzip", b"gzip, zstd;q=0", b"*;q=0.5", b"zstd, dcz"])
+    ),
     header("Connection", st.sampled_from([b"keep-alive", b"close"])),
     header("User-Agent", st.sampled_from([b"fuzz/1", b"\xe6\x89\x8b\xe6\x9c\xba"])),
 )
@@ -253,7 +277,9 @@ HOSTILE_FIELDS = st.one_of(
     header("Via", st.sampled_from([b"1.1 someone", b"1.1 x, 1.1 y"]) | VALUE),
     header("X-Minicdn-Peer", st.text(alphabet=TOKEN_CHARS + " ", max_size=24).map(str.encode) | VALUE),
     header("X-Minicdn-Peer-Proof", VALUE),
-    st.builds(lambda n, v: n.encode() + b": " + v, st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=10), VALUE),
+    st.builds(
+        lambda n, v: n.encode() + b": " + v, st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=10), VALUE
+    ),
     VALUE.map(lambda v: v.replace(b":", b"") or b"x"),  # a line without a colon
 )
 FIELDS = sometimes(PLAUSIBLE_FIELDS, HOSTILE_FIELDS)
@@ -265,10 +291,24 @@ def targets(draw: st.DrawFn, app: App) -> tuple[bytes, str]:
     chunk = draw(st.sampled_from(app.chunks))
     objects = [f"/v1/chunks/{chunk}"] * 4 + [f"/v1/manifests/{app.manifest}"]
     others = [
-        f"/v1/bundles/{HEX0}", f"/v1/chunks/{HEX0}", "/v1/chunks/ABC", "/v1/chunks/", "/v1/chunks:batch",
-        "/v1/apps", "/v1/apps/fuzz", "/v1/apps/fuzz/channels/release", "/v1/apps/Bad!/channels/x",
-        "/v1/admin/purge", "/metrics", "/healthz", "/readyz", "*", "/", f"http://fuzz/v1/chunks/{chunk}",
-        f"/v1/chunks/%3{chunk[1:]}", f"/v1//chunks/{chunk}",
+        f"/v1/bundles/{HEX0}",
+        f"/v1/chunks/{HEX0}",
+        "/v1/chunks/ABC",
+        "/v1/chunks/",
+        "/v1/chunks:batch",
+        "/v1/apps",
+        "/v1/apps/fuzz",
+        "/v1/apps/fuzz/channels/release",
+        "/v1/apps/Bad!/channels/x",
+        "/v1/admin/purge",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "*",
+        "/",
+        f"http://fuzz/v1/chunks/{chunk}",
+        f"/v1/chunks/%3{chunk[1:]}",
+        f"/v1//chunks/{chunk}",
     ]
     base = draw(st.sampled_from(objects * 3 + others))
     suffix = draw(sometimes(st.sampled_from([b"", b"", b"?x=1"]), st.binary(max_size=6) | st.just(b"#f")))
@@ -393,7 +433,9 @@ def check_exchange(request: bytes, out: bytes) -> None:
     if not first.head.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):
         assert not re.search(rb" HTTP/1\.[01]$", line), (line, first.head)
     connection = first.headers.get(b"connection", b"").lower()
-    closes = connection == b"close" or (not first.head.startswith(b"HTTP/1.1") and connection != b"keep-alive")
+    closes = connection == b"close" or (
+        not first.head.startswith(b"HTTP/1.1") and connection != b"keep-alive"
+    )
     if method == "HEAD" and closes and first.status >= 400 and rest:
         # A head the parser refused does not tell it was a HEAD: its error body may follow,
         # and then the connection closes.
@@ -404,15 +446,22 @@ def check_exchange(request: bytes, out: bytes) -> None:
         assert set(err) == {"error", "message"}, err
     if rest:
         follow, tail = read_answer(rest, "GET")
-        assert follow.status == 200 and json.loads(follow.body) == {"ok": True} and not tail, (request[:300], rest[:300])
+        assert follow.status == 200 and json.loads(follow.body) == {"ok": True} and not tail, (
+            request[:300],
+            rest[:300],
+        )
     else:  # closed after the first answer: it said so, or it was HTTP/1.0, or an upgrade
         upgrade = b"CONNECT " in line or re.search(rb"(?i)\r\nconnection:[^\r]*upgrade", request)
         assert closes or upgrade, (request[:300], first.head)
 
 
 def fuzz(target: Target, examples: int) -> None:
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(requests(target.app))
     def one(request: bytes) -> None:
         check_exchange(request, exchange(target.node.port, request))
@@ -439,5 +488,7 @@ def test_fuzzed_requests_each_get_one_well_formed_answer_long(target: Target) ->
 
 
 @pytest.mark.slow
-def test_fuzzed_requests_to_the_origin_each_get_one_well_formed_answer_long(origin: Service, app: App) -> None:
+def test_fuzzed_requests_to_the_origin_each_get_one_well_formed_answer_long(
+    origin: Service, app: App
+) -> None:
     fuzz(Target(origin, app), 5_000)

@@ -1,4 +1,4 @@
-"""The data plane's last resort (edge.dataplane.Connection._failed): a bug met while
+"""The data plane's last resort (edge.plane.connection.Connection._failed): a bug met while
 answering costs its connection a 500 and one log line, not a dropped connection and a
 traceback per request.  In process, with a stand-in transport and a memory tier that
 fails, since no real request is meant to reach it (tests/test_dataplane_fuzz.py holds
@@ -12,8 +12,11 @@ import types
 
 import pytest
 
-from edge import dataplane as dp
+from edge.encodings import Encodings
 from edge.metrics import EdgeMetrics
+from edge.plane import connection as dp
+from edge.plane.failures import FAILURES
+from edge.plane.plane import Limits, Plane
 
 HEX = "ab" * 32
 
@@ -55,9 +58,11 @@ def broken_connection() -> tuple[dp.Connection, Transport]:
     def get(key: str) -> None:
         raise RuntimeError("a bug in the memory tier")
 
-    memory = types.SimpleNamespace(entries={}, get=get, policy=types.SimpleNamespace(touch=lambda k: None))
-    node = types.SimpleNamespace(memory=memory, access_log=None)
-    plane = dp.Plane(node, lambda: None, dp.Limits(), dp.Stats(EdgeMetrics.create()))  # type: ignore[arg-type]
+    memory = types.SimpleNamespace(
+        entries={}, get=get, policy=types.SimpleNamespace(touch=lambda k: None), on_forget=[]
+    )
+    node = types.SimpleNamespace(memory=memory, access_log=None, metrics=EdgeMetrics.create())
+    plane = Plane(node, Encodings(memory), lambda: None, Limits())  # type: ignore[arg-type, return-value]
     conn = dp.Connection(plane)
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
@@ -68,8 +73,10 @@ def request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode()
 
 
-def test_a_bug_is_answered_500_closes_its_connection_and_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    dp.FAILURES.next = 0.0
+def test_a_bug_is_answered_500_closes_its_connection_and_logs_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    FAILURES.next = 0.0
     caplog.set_level(logging.ERROR, "minicdn.edge.dataplane")
     conn, transport = broken_connection()
     # The first is answered without the memory tier (the id is its ETag: 304), the second
@@ -89,18 +96,18 @@ def test_a_bug_is_answered_500_closes_its_connection_and_logs_one_line(caplog: p
 
 
 def test_a_bug_while_lending_to_aiohttp_is_answered_500(caplog: pytest.LogCaptureFixture) -> None:
-    dp.FAILURES.next = 0.0
+    FAILURES.next = 0.0
     conn, transport = broken_connection()  # its fallback makes no handler at all
     conn.data_received(request("/metrics"))
     assert transport.out.startswith(b"HTTP/1.1 500 ") and transport.closed
 
 
 def test_more_bugs_within_the_interval_are_counted_not_logged(caplog: pytest.LogCaptureFixture) -> None:
-    dp.FAILURES.next = 0.0
-    dp.FAILURES.missed = 0
+    FAILURES.next = 0.0
+    FAILURES.missed = 0
     caplog.set_level(logging.ERROR, "minicdn.edge.dataplane")
     for _ in range(5):
         conn, transport = broken_connection()
         conn.data_received(request(f"/v1/chunks/{HEX}"))
         assert transport.out.startswith(b"HTTP/1.1 500 ") and transport.closed
-    assert len(caplog.records) == 1 and dp.FAILURES.missed == 4
+    assert len(caplog.records) == 1 and FAILURES.missed == 4
