@@ -93,7 +93,12 @@ class Filler:
             self.metrics.hits.labels("memory").inc()
             return entry
         self.tally.arrive(key, filling=key in self.flights)
-        entry, _ = await self.flights.do(key, lambda: self._load(obj), alone=lambda: self._second(obj))
+        entry, _ = await self.flights.do(
+            key,
+            look=lambda: self._look_again(obj),  # memory again, disk (verified), known absent
+            fill=lambda: self._fill(obj),  # owner peer, upstreams in order, verify, populate
+            alone=lambda: self._second(obj),
+        )
         return entry
 
     async def load_or_none(self, obj: Obj) -> Entry | None:
@@ -136,14 +141,29 @@ class Filler:
             and self.disk.surely_absent(key)
         )
 
-    async def _load(self, obj: Obj) -> Entry:
-        """The one flight of ``obj``: look again, then fill from the owner peer or the
-        upstreams, and populate."""
-        entry, found = await self.tally.counted(obj.key, self._look(obj))
-        if entry is not None:
-            return entry
+    async def _look_again(self, obj: Obj) -> Entry | None:
+        """Inside the flight (run by the caller that started it): the entry in a tier, or
+        None when it must be filled; NotFound when it is known absent."""
+        entry, found = await self.tally.counted(obj.key, self._find(obj))
         if found == "absent":
             raise NotFound(f"{obj.path}: not found upstream, a moment ago")
+        return entry
+
+    async def _find(self, obj: Obj) -> tuple[Entry | None, Found]:
+        """Memory again (a fill that landed since the caller looked stored it there), the
+        disk (read and verified once for every caller), and the ids known absent."""
+        entry = self.memory.get(obj.key)
+        if entry is not None:
+            return entry, "memory"
+        blob = await self.disk.get(obj.key, obj.verify)
+        if blob is not None:
+            entry = Entry(blob.body, obj.etag)
+            self.memory.put(obj.key, entry)
+            return entry, "disk"
+        return None, "absent" if obj.key in self.negative else "miss"
+
+    async def _fill(self, obj: Obj) -> Entry:
+        """From the owner peer, else the upstreams in order; verified, then populated."""
         headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
         try:
             entry = await self._from_owner(obj, headers)
@@ -155,20 +175,6 @@ class Filler:
             raise
         self._populate(obj, entry, from_peer)
         return entry
-
-    async def _look(self, obj: Obj) -> tuple[Entry | None, Found]:
-        """Inside the flight: memory again (a fill that landed since the caller looked
-        stored it there), the disk (read and verified once for every caller), and the ids
-        known absent."""
-        entry = self.memory.get(obj.key)
-        if entry is not None:
-            return entry, "memory"
-        blob = await self.disk.get(obj.key, obj.verify)
-        if blob is not None:
-            entry = Entry(blob.body, obj.etag)
-            self.memory.put(obj.key, entry)
-            return entry, "disk"
-        return None, "absent" if obj.key in self.negative else "miss"
 
     async def _from_owner(self, obj: Obj, headers: Mapping[str, str]) -> Entry | None:
         """The verified entry from the key's owner peer; None when this node fills it
@@ -188,7 +194,8 @@ class Filler:
     async def _second(self, obj: Obj) -> Entry:
         """The second fill of a key whose first one kept its waiters past the bound."""
         self.metrics.fallbacks.labels("coalesce_timeout").inc()
-        return await self._load(obj)
+        entry = await self._look_again(obj)
+        return entry if entry is not None else await self._fill(obj)
 
     # -- many chunks at once ------------------------------------------------------------------
 
