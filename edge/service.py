@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from common import wire
-from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound
+from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
 from edge import hops
 from edge.accesslog import AccessLog
@@ -111,7 +111,13 @@ class Edge:
         self.siblings: dict[int, Path] = {}
         self.access_log: AccessLog | None = None
         self.draining = False
-        self.upstreams = Sources([], m)
+        self.upstreams = Sources(
+            [
+                HttpSource(u, self._session, settings.upstream_timeout, settings.max_object, node=self.node)
+                for u in settings.upstreams
+            ],
+            m,
+        )
         self.objects = Filler(
             self.memory,
             self.disk,
@@ -126,6 +132,12 @@ class Edge:
             self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
         )
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The session every source shares, once ``start`` made it."""
+        if self.session is None:
+            raise UpstreamError("the edge has not started: no client session yet")
+        return self.session
+
     @property
     def ready(self) -> bool:
         return self.disk.loaded and not self.draining
@@ -137,9 +149,6 @@ class Edge:
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
             headers={"User-Agent": "minicdn-edge"},
         )
-        self.upstreams.sources[:] = [
-            HttpSource(u, self.session, s.upstream_timeout, s.max_object, node=self.node) for u in s.upstreams
-        ]
         if s.access_log:
             self.access_log = AccessLog(s.access_log)
         self.background.spawn(self.disk.open())
