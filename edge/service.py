@@ -36,6 +36,7 @@ from edge.refs import RefCache, RefSettings, Served
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
 from edge.upstream import Answer, HttpSource, NoPeers, PeerPicker, Sources
+from edge.valid import http_urls, non_negative, positive
 
 __all__ = ["Edge", "EdgeSettings"]
 
@@ -70,6 +71,13 @@ class EdgeSettings:
     # This edge's name in Via headers and health answers; made once per command, so that
     # every worker process of one edge shares it (edge.hops).
     node: str = field(default_factory=hops.new_node_name)
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ValueError("--upstream: give at least one")
+        http_urls("--upstream", list(self.upstreams))
+        positive({"--upstream-timeout": self.upstream_timeout})
+        non_negative({"--negative-ttl": self.negative_ttl}, zero="0: off")
 
 
 class Edge:
