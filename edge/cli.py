@@ -25,6 +25,7 @@ from edge.policy import POLICIES
 from edge.refs import RefSettings
 from edge.server import ServeOptions, run
 from edge.service import Edge, EdgeSettings
+from edge.valid import positive
 from edge.workers import Slot, WorkerRegistry
 
 __all__ = ["edge"]
@@ -127,40 +128,38 @@ def edge(
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
-    for u in upstreams:
-        if not u.startswith(("http://", "https://")):
-            raise ConfigError(f"upstream: {u!r} is not an http(s) URL")
-    require_positive(upstream_timeout=upstream_timeout)
-    if negative_ttl < 0:
-        raise ConfigError("negative_ttl: must be 0 (off) or positive")
-    cluster = cluster_settings(
-        peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
-    )
-    settings = EdgeSettings(
-        upstreams=[u.rstrip("/") for u in upstreams],
-        cache_dir=Path(cache_dir),
-        memory_size=memory_size,
-        disk_size=disk_size,
-        policy=policy,
-        upstream_timeout=upstream_timeout,
-        coalesce_timeout=coalesce_timeout,
-        refs=RefSettings(max_age=ref_max_age, stale_if_error=stale_if_error),
-        negative_ttl=negative_ttl,
-        max_object=max_object,
-        token=token or None,
-        access_log=access_log,
-        full_backoff=disk_full_backoff,
-        drain_timeout=drain_timeout,
-        drain_delay=drain_delay,
-        cluster=cluster,
-    )
-    if workers < 1:
-        raise ConfigError("workers: must be at least 1")
-    require_positive(
-        header_timeout=header_timeout,
-        keepalive_timeout=keepalive_timeout,
-        send_timeout=send_timeout,
-    )
+    try:
+        settings = EdgeSettings(
+            upstreams=[u.rstrip("/") for u in upstreams],
+            cache_dir=Path(cache_dir),
+            memory_size=memory_size,
+            disk_size=disk_size,
+            policy=policy,
+            upstream_timeout=upstream_timeout,
+            coalesce_timeout=coalesce_timeout,
+            refs=RefSettings(max_age=ref_max_age, stale_if_error=stale_if_error),
+            negative_ttl=negative_ttl,
+            max_object=max_object,
+            token=token or None,
+            access_log=access_log,
+            full_backoff=disk_full_backoff,
+            drain_timeout=drain_timeout,
+            drain_delay=drain_delay,
+            cluster=cluster_settings(
+                peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
+            ),
+        )
+        if workers < 1:
+            raise ValueError("--workers must be at least 1")
+        positive(
+            {
+                "--header-timeout": header_timeout,
+                "--keepalive-timeout": keepalive_timeout,
+                "--send-timeout": send_timeout,
+            }
+        )
+    except ValueError as exc:  # a setting's own check, naming its flag: a usage error
+        raise ConfigError(str(exc)) from exc
     limits = Limits(header_timeout, keepalive_timeout, send_timeout, BodyPace(body_timeout, body_min_rate))
     options = ServeOptions(listen[0], listen[1], workers, fast_path, limits)
 
@@ -169,13 +168,6 @@ def edge(
         return Edge(share, EdgeMetrics.create(registry))
 
     raise SystemExit(run(make_node, options))
-
-
-def require_positive(**values: float) -> None:
-    """ConfigError naming the first of ``values`` (by its setting's name) that is not > 0."""
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive")
 
 
 def cluster_settings(
@@ -187,20 +179,10 @@ def cluster_settings(
     check_interval: float,
     dns_interval: float,
 ) -> ClusterSettings:
-    if peers and peers_dns:
-        raise ConfigError("peer, peers_dns: give one way to find the ring's members, not both")
-    for url in (*peers, *([self_url] if self_url else [])):
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"peer: {url!r} is not an http(s) URL")
-    if self_url and not (peers or peers_dns):
-        raise ConfigError("self: names this edge among --peer or --peers-dns members; give those too")
-    require_positive(
-        peer_timeout=peer_timeout, peer_check_interval=check_interval, peers_dns_interval=dns_interval
-    )
     urls = tuple(u.rstrip("/") for u in peers)
     if self_url is None and f"http://{listen[0]}:{listen[1]}" in urls:
         self_url = f"http://{listen[0]}:{listen[1]}"
-    return ClusterSettings(
+    return ClusterSettings(  # which checks itself
         urls,
         self_url.rstrip("/") if self_url else None,
         peers_dns,

@@ -48,6 +48,7 @@ from edge.metrics import EdgeMetrics
 from edge.ring import Ring
 from edge.tasks import TaskOwner
 from edge.upstream import Answer, BatchItem, HttpSource, Source, SourceError
+from edge.valid import http_urls, positive
 
 __all__ = ["NODE_HEADER", "Cluster", "ClusterSettings", "PeerSource", "resolve_dns"]
 
@@ -68,6 +69,21 @@ class ClusterSettings:
     peer_timeout: float = 10.0  # bound on one request to an owner peer
     check_interval: float = 2.0  # active health checks (and how soon a peer rejoins)
     dns_interval: float = 10.0  # re-resolution of ``dns``
+
+    def __post_init__(self) -> None:
+        if self.peers and self.dns:
+            raise ValueError("--peer, --peers-dns: give one way to find the ring's members, not both")
+        http_urls("--peer", self.peers)
+        http_urls("--self", [self.self_url] if self.self_url else [])
+        if self.self_url and not self.enabled:
+            raise ValueError("--self names this edge among --peer or --peers-dns members; give those too")
+        positive(
+            {
+                "--peer-timeout": self.peer_timeout,
+                "--peer-check-interval": self.check_interval,
+                "--peers-dns-interval": self.dns_interval,
+            }
+        )
 
     @property
     def enabled(self) -> bool:

@@ -1,7 +1,12 @@
 """The fill path for immutable objects, read top to bottom like groupcache's Group.load:
 
-    memory → disk → known absent → single-flight → (memory again) → owner peer
-           → upstreams in order → verify → store → serve
+    memory → single-flight { memory again → disk (verified) → known absent
+                             → owner peer → upstreams in order → verify → populate }
+
+Everything after the first memory lookup runs inside the flight (edge.singleflight), so N
+concurrent requests for a key read and verify its file once, as they fetch it once.  The
+flight's callers are counted (hits by tier, negative hits, misses, coalesced) once its
+lookups say what they were (edge.tally).
 
 ``batch`` walks the same path for many chunks at once (``POST /v1/chunks:batch``): the
 ids no tier holds, no flight is filling and no upstream has just called absent are each
@@ -16,17 +21,19 @@ second fill, a fill from the upstreams after the owner peer failed or timed out,
 the stead of an owner out of the ring — is counted (``minicdn_edge_fallbacks_total``):
 without one, each object reaches the origin once per cluster.
 
-Stores to disk run in the background, owned by ``writes``; the memory tier has the entry
-before any caller is answered.  What came from the owner peer is the owner's to keep: this
-node holds it only in memory, and only once it proves hot here (edge.hot); what came from
-an upstream is stored in both tiers (this node owns it, or its owner failed and someone
-must).  What no upstream has is remembered as absent for a short while (edge.negative).
+The seams are small: the owner peer comes from a ``PeerPicker`` (``NoPeers`` in one-node
+mode), each source is a ``Source`` (edge.upstream).  Stores to disk run in the background,
+owned by ``writes``; the memory tier has the entry before any caller is answered.  What
+came from the owner peer is the owner's to keep: this node holds it only in memory, and
+only once it proves hot here (edge.hot); what came from an upstream is stored in both tiers
+(this node owns it, or its owner failed and someone must).  What no upstream has is
+remembered as absent for a short while (edge.negative).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from common import codec
@@ -40,6 +47,7 @@ from edge.metrics import EdgeMetrics
 from edge.negative import NegativeCache
 from edge.objects import Entry, Obj
 from edge.singleflight import Flights
+from edge.tally import Found, Tally
 from edge.tasks import TaskOwner
 from edge.upstream import Answer, Exhausted, PeerPicker, Source, Sources
 
@@ -74,20 +82,23 @@ class Filler:
         self.metrics = metrics
         self.hot = hot or HotKeys()
         self.negative = NegativeCache(0) if negative is None else negative
+        self.tally = Tally(metrics)
 
     async def load(self, obj: Obj) -> Entry:
         """The verified bytes of ``obj``: NotFound when no upstream has it, UpstreamError
         when none could give it."""
-        entry = await self._lookup(obj)
+        key = obj.key
+        entry = self.memory.get(key)
         if entry is not None:
+            self.metrics.hits.labels("memory").inc()
             return entry
-        if obj.key in self.negative:
-            self.metrics.negative_hits.inc()
-            raise NotFound(f"{obj.path}: not found upstream, a moment ago")
-        self.metrics.misses.inc()
-        if obj.key in self.flights:  # counted as it joins, not once it is answered
-            self.metrics.coalesced.inc()
-        entry, _ = await self.flights.do(obj.key, lambda: self._load(obj), alone=lambda: self._second(obj))
+        self.tally.arrive(key, filling=key in self.flights)
+        entry, _ = await self.flights.do(
+            key,
+            look=lambda: self._look_again(obj),  # memory again, disk (verified), known absent
+            fill=lambda: self._fill(obj),  # owner peer, upstreams in order, verify, populate
+            alone=lambda: self._second(obj),
+        )
         return entry
 
     async def load_or_none(self, obj: Obj) -> Entry | None:
@@ -130,50 +141,61 @@ class Filler:
             and self.disk.surely_absent(key)
         )
 
-    async def _lookup(self, obj: Obj) -> Entry | None:
-        entry = self.memory.get(obj.key)
-        if entry is not None:
-            self.metrics.hits.labels("memory").inc()
-            return entry
-        blob = await self.disk.get(obj.key, obj.verify)
-        if blob is None:
-            return None
-        self.metrics.hits.labels("disk").inc()
-        entry = Entry(blob.body, obj.etag)
-        self.memory.put(obj.key, entry)
+    async def _look_again(self, obj: Obj) -> Entry | None:
+        """Inside the flight (run by the caller that started it): the entry in a tier, or
+        None when it must be filled; NotFound when it is known absent."""
+        entry, found = await self.tally.counted(obj.key, self._find(obj))
+        if found == "absent":
+            raise NotFound(f"{obj.path}: not found upstream, a moment ago")
         return entry
 
-    async def _load(self, obj: Obj) -> Entry:
-        # Inside the flight, look again: a flight that landed between our lookup and our
-        # start has already put the entry in memory.
+    async def _find(self, obj: Obj) -> tuple[Entry | None, Found]:
+        """Memory again (a fill that landed since the caller looked stored it there), the
+        disk (read and verified once for every caller), and the ids known absent."""
         entry = self.memory.get(obj.key)
         if entry is not None:
-            return entry
+            return entry, "memory"
+        blob = await self.disk.get(obj.key, obj.verify)
+        if blob is not None:
+            entry = Entry(blob.body, obj.etag)
+            self.memory.put(obj.key, entry)
+            return entry, "disk"
+        return None, "absent" if obj.key in self.negative else "miss"
+
+    async def _fill(self, obj: Obj) -> Entry:
+        """From the owner peer, else the upstreams in order; verified, then populated."""
+        headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
         try:
-            entry, from_peer = await self._fetch(obj)
+            entry = await self._from_owner(obj, headers)
+            from_peer = entry is not None
+            if entry is None:
+                entry = await self.upstreams.fetch(obj.path, self._verifier(obj), headers)
         except NotFound:
             self.negative.add(obj.key)
             raise
         self._populate(obj, entry, from_peer)
         return entry
 
-    async def _second(self, obj: Obj) -> Entry:
-        """The second fill of a key whose first one kept its waiters past the bound."""
-        self.metrics.fallbacks.labels("coalesce_timeout").inc()
-        return await self._load(obj)
-
-    async def _fetch(self, obj: Obj) -> tuple[Entry, bool]:
-        """The verified entry, and whether the owner peer gave it."""
-        headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
+    async def _from_owner(self, obj: Obj, headers: Mapping[str, str]) -> Entry | None:
+        """The verified entry from the key's owner peer; None when this node fills it
+        itself, or the owner failed or timed out (counted: it may be a second fill)."""
         if self.peers.displaced(obj.key):
             self.metrics.fallbacks.labels("owner_down").inc()
         peer = self.peers.pick(obj.key)
-        if peer is not None:
-            try:
-                return await Sources([peer], self.metrics).fetch(obj.path, self._verifier(obj), headers), True
-            except UpstreamError as exc:  # the owner failed or timed out: fill from the upstreams
-                self.metrics.fallbacks.labels(_fallback(exc)).inc()
-        return await self.upstreams.fetch(obj.path, self._verifier(obj), headers), False
+        if peer is None:
+            return None
+        try:
+            entry = await Sources([peer], self.metrics).fetch(obj.path, self._verifier(obj), headers)
+        except UpstreamError as exc:
+            self.metrics.fallbacks.labels(_fallback(exc)).inc()
+            return None
+        return entry
+
+    async def _second(self, obj: Obj) -> Entry:
+        """The second fill of a key whose first one kept its waiters past the bound."""
+        self.metrics.fallbacks.labels("coalesce_timeout").inc()
+        entry = await self._look_again(obj)
+        return entry if entry is not None else await self._fill(obj)
 
     # -- many chunks at once ------------------------------------------------------------------
 
@@ -245,7 +267,7 @@ class Filler:
         self.memory.put(obj.key, entry)
         self.writes.spawn(self.disk.put(obj.key, body))
 
-    def _verifier(self, obj: Obj) -> Callable[[Answer], Any]:
+    def _verifier(self, obj: Obj) -> Callable[[Answer], Awaitable[Entry]]:
         async def accept(answer: Answer) -> Entry:
             encoding = answer.headers.get("Content-Encoding", "identity").lower()
             body = answer.body

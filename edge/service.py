@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from common import wire
-from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound
+from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
 from edge import hops
 from edge.accesslog import AccessLog
@@ -36,6 +36,7 @@ from edge.refs import RefCache, RefSettings, Served
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
 from edge.upstream import Answer, HttpSource, NoPeers, PeerPicker, Sources
+from edge.valid import http_urls, non_negative, positive
 
 __all__ = ["Edge", "EdgeSettings"]
 
@@ -70,6 +71,13 @@ class EdgeSettings:
     # This edge's name in Via headers and health answers; made once per command, so that
     # every worker process of one edge shares it (edge.hops).
     node: str = field(default_factory=hops.new_node_name)
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ValueError("--upstream: give at least one")
+        http_urls("--upstream", list(self.upstreams))
+        positive({"--upstream-timeout": self.upstream_timeout})
+        non_negative({"--negative-ttl": self.negative_ttl}, zero="0: off")
 
 
 class Edge:
@@ -111,7 +119,13 @@ class Edge:
         self.siblings: dict[int, Path] = {}
         self.access_log: AccessLog | None = None
         self.draining = False
-        self.upstreams = Sources([], m)
+        self.upstreams = Sources(
+            [
+                HttpSource(u, self._session, settings.upstream_timeout, settings.max_object, node=self.node)
+                for u in settings.upstreams
+            ],
+            m,
+        )
         self.objects = Filler(
             self.memory,
             self.disk,
@@ -126,6 +140,12 @@ class Edge:
             self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
         )
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The session every source shares, once ``start`` made it."""
+        if self.session is None:
+            raise UpstreamError("the edge has not started: no client session yet")
+        return self.session
+
     @property
     def ready(self) -> bool:
         return self.disk.loaded and not self.draining
@@ -137,9 +157,6 @@ class Edge:
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
             headers={"User-Agent": "minicdn-edge"},
         )
-        self.upstreams.sources[:] = [
-            HttpSource(u, self.session, s.upstream_timeout, s.max_object, node=self.node) for u in s.upstreams
-        ]
         if s.access_log:
             self.access_log = AccessLog(s.access_log)
         self.background.spawn(self.disk.open())

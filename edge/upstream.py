@@ -120,15 +120,20 @@ def status_error(where: str, status: int) -> SourceError:
     return SourceError(f"{where} answered {status}", "status")
 
 
+SessionOf = Callable[[], aiohttp.ClientSession]
+
+
 class HttpSource:
     """An upstream or a peer over HTTP; ``node`` is this edge's name in the ``Via`` it
     adds, and a source of kind "peer" also marks its requests as coming from a peer
-    (proven with ``secret``, the ring's shared token, when there is one)."""
+    (proven with ``secret``, the ring's shared token, when there is one).  ``session`` is
+    the client session, or how to get it when asked: aiohttp makes one only in a running
+    loop, and a node makes its sources before it starts (edge.service)."""
 
     def __init__(
         self,
         base: str,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | SessionOf,
         timeout: float,
         max_body: int,
         kind: str = "upstream",
@@ -137,7 +142,7 @@ class HttpSource:
     ) -> None:
         self.name = base.rstrip("/")
         self.kind = kind
-        self.session = session
+        self.session_of: SessionOf = session if callable(session) else lambda: session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         # A batch streams up to 1,024 objects: ``timeout`` bounds the wait for each piece
         # of it (and the connection), not the whole.
@@ -151,7 +156,7 @@ class HttpSource:
         mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
         sent = {**headers, **mark}
         with _translated(url):
-            async with self.session.get(
+            async with self.session_of().get(
                 url, headers=sent, timeout=self.timeout, allow_redirects=False
             ) as resp:
                 body = await read_limited(resp.content, self.max_body, url)
@@ -167,7 +172,7 @@ class HttpSource:
         # Room for one frame of max_body and its [id, ...] envelope: a bigger one is refused.
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=self.max_body + 256)
         with _translated(url):
-            async with self.session.post(
+            async with self.session_of().post(
                 url,
                 data=body,
                 headers=sent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgpack
@@ -14,7 +14,7 @@ import pytest
 from common import codec
 from common.errors import IntegrityError, NotFound, UpstreamError
 from common.ids import sha256
-from edge.disk import DiskTier
+from edge.disk import Blob, DiskTier
 from edge.fill import Filler
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
@@ -24,39 +24,8 @@ from edge.policy import S3FIFO
 from edge.refs import RefCache, RefSettings, Served, etag_of
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
-from edge.upstream import Answer, BatchItem, NoPeers, Source, SourceError, Sources
-
-
-class FakeSource:
-    def __init__(self, name: str, kind: str = "upstream") -> None:
-        self.name = name
-        self.kind = kind
-        self.answers: dict[str, Answer] = {}
-        self.calls: list[tuple[str, dict[str, str]]] = []
-        self.gate: asyncio.Event | None = None
-        self.down = False
-        self.batches: list[list[str]] = []
-        self.lie: Callable[[list[BatchItem]], list[BatchItem]] = lambda items: items
-
-    async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
-        self.calls.append((path, dict(headers)))
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.down:
-            raise SourceError(f"{self.name}: refused", "connect")
-        return self.answers.get(path, Answer(404, b"", {}))
-
-    async def batch(self, ids: Sequence[str], headers: Mapping[str, str]) -> AsyncGenerator[BatchItem, None]:
-        """``answers`` as a batch stream (``lie`` may bend it); each call recorded in ``batches``."""
-        self.batches.append(list(ids))
-        if self.down:
-            raise SourceError(f"{self.name}: refused", "connect")
-        items = [(i, self.answers[f"/v1/chunks/{i}"].body if f"/v1/chunks/{i}" in self.answers else None)
-                 for i in ids]
-        for item in self.lie(items):
-            if self.gate is not None:
-                await self.gate.wait()
-            yield item
+from edge.upstream import Answer, BatchItem, NoPeers, PeerPicker, Source, Sources
+from tests.fakes import FakeSource, Owners
 
 
 def a_chunk(seed: int = 1) -> tuple[Obj, bytes]:
@@ -68,28 +37,62 @@ def zstd_answer(frame: bytes) -> Answer:
     return Answer(200, frame, {"Content-Encoding": "zstd"})
 
 
+class CountedReads(DiskTier):
+    """The real disk tier, counting the files it reads (and verifies)."""
+
+    reads = 0
+
+    def _read(self, key: str, check: Callable[[bytes], None] | None) -> Blob:
+        self.reads += 1
+        return super()._read(key, check)
+
+
 class Node:
-    def __init__(self, tmp: Path, sources: list[Source], peers: object = None, wait_bound: float = 0.5) -> None:
+    def __init__(
+        self, tmp: Path, sources: list[Source], peers: PeerPicker | None = None, wait_bound: float = 0.5
+    ) -> None:
         self.metrics = EdgeMetrics.create()
         self.memory = MemoryTier(S3FIFO(1 << 20))
-        self.disk = DiskTier(tmp, S3FIFO(1 << 20))
+        self.disk = CountedReads(tmp, S3FIFO(1 << 20), on_corrupt=self.metrics.corrupt.inc)
         self.writes = TaskOwner("writes")
         self.sources = Sources(sources, self.metrics)
         self.now = 1000.0
         self.negative = NegativeCache(10.0, clock=lambda: self.now)
-        self.filler = Filler(self.memory, self.disk, self.sources, peers or NoPeers(),  # type: ignore[arg-type]
-                             Flights(wait_bound), self.writes, self.metrics, negative=self.negative)
-        self.refs = RefCache(self.memory, self.disk, self.sources, Flights(), self.writes, self.metrics,
-                             RefSettings(max_age=30, stale_if_error=3600), clock=lambda: self.now)
+        self.filler = Filler(
+            self.memory,
+            self.disk,
+            self.sources,
+            peers or NoPeers(),
+            Flights(wait_bound),
+            self.writes,
+            self.metrics,
+            negative=self.negative,
+        )
+        self.refs = RefCache(
+            self.memory,
+            self.disk,
+            self.sources,
+            Flights(),
+            self.writes,
+            self.metrics,
+            RefSettings(max_age=30, stale_if_error=3600),
+            clock=lambda: self.now,
+        )
 
     def count(self, name: str, *labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, dict(zip(_LABELS.get(name, ()), labels, strict=False)))
+        value = self.metrics.registry.get_sample_value(
+            name, dict(zip(_LABELS.get(name, ()), labels, strict=False))
+        )
         return value or 0.0
 
 
-_LABELS = {"minicdn_edge_hits_total": ("tier",), "minicdn_edge_upstream_errors_total": ("reason",),
-           "minicdn_edge_upstream_requests_total": ("kind",), "minicdn_edge_fallbacks_total": ("reason",),
-           "minicdn_edge_peer_errors_total": ("reason",)}
+_LABELS = {
+    "minicdn_edge_hits_total": ("tier",),
+    "minicdn_edge_upstream_errors_total": ("reason",),
+    "minicdn_edge_upstream_requests_total": ("kind",),
+    "minicdn_edge_fallbacks_total": ("reason",),
+    "minicdn_edge_peer_errors_total": ("reason",),
+}
 
 
 async def test_a_miss_is_filled_once_verified_stored_and_then_a_hit(tmp_path: Path) -> None:
@@ -100,7 +103,8 @@ async def test_a_miss_is_filled_once_verified_stored_and_then_a_hit(tmp_path: Pa
     up.answers[obj.path] = zstd_answer(frame)
     up.gate = asyncio.Event()
     loads = [asyncio.ensure_future(node.filler.load(obj)) for _ in range(20)]
-    await asyncio.sleep(0.01)
+    while not up.calls:  # the fill is under way, every load has joined it
+        await asyncio.sleep(0)
     up.gate.set()
     entries = await asyncio.gather(*loads)
     assert all(e.body == frame for e in entries) and len(up.calls) == 1
@@ -162,14 +166,7 @@ async def test_a_decoded_chunk_from_upstream_is_checked_and_stored_as_a_frame(tm
 async def test_the_owner_peer_is_asked_first_and_its_failure_falls_back(tmp_path: Path) -> None:
     peer, up = FakeSource("peer", kind="peer"), FakeSource("up")
 
-    class Picker:
-        def pick(self, key: str) -> Source | None:
-            return peer
-
-        def displaced(self, key: str) -> bool:
-            return False
-
-    node = Node(tmp_path, [up], Picker())
+    node = Node(tmp_path, [up], Owners(default=peer))
     await node.disk.open()
     obj, frame = a_chunk()
     peer.answers[obj.path] = zstd_answer(frame)
@@ -182,7 +179,8 @@ async def test_the_owner_peer_is_asked_first_and_its_failure_falls_back(tmp_path
 
 
 def envelope(n: int) -> bytes:
-    return msgpack.packb({"payload": msgpack.packb({"serial": n}), "key_id": "k", "signature": b"s"})
+    body: bytes = msgpack.packb({"payload": msgpack.packb({"serial": n}), "key_id": "k", "signature": b"s"})
+    return body
 
 
 async def test_refs_fresh_revalidated_stale_if_error_and_gone(tmp_path: Path) -> None:
@@ -190,7 +188,9 @@ async def test_refs_fresh_revalidated_stale_if_error_and_gone(tmp_path: Path) ->
     node = Node(tmp_path, [up])
     await node.disk.open()
     path = "/v1/apps/demo/channels/release"
-    up.answers[path] = Answer(200, envelope(1), {"Cache-Control": "public, max-age=10", "ETag": etag_of(envelope(1))})
+    up.answers[path] = Answer(
+        200, envelope(1), {"Cache-Control": "public, max-age=10", "ETag": etag_of(envelope(1))}
+    )
     served: Served = await node.refs.get("demo", "release")
     assert served.state == "fetched" and served.entry.max_age == 10  # the upstream's max-age caps ours
     node.now += 5
@@ -282,6 +282,61 @@ async def test_waiters_past_the_bound_share_one_second_fill(tmp_path: Path) -> N
     assert (await first).body == frame and len(up.calls) == 2
 
 
+# -- disk reads are coalesced like fills -------------------------------------------------------
+
+
+async def stored(node: Node, obj: Obj, frame: bytes) -> None:
+    """``frame`` as ``obj``'s file on ``node``'s disk, and not in its memory."""
+    assert await node.disk.put(obj.key, frame)
+    node.memory.remove(obj.key)
+    node.disk.reads = 0
+
+
+async def test_concurrent_loads_of_a_disk_resident_key_read_and_verify_its_file_once(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    obj, frame = a_chunk()
+    await stored(node, obj, frame)
+    entries = await asyncio.gather(*(node.filler.load(obj) for _ in range(16)))
+    assert all(e.body == frame for e in entries)
+    assert node.disk.reads == 1 and not up.calls
+    # Each request is still a disk hit, none a miss: the hit rate reads as before.
+    assert node.count("minicdn_edge_hits_total", "disk") == 16
+    assert node.count("minicdn_edge_misses_total") == 0 and node.count("minicdn_edge_coalesced_total") == 0
+    await node.filler.load(obj)
+    assert node.disk.reads == 1 and node.count("minicdn_edge_hits_total", "memory") == 1
+
+
+async def test_concurrent_loads_of_a_corrupt_file_drop_it_once_and_fill_once(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    obj, frame = a_chunk()
+    bad = bytearray(frame)
+    bad[len(bad) // 2] ^= 1
+    await stored(node, obj, bytes(bad))
+    up.answers[obj.path] = zstd_answer(frame)
+    entries = await asyncio.gather(*(node.filler.load(obj) for _ in range(8)))
+    assert all(e.body == frame for e in entries)
+    assert node.disk.reads == 1 and len(up.calls) == 1
+    assert node.count("minicdn_edge_corrupt_total") == 1
+    assert node.count("minicdn_edge_misses_total") == 8 and node.count("minicdn_edge_coalesced_total") == 7
+
+
+async def test_concurrent_loads_of_an_id_known_absent_are_each_a_negative_hit(tmp_path: Path) -> None:
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    await node.disk.open()
+    missing = Obj("chunk", b"\x04" * 32)
+    assert await node.filler.load_or_none(missing) is None
+    answers = await asyncio.gather(*(node.filler.load_or_none(missing) for _ in range(5)))
+    assert answers == [None] * 5 and len(up.calls) == 1
+    assert (
+        node.count("minicdn_edge_negative_hits_total") == 5 and node.count("minicdn_edge_misses_total") == 1
+    )
+
+
 # -- negative caching ---------------------------------------------------------------------------
 
 
@@ -350,7 +405,9 @@ async def test_a_batchs_misses_go_upstream_as_one_batch_and_a_get_joins_it(tmp_p
         await node.filler.load(absent)
     assert len(up.batches) == 1 and not up.calls
     await node.writes.close(grace=5)
-    assert all([(await node.disk.get(o.key, o.verify)) is not None for o, _ in (chunks[0], chunks[2], chunks[3])])
+    assert all(
+        [(await node.disk.get(o.key, o.verify)) is not None for o, _ in (chunks[0], chunks[2], chunks[3])]
+    )
 
 
 @pytest.mark.parametrize("lie", ["reorder", "short", "corrupt", "wrong-id"])
@@ -393,21 +450,15 @@ async def test_a_batch_asks_each_owner_for_its_share_and_the_upstream_for_a_fail
     for obj, frame in chunks:
         up.answers[obj.path] = good.answers[obj.path] = zstd_answer(frame)
 
-    class Picker:
-        def pick(self, key: str) -> Source | None:
-            return owners[key]
-
-        def displaced(self, key: str) -> bool:
-            return False
-
-    node = Node(tmp_path, [up], Picker())
+    node = Node(tmp_path, [up], Owners(owners))
     await node.disk.open()
     objs = [o for o, _ in chunks]
     wait = node.filler.batch(objs)
     assert [(await wait(o)).body for o in objs] == [f for _, f in chunks]  # type: ignore[union-attr]
     assert good.batches == [[o.hex for o in objs[1::3]]] and bad.batches == [[o.hex for o in objs[2::3]]]
-    assert sorted(map(sorted, up.batches)) == sorted([sorted(o.hex for o in objs[0::3]),
-                                                      sorted(o.hex for o in objs[2::3])])
+    assert sorted(map(sorted, up.batches)) == sorted(
+        [sorted(o.hex for o in objs[0::3]), sorted(o.hex for o in objs[2::3])]
+    )
     assert node.count("minicdn_edge_fallbacks_total", "peer_error") == 3
     assert node.count("minicdn_edge_upstream_requests_total", "peer") == 2
     assert not up.calls and not good.calls and not bad.calls

@@ -157,3 +157,51 @@ async def test_close_cancels_claimed_fills() -> None:
     claimed = flights.claim(["x"], forever)
     await flights.close()
     assert claimed["x"].cancelled() and len(flights) == 0
+
+
+# -- a flight that begins with a look run by the caller that starts it ----------------------------
+
+
+async def test_a_look_that_finds_the_value_is_the_answer_for_every_caller_and_fills_nothing() -> None:
+    flights: Flights[str] = Flights()
+    gate, looks, fills = asyncio.Event(), [], []
+
+    async def look() -> str | None:
+        looks.append(1)
+        await gate.wait()
+        return "found"
+
+    async def fill() -> str:
+        fills.append(1)
+        return "filled"
+
+    calls = [asyncio.ensure_future(flights.do("k", fill, look=look)) for _ in range(5)]
+    while not looks:
+        await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*calls) == [("found", False)] + [("found", True)] * 4
+    assert looks == [1] and not fills and "k" not in flights
+
+
+async def test_when_the_caller_that_looks_leaves_the_others_still_get_an_answer() -> None:
+    flights: Flights[str] = Flights()
+    gate, looks = asyncio.Event(), []
+
+    async def look() -> str | None:
+        looks.append(1)
+        await gate.wait()
+        return None
+
+    async def fill() -> str:
+        return "filled"
+
+    leader = asyncio.ensure_future(flights.do("k", fill, look=look))
+    while not looks:
+        await asyncio.sleep(0)
+    joiner = asyncio.ensure_future(flights.do("k", fill, look=look))
+    await asyncio.sleep(0)  # one turn: the joiner's first step joins the flight
+    leader.cancel()  # its client went away during the look
+    gate.set()
+    assert await joiner == ("filled", True)
+    assert leader.cancelled() and looks == [1, 1]
+    await flights.close()
