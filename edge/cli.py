@@ -15,12 +15,11 @@ from pathlib import Path
 import click
 
 from common.cli import DURATION, LISTEN, SIZE, option
-from common.errors import ConfigError
 from common.http import BodyPace
 from common.malloc import fix_mmap_threshold
 from edge.cluster import ClusterSettings
-from edge.dataplane import Limits
 from edge.metrics import EdgeMetrics
+from edge.plane.plane import Limits
 from edge.policy import POLICIES
 from edge.refs import RefSettings
 from edge.server import ServeOptions, run
@@ -128,38 +127,33 @@ def edge(
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
-    try:
-        settings = EdgeSettings(
-            upstreams=[u.rstrip("/") for u in upstreams],
-            cache_dir=Path(cache_dir),
-            memory_size=memory_size,
-            disk_size=disk_size,
-            policy=policy,
-            upstream_timeout=upstream_timeout,
-            coalesce_timeout=coalesce_timeout,
-            refs=RefSettings(max_age=ref_max_age, stale_if_error=stale_if_error),
-            negative_ttl=negative_ttl,
-            max_object=max_object,
-            token=token or None,
-            access_log=access_log,
-            full_backoff=disk_full_backoff,
-            drain_timeout=drain_timeout,
-            drain_delay=drain_delay,
-            cluster=cluster_settings(
-                peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
-            ),
-        )
-        if workers < 1:
-            raise ValueError("--workers must be at least 1")
-        positive(
-            {
-                "--header-timeout": header_timeout,
-                "--keepalive-timeout": keepalive_timeout,
-                "--send-timeout": send_timeout,
-            }
-        )
-    except ValueError as exc:  # a setting's own check, naming its flag: a usage error
-        raise ConfigError(str(exc)) from exc
+    settings = EdgeSettings(
+        upstreams=[u.rstrip("/") for u in upstreams],
+        cache_dir=Path(cache_dir),
+        memory_size=memory_size,
+        disk_size=disk_size,
+        policy=policy,
+        upstream_timeout=upstream_timeout,
+        coalesce_timeout=coalesce_timeout,
+        refs=RefSettings(max_age=ref_max_age, stale_if_error=stale_if_error),
+        negative_ttl=negative_ttl,
+        max_object=max_object,
+        token=token or None,
+        access_log=access_log,
+        full_backoff=disk_full_backoff,
+        drain_timeout=drain_timeout,
+        drain_delay=drain_delay,
+        cluster=cluster_settings(
+            peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
+        ),
+    )
+    positive(
+        {
+            "--header-timeout": header_timeout,
+            "--keepalive-timeout": keepalive_timeout,
+            "--send-timeout": send_timeout,
+        }
+    )
     limits = Limits(header_timeout, keepalive_timeout, send_timeout, BodyPace(body_timeout, body_min_rate))
     options = ServeOptions(listen[0], listen[1], workers, fast_path, limits)
 

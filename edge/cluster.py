@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from common.errors import ConfigError
 from edge import hops
 from edge.metrics import EdgeMetrics
 from edge.ring import Ring
@@ -72,11 +73,11 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         if self.peers and self.dns:
-            raise ValueError("--peer, --peers-dns: give one way to find the ring's members, not both")
+            raise ConfigError("--peer, --peers-dns: give one way to find the ring's members, not both")
         http_urls("--peer", self.peers)
         http_urls("--self", [self.self_url] if self.self_url else [])
         if self.self_url and not self.enabled:
-            raise ValueError("--self names this edge among --peer or --peers-dns members; give those too")
+            raise ConfigError("--self names this edge among --peer or --peers-dns members; give those too")
         positive(
             {
                 "--peer-timeout": self.peer_timeout,

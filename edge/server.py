@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.errors import ConfigError
 from common.http import json_handlers
 from edge.app import make_app
 from edge.handlers import ENCODINGS
@@ -55,6 +56,10 @@ class ServeOptions:
     workers: int = 1
     fast_path: bool = True  # False: every request through aiohttp (to measure against)
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
 
 
 def run(make_node: MakeNode, options: ServeOptions) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from common import wire
-from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, UpstreamError
+from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
 from edge import hops
 from edge.accesslog import AccessLog
@@ -74,7 +74,7 @@ class EdgeSettings:
 
     def __post_init__(self) -> None:
         if not self.upstreams:
-            raise ValueError("--upstream: give at least one")
+            raise ConfigError("--upstream: give at least one")
         http_urls("--upstream", list(self.upstreams))
         positive({"--upstream-timeout": self.upstream_timeout})
         non_negative({"--negative-ttl": self.negative_ttl}, zero="0: off")

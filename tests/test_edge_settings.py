@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from common.errors import ConfigError
 from edge.cluster import ClusterSettings
 from edge.service import EdgeSettings
 from tests.procs import MINICDN
@@ -37,7 +38,7 @@ def test_the_defaults_and_sound_values_pass() -> None:
     ],
 )
 def test_edge_settings_refuse_what_cannot_work_naming_the_flag(kw: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ConfigError) as caught:
         edge_settings(**kw)
     assert str(caught.value) == message
 
@@ -55,7 +56,7 @@ def test_edge_settings_refuse_what_cannot_work_naming_the_flag(kw: dict[str, Any
     ],
 )
 def test_cluster_settings_refuse_what_cannot_work_naming_the_flag(kw: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ConfigError) as caught:
         ClusterSettings(**kw)
     assert str(caught.value).startswith(message)
 
