@@ -121,6 +121,8 @@ def fetch(
     store = Path(store_dir) if store_dir else out.absolute().parent / ".minicdn-store"
     console = Console(stderr=True)
     try:
+        # ClientConfig checks itself (client/config.py): its ConfigError names the flag and,
+        # like every usage error, exits 2 (see _what).
         config = ClientConfig(
             edges=edges,
             public_keys=(PublicKey.load(public_key),),

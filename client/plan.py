@@ -41,7 +41,7 @@ class Plan:
 
 def check_preference(preference: str) -> str:
     if preference not in PREFERENCES:
-        raise ConfigError(f"plan: {preference!r} is not one of {', '.join(PREFERENCES)}")
+        raise ConfigError(f"--plan: {preference!r} is not one of {', '.join(PREFERENCES)}")
     return preference
 
 

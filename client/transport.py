@@ -30,7 +30,7 @@ from common.errors import (
 )
 from common.http import read_limited
 
-__all__ = ["Edges", "Traffic"]
+__all__ = ["RETRYABLE", "Edges", "Traffic"]
 
 T = TypeVar("T")
 # What one edge can get wrong and another may get right: the network, its status, and
@@ -101,8 +101,12 @@ class Edges:
         await asyncio.sleep(min(2.0, self.backoff * 2**attempt))
         return True
 
-    async def with_failover(self, what: str, op: Callable[[str], Awaitable[T]]) -> T:
-        """Run ``op(edge_url)`` on edges in turn until one succeeds."""
+    async def with_failover(self, op: Callable[[str], Awaitable[T]], *, failure: str) -> T:
+        """Run ``op(edge_url)`` on edges in turn until one succeeds: the one failover loop
+        of the client.  A NotFound is final; an error the next edge may not repeat marks
+        the edge failed and is retried (``retry``); once both bounds have passed, the last
+        error is raised — a MinicdnError as itself, anything else as an UpstreamError whose
+        message begins with ``failure``."""
         last: BaseException | None = None
         started, attempt = time.monotonic(), 0
         while True:
@@ -119,7 +123,7 @@ class Edges:
             attempt += 1
         if isinstance(last, MinicdnError) and not isinstance(last, UpstreamError):
             raise last  # e.g. IntegrityError: every edge sent bytes that do not verify
-        raise UpstreamError(f"{what} failed on every edge ({type(last).__name__}: {last})")
+        raise UpstreamError(f"{failure} ({type(last).__name__}: {last})")
 
     async def get(
         self,
@@ -147,13 +151,14 @@ class Edges:
                     self.traffic.add(kind, resp.content.total_bytes)
                 return check(body, resp.headers.get("Content-Encoding"))
 
-        return await self.with_failover(path, op)
+        return await self.with_failover(op, failure=f"{path} failed on every edge")
 
     async def batch(
         self, base: str, ids: list[str], max_item: int
     ) -> AsyncIterator[tuple[str, bytes | None]]:
         """One ``POST /v1/chunks:batch`` to one edge, yielding answers as they stream in.
-        Raises on a broken stream; the caller re-asks for what it did not get."""
+        Raises on a broken stream; the caller re-asks for what it did not get (inside
+        ``with_failover``)."""
         self.traffic.requests += 1
         # The buffer holds at most one item plus one network piece (fed in 64 KiB slices).
         unpacker = msgpack.Unpacker(
@@ -181,12 +186,6 @@ class Edges:
                     yield hexid, frame
             if n != len(ids):
                 raise UpstreamError(f"{base} batch ended after {n} of {len(ids)} answers")
-
-    def mark_failed(self, base: str) -> None:
-        self._failed(base)
-
-    def pick(self) -> str:
-        return self._order()[0]
 
 
 def _batch_item(item: Any, ids: list[str], n: int) -> tuple[str, bytes | None]:
