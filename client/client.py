@@ -191,13 +191,17 @@ class Client:
         started = time.monotonic()
         out = out.absolute()
         async with files.locked(self.config.store_dir):
+            # Installs through one store take turns (the lock), so what the edges count from
+            # here on is this install's alone: its summary reports that, not the client's total.
+            counted = self.edges.traffic.copy()
             await asyncio.to_thread(files.recover, out)
             ref = await self.resolve(app, channel)
             target = await self._target(ref, user, out, list(packages), open_page)
             job = Install(target, self.config, self.store, self.state, self.edges, self.progress)
             await job.run()
             freed = await asyncio.to_thread(self._collect)
-        return job.summary(ref, time.monotonic() - started, freed)
+            traffic = self.edges.traffic.since(counted)
+        return job.summary(ref, time.monotonic() - started, freed, traffic)
 
     async def _target(
         self, ref: Ref, user: str | None, out: Path, packages: list[str], open_page: str | None

@@ -28,7 +28,7 @@ from client.download import Downloader, together
 from client.plan import Plan, choose
 from client.state import Installed, State
 from client.store import LocalStore
-from client.transport import Edges
+from client.transport import Edges, Traffic
 from common.manifest import ChunkEntry, Manifest, PackageEntry, Ref, open_manifest
 
 __all__ = ["FetchSummary", "Install", "Progress", "Target", "unique"]
@@ -108,11 +108,10 @@ class Install:
         await asyncio.to_thread(files.assemble, self.store, t.manifest, t.chosen, t.out)
         await self._commit(t.chosen)
 
-    def summary(self, ref: Ref, seconds: float, freed: int) -> FetchSummary:
+    def summary(self, ref: Ref, seconds: float, freed: int, traffic: Traffic) -> FetchSummary:
         manifest, chosen = self.target.manifest, self.target.chosen
         entries = unique(c for p in manifest.packages if p.name in chosen for c in p.chunks)
         kinds = {p.kind for p in self.plans} - {"none"}
-        traffic = self.edges.traffic  # the client's: it counts every install it made
         return FetchSummary(
             app=manifest.app,
             channel=ref.channel,

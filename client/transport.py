@@ -56,6 +56,15 @@ class Traffic:
         self.bytes += n
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
 
+    def copy(self) -> Traffic:
+        return Traffic(self.requests, self.bytes, dict(self.by_kind))
+
+    def since(self, before: Traffic) -> Traffic:
+        """What was counted after ``before`` (a copy taken earlier)."""
+        kinds = {k: n - before.by_kind.get(k, 0) for k, n in self.by_kind.items()}
+        kinds = {k: n for k, n in kinds.items() if n}
+        return Traffic(self.requests - before.requests, self.bytes - before.bytes, kinds)
+
 
 class Edges:
     def __init__(

@@ -552,3 +552,20 @@ async def test_no_file_work_runs_on_the_event_loop(cdn: Cdn, tmp_path: Path) -> 
     assert on_loop == []
     events = {event for event, _, _ in seen.calls}
     assert {"open", "os.rename", "os.scandir", "fcntl.flock"} <= events  # the watch saw the work
+
+
+async def test_each_installs_summary_counts_its_own_traffic_on_a_shared_client(cdn: Cdn, tmp_path: Path) -> None:
+    """A client that installs twice (a phone opening an app, then opening it again): the
+    second summary counts the second install's requests and bytes, not the client's total
+    (loadtests.phones records them per open)."""
+    out = tmp_path / "app"
+    async with Client(config(cdn, tmp_path / "store")) as c:
+        first = await c.install("demo", out)
+        again = await c.install("demo", out)
+        total = c.edges.traffic
+    assert first.plan == "bundle" and again.plan == "none"
+    assert first.bytes_downloaded > 0 and again.requests >= 1  # the ref, at least
+    assert again.bytes_downloaded < first.bytes_downloaded  # nothing but the ref (and manifest)
+    assert again.requests + first.requests == total.requests
+    assert again.bytes_downloaded + first.bytes_downloaded == total.bytes
+    assert sum(again.by_kind.values()) == again.bytes_downloaded
