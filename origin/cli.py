@@ -107,7 +107,7 @@ def origin(
     data = Path(data_dir)
     key_path = Path(signing_key) if signing_key else data / "signing.key"
     if not key_path.exists():
-        raise ConfigError(f"signing_key: {key_path} does not exist (run: minicdn keygen --out {data})")
+        raise ConfigError(f"--signing-key: {key_path} does not exist (run: minicdn keygen --out {data})")
     pace = BodyPace(body_timeout, body_min_rate)
     settings = OriginSettings(
         token=token or None,

@@ -96,7 +96,7 @@ def test_config_file_and_environment_precedence(tmp_path: Path) -> None:
 
 def test_origin_refuses_to_start_without_a_key(tmp_path: Path) -> None:
     r = run("origin", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:1")
-    assert r.returncode == 2 and "signing_key" in r.stderr and "keygen" in r.stderr
+    assert r.returncode == 2 and "--signing-key" in r.stderr and "keygen" in r.stderr
 
 
 @pytest.mark.parametrize("bad", ["--listen=nope", "--max-upload=huge"])
