@@ -125,7 +125,7 @@ def test_a_published_apps_chunks_by_batch_are_byte_exact_and_fetched_once(
             assert frame is None
         else:
             assert isinstance(frame, bytes)
-            codec.decode_chunk(bytes.fromhex(hexid), frame)  # its bytes hash to its id
+            codec.decode_chunk(bytes.fromhex(str(hexid)), frame)  # its bytes hash to its id
     assert since(origin, before)[2] == 41  # each distinct id once
     for node in trio[1:]:
         again = batch(node.url, ids)
