@@ -180,8 +180,21 @@ async def strict_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = error_response(505, "version_not_supported", f"HTTP/{version.major}.x is not supported")
     else:
         resp = error_response(400, "bad_request", NO_VERSION)
+    return closing(resp)
+
+
+def closing(resp: web.Response) -> web.Response:
+    """``resp`` as the connection's last answer, saying so (RFC 9112 §9.6).  aiohttp sends
+    ``Connection: close`` by itself only to an HTTP/1.1 request; a refused head may have
+    parsed as 1.0 (aiohttp's stand-in for a head its parser refuses), 0.9 or 2.x."""
     resp.force_close()
+    resp.headers["Connection"] = "close"
     return resp
+
+
+# aiohttp's parser refuses a missing (HTTP/1.1) or repeated Host itself, in its own words;
+# the rule is the one strict_middleware and the edge's data plane state.
+_HOST_REFUSALS = ("Missing 'Host' header", "Duplicate 'Host' header")
 
 
 class JsonErrors(web.RequestHandler):
@@ -213,9 +226,9 @@ class JsonErrors(web.RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp's: a second status line cannot follow
             raise ConnectionError("the response has begun; no error answer can follow")
         text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase)
-        resp = error_response(status, CODES.get(status, "http"), text[:200])
-        resp.force_close()
-        return resp
+        if status == 400 and text.startswith(_HOST_REFUSALS):
+            text = HOST_RULE
+        return closing(error_response(status, CODES.get(status, "http"), text[:200]))
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None

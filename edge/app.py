@@ -33,6 +33,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
+        if not resp.prepared and (resp.keep_alive is False or not request.keep_alive):
+            # aiohttp says so itself only to HTTP/1.1; the data plane says it to 1.0 as
+            # well (RFC 9112 §9.6, and an HTTP/1.0 client need not know 1.0's default).
+            resp.headers.setdefault("Connection", "close")
         return resp
     finally:
         elapsed = time.perf_counter() - start
