@@ -24,7 +24,6 @@ from edge.policy import POLICIES
 from edge.refs import RefSettings
 from edge.server import ServeOptions, run
 from edge.service import Edge, EdgeSettings
-from edge.valid import positive
 from edge.workers import Slot, WorkerRegistry
 
 __all__ = ["edge"]
@@ -146,13 +145,6 @@ def edge(
         cluster=cluster_settings(
             peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
         ),
-    )
-    positive(
-        {
-            "--header-timeout": header_timeout,
-            "--keepalive-timeout": keepalive_timeout,
-            "--send-timeout": send_timeout,
-        }
     )
     limits = Limits(header_timeout, keepalive_timeout, send_timeout, BodyPace(body_timeout, body_min_rate))
     options = ServeOptions(listen[0], listen[1], workers, fast_path, limits)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from common.errors import ConfigError
 from edge.cluster import ClusterSettings
+from edge.plane.plane import Limits
 from edge.service import EdgeSettings
 from tests.procs import MINICDN
 
@@ -70,6 +72,7 @@ def test_cluster_settings_refuse_what_cannot_work_naming_the_flag(kw: dict[str, 
             "minicdn: config: --peer, --peers-dns: give one way to find the ring's members, not both",
         ),
         (["--upstream", *UP, "--workers", "0"], "minicdn: config: --workers must be at least 1"),
+        (["--upstream", *UP, "--send-timeout", "0s"], "minicdn: config: --send-timeout must be > 0"),
     ],
 )
 def test_the_command_reports_a_refused_setting_as_a_one_line_usage_error(
@@ -82,3 +85,19 @@ def test_the_command_reports_a_refused_setting_as_a_one_line_usage_error(
         timeout=60,
     )
     assert r.returncode == 2 and r.stderr.strip() == message, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda: Limits(header_timeout=0.0), "--header-timeout"),
+        (lambda: Limits(keepalive_timeout=-1.0), "--keepalive-timeout"),
+        (lambda: Limits(send_timeout=0.0), "--send-timeout"),
+    ],
+)
+def test_the_data_planes_limits_refuse_a_timeout_that_is_not_positive_naming_the_flag(
+    make: Callable[[], Limits], flag: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make()
+    assert str(caught.value) == f"{flag} must be > 0"

@@ -25,6 +25,7 @@ from edge.plane.clock import CLOCK
 from edge.plane.connection import Connection
 from edge.plane.head import F_USER_AGENT, Request
 from edge.service import Edge
+from edge.valid import positive
 
 __all__ = ["Limits", "Plane"]
 
@@ -37,6 +38,15 @@ class Limits:
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
     body: BodyPace = field(default_factory=BodyPace)
+
+    def __post_init__(self) -> None:
+        positive(
+            {
+                "--header-timeout": self.header_timeout,
+                "--keepalive-timeout": self.keepalive_timeout,
+                "--send-timeout": self.send_timeout,
+            }
+        )
 
 
 class Plane:
