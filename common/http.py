@@ -20,7 +20,9 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import msgpack
-from aiohttp import StreamReader, web
+from aiohttp import HttpVersion10, StreamReader, web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.typedefs import Middleware
 
 from common import errors
 from common.ids import parse_hex_id
@@ -43,6 +45,7 @@ __all__ = [
     "BodyPace",
     "BrokenStream",
     "ByteRange",
+    "HeadLimits",
     "JsonErrors",
     "Paced",
     "Unsatisfiable",
@@ -53,6 +56,7 @@ __all__ = [
     "error_middleware",
     "error_response",
     "etag_matches",
+    "head_limits_middleware",
     "host_ok",
     "json_handlers",
     "parse_range",
@@ -195,13 +199,90 @@ def closing(resp: web.Response) -> web.Response:
 # aiohttp's parser refuses a missing (HTTP/1.1) or repeated Host itself, in its own words;
 # the rule is the one strict_middleware and the edge's data plane state.
 _HOST_REFUSALS = ("Missing 'Host' header", "Duplicate 'Host' header")
+# ... and too many fields (both of its parsers say so in these words).
+_TOO_MANY_FIELDS = "Too many headers received"
+
+LINE_TOO_LONG = (414, "too_large", "request line is too long")
+HEAD_TOO_LARGE = (431, "too_large", "request head is too large")
+Refusal = tuple[int, str, str]
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """Limits on a request head (RFC 9112 §3, RFC 6585 §5): a request line (its CRLF not
+    counted) over ``line`` bytes is refused 414, a head (request line to the empty line
+    that ends it, inclusive) over ``head`` bytes or with more than ``fields`` fields 431.
+    The edge's data plane applies them to the bytes it reads; its aiohttp path applies
+    them through ``parser_args``, JsonErrors' ``head_limits`` and ``head_limits_middleware``."""
+
+    line: int
+    head: int
+    fields: int
+
+    def __post_init__(self) -> None:
+        # (parser_args tells aiohttp's two refusals apart by their limits.)
+        if not 0 < self.line < self.head:
+            raise errors.ConfigError("head limits: 0 < line < head")
+
+    def parser_args(self) -> dict[str, int]:
+        """aiohttp's parser limits (RequestHandler keywords) that take every head within
+        these: its C parser bounds the request target by ``max_line_size`` (its Python
+        parser the whole line) and a field's name and value by ``max_field_size``, and
+        counts ``max_headers`` fields (the Python parser: lines, the request line and the
+        empty one included).  What passes them and not these is the middleware's."""
+        return {"max_line_size": self.line, "max_field_size": self.head, "max_headers": self.fields + 2}
+
+    def parser_refusal(self, exc: BaseException | None, message: str | None) -> Refusal | None:
+        """What these limits answer for a head aiohttp's parser refused (``parser_args``
+        given), None when it was refused for something else."""
+        if isinstance(exc, LineTooLong):
+            return LINE_TOO_LONG if exc.args[1] == self.line else HEAD_TOO_LARGE
+        if message == _TOO_MANY_FIELDS:
+            return HEAD_TOO_LARGE
+        return None
+
+    def refusal(self, request: web.BaseRequest) -> Refusal | None:
+        """What these limits answer for a head aiohttp's parser took, None if it is within
+        them.  aiohttp keeps no head's bytes: its size is counted as ``name: value`` lines
+        (the whitespace around a value is not kept; one space is what clients send)."""
+        fields = request.raw_headers
+        if len(fields) > self.fields:
+            return HEAD_TOO_LARGE
+        version = 9 if request.version >= HttpVersion10 else 0  # " HTTP/1.1"; none for 0.9
+        line = len(request.method) + 1 + len(request.raw_path.encode("utf-8", "surrogateescape")) + version
+        if line > self.line:
+            return LINE_TOO_LONG
+        if line + 4 + sum(len(name) + len(value) + 4 for name, value in fields) > self.head:
+            return HEAD_TOO_LARGE
+        return None
+
+
+def head_limits_middleware(limits: HeadLimits) -> Middleware:
+    """Refuses a head over ``limits`` that aiohttp's parser took (it has no limit on a
+    head's total size), closing the connection as the parser's refusals do."""
+
+    @web.middleware
+    async def head_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = limits.refusal(request)
+        if refused is None:
+            return await handler(request)
+        return closing(error_response(*refused))
+
+    return head_limits
 
 
 class JsonErrors(web.RequestHandler):
     """aiohttp's connection handler, answering with the JSON error body what aiohttp
     answers itself in text: a head its parser refuses (400), an ``Expect`` it does not know
     (417), a handler that raised something else than an HTTP answer (500).  A client's
-    error is logged at debug level, one line (aiohttp logs each with its traceback)."""
+    error is logged at debug level, one line (aiohttp logs each with its traceback).
+
+    ``head_limits`` (the edge's): the parser's refusals of heads over them are answered as
+    they say (414, 431) rather than 400; give the handler their ``parser_args`` too."""
+
+    def __init__(self, *args: Any, head_limits: HeadLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_limits = head_limits
 
     def handle_error(
         self,
@@ -225,6 +306,9 @@ class JsonErrors(web.RequestHandler):
             log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
         if request.writer.output_size > 0:  # as aiohttp's: a second status line cannot follow
             raise ConnectionError("the response has begun; no error answer can follow")
+        refused = self.head_limits.parser_refusal(exc, message) if self.head_limits else None
+        if refused is not None:
+            return closing(error_response(*refused))
         text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase)
         if status == 400 and text.startswith(_HOST_REFUSALS):
             text = HOST_RULE
@@ -240,11 +324,13 @@ class JsonErrors(web.RequestHandler):
         return await super().finish_response(request, resp, start_time)
 
 
-def json_handlers(server: web.Server, **kwargs: Any) -> Callable[[], web.RequestHandler]:
+def json_handlers(
+    server: web.Server, head_limits: HeadLimits | None = None, **kwargs: Any
+) -> Callable[[], web.RequestHandler]:
     """A protocol factory for ``server``'s connections (what ``server()`` makes) whose
     handlers are JsonErrors; ``kwargs``: the handler's, as given to the AppRunner."""
     loop = asyncio.get_running_loop()
-    return lambda: JsonErrors(server, loop=loop, **kwargs)
+    return lambda: JsonErrors(server, loop=loop, head_limits=head_limits, **kwargs)
 
 
 @dataclass(frozen=True)
