@@ -1,8 +1,8 @@
 """HTTP pieces shared by the origin and the edge (aiohttp): the error → status table,
 the JSON error body for every error either server sends (its handlers', aiohttp's router's
-and aiohttp's request parser's), the request rules aiohttp does not enforce, the pace a
-request body must keep, content negotiation, and conditional / range answers for
-immutable objects.
+and aiohttp's request parser's), the request rules aiohttp does not enforce, head limits
+(the edge's), the HTTP/1.1 status line of every answer of known length, the pace a request
+body must keep, content negotiation, and conditional / range answers for immutable objects.
 
 RFC 9110 and RFC 9112 sections are cited where a rule comes from.
 """
@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgpack
-from aiohttp import HttpVersion10, StreamReader, web
+from aiohttp import HttpVersion10, HttpVersion11, StreamReader, web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
 
@@ -321,7 +321,49 @@ class JsonErrors(web.RequestHandler):
         # here as the answer itself.
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
             resp = http_error(resp)
+        if request.version != HttpVersion11 and not resp.prepared and known_length(resp):
+            try:
+                await prepare_as_http11(request, resp)
+            except ConnectionError:  # as aiohttp's finish_response: the client has left
+                self.log_access(request, resp, start_time)
+                return resp, True
         return await super().finish_response(request, resp, start_time)
+
+
+def known_length(resp: web.StreamResponse) -> bool:
+    """``resp`` is sent whole with its Content-Length, whatever the request's version."""
+    return isinstance(resp, web.Response) and resp.content_length is not None
+
+
+async def prepare_as_http11(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    """Prepare ``resp`` (of known length) to leave with an HTTP/1.1 status line, saying to
+    an HTTP/1.0 request what aiohttp would: ``Connection: keep-alive`` if it is kept."""
+    keep_alive = request.keep_alive if resp.keep_alive is None else resp.keep_alive
+    if keep_alive and request.version == HttpVersion10:
+        resp.headers.setdefault("Connection", "keep-alive")
+    await resp.prepare(cast(web.BaseRequest, Http11(request)))
+
+
+class Http11:
+    """``request`` as a response is prepared against to answer in HTTP/1.1: a server sends
+    the highest minor version it supports, whatever the request's (RFC 9112 §2.3, RFC 9110
+    §6.2); aiohttp writes the request's (1.0, or the 0.9 or 2.x it refuses) in the status
+    line.  Only for a response of known length (``known_length``): what else the version
+    decides is chunking (never to 1.0: a stream keeps the request's version, and close
+    delimits it) and the Connection field (``prepare_as_http11`` says ``keep-alive`` to 1.0
+    as aiohttp would; aiohttp then says ``close`` as to 1.1).  Everything but the version is
+    the request's.  ``test_http_errors.py::test_answers_are_http11`` holds it to what aiohttp
+    reads (StreamResponse.prepare reads ``request.version``)."""
+
+    __slots__ = ("_request",)
+
+    version = HttpVersion11
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
 
 
 def json_handlers(

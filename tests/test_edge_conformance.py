@@ -685,6 +685,39 @@ def test_http10_and_connection_close(apps: dict[str, App], node: Service) -> Non
         c.close()
 
 
+def test_http10_is_answered_in_http11_and_a_stream_to_it_is_not_chunked(
+    apps: dict[str, App], node: Service
+) -> None:
+    """RFC 9112 §2.3: the status line says HTTP/1.1 whatever the request's version, on both
+    paths (aiohttp's: common.http.Http11); but a stream of unknown length (a batch) to an
+    HTTP/1.0 client is not chunked: it keeps aiohttp's HTTP/1.0 answer, delimited by close."""
+    cid = apps["demo"].chunks[0]
+    c = Raw(node.port)
+    try:
+        for path in (chunk(cid), "/healthz", "/v1/nowhere"):  # the data plane's, aiohttp's, an error
+            c.send(get(path, "Connection: keep-alive", version="HTTP/1.0"))
+            r = c.response()
+            assert r.raw_head.startswith(b"HTTP/1.1 "), r.raw_head
+            assert r.headers["connection"] == "keep-alive" and "transfer-encoding" not in r.headers
+    finally:
+        c.close()
+    body = msgpack.packb([cid])
+    c = Raw(node.port)
+    try:
+        c.send(
+            f"POST /v1/chunks:batch HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        while c._fill():
+            pass  # the answer ends when the connection does
+        head, _, items = c.buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 "), head
+        assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower(), head
+        assert [i[0] for i in batch_items(items)] == [cid]
+    finally:
+        c.close()
+
+
 # -- what the fast path does not answer goes to aiohttp, on the same connection -------------------
 
 
