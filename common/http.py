@@ -1,8 +1,8 @@
 """HTTP pieces shared by the origin and the edge (aiohttp): the error → status table,
 the JSON error body for every error either server sends (its handlers', aiohttp's router's
-and aiohttp's request parser's), the request rules aiohttp does not enforce, the pace a
-request body must keep, content negotiation, and conditional / range answers for
-immutable objects.
+and aiohttp's request parser's), the request rules aiohttp does not enforce, head limits
+(the edge's), the HTTP/1.1 status line of every answer of known length, the pace a request
+body must keep, content negotiation, and conditional / range answers for immutable objects.
 
 RFC 9110 and RFC 9112 sections are cited where a rule comes from.
 """
@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgpack
-from aiohttp import StreamReader, web
+from aiohttp import HttpVersion10, HttpVersion11, StreamReader, web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.typedefs import Middleware
 
 from common import errors
 from common.ids import parse_hex_id
@@ -43,6 +45,7 @@ __all__ = [
     "BodyPace",
     "BrokenStream",
     "ByteRange",
+    "HeadLimits",
     "JsonErrors",
     "Paced",
     "Unsatisfiable",
@@ -53,6 +56,7 @@ __all__ = [
     "error_middleware",
     "error_response",
     "etag_matches",
+    "head_limits_middleware",
     "host_ok",
     "json_handlers",
     "parse_range",
@@ -195,13 +199,90 @@ def closing(resp: web.Response) -> web.Response:
 # aiohttp's parser refuses a missing (HTTP/1.1) or repeated Host itself, in its own words;
 # the rule is the one strict_middleware and the edge's data plane state.
 _HOST_REFUSALS = ("Missing 'Host' header", "Duplicate 'Host' header")
+# ... and too many fields (both of its parsers say so in these words).
+_TOO_MANY_FIELDS = "Too many headers received"
+
+LINE_TOO_LONG = (414, "too_large", "request line is too long")
+HEAD_TOO_LARGE = (431, "too_large", "request head is too large")
+Refusal = tuple[int, str, str]
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """Limits on a request head (RFC 9112 §3, RFC 6585 §5): a request line (its CRLF not
+    counted) over ``line`` bytes is refused 414, a head (request line to the empty line
+    that ends it, inclusive) over ``head`` bytes or with more than ``fields`` fields 431.
+    The edge's data plane applies them to the bytes it reads; its aiohttp path applies
+    them through ``parser_args``, JsonErrors' ``head_limits`` and ``head_limits_middleware``."""
+
+    line: int
+    head: int
+    fields: int
+
+    def __post_init__(self) -> None:
+        # (parser_args tells aiohttp's two refusals apart by their limits.)
+        if not 0 < self.line < self.head:
+            raise errors.ConfigError("head limits: 0 < line < head")
+
+    def parser_args(self) -> dict[str, int]:
+        """aiohttp's parser limits (RequestHandler keywords) that take every head within
+        these: its C parser bounds the request target by ``max_line_size`` (its Python
+        parser the whole line) and a field's name and value by ``max_field_size``, and
+        counts ``max_headers`` fields (the Python parser: lines, the request line and the
+        empty one included).  What passes them and not these is the middleware's."""
+        return {"max_line_size": self.line, "max_field_size": self.head, "max_headers": self.fields + 2}
+
+    def parser_refusal(self, exc: BaseException | None, message: str | None) -> Refusal | None:
+        """What these limits answer for a head aiohttp's parser refused (``parser_args``
+        given), None when it was refused for something else."""
+        if isinstance(exc, LineTooLong):
+            return LINE_TOO_LONG if exc.args[1] == self.line else HEAD_TOO_LARGE
+        if message == _TOO_MANY_FIELDS:
+            return HEAD_TOO_LARGE
+        return None
+
+    def refusal(self, request: web.BaseRequest) -> Refusal | None:
+        """What these limits answer for a head aiohttp's parser took, None if it is within
+        them.  aiohttp keeps no head's bytes: its size is counted as ``name: value`` lines
+        (the whitespace around a value is not kept; one space is what clients send)."""
+        fields = request.raw_headers
+        if len(fields) > self.fields:
+            return HEAD_TOO_LARGE
+        version = 9 if request.version >= HttpVersion10 else 0  # " HTTP/1.1"; none for 0.9
+        line = len(request.method) + 1 + len(request.raw_path.encode("utf-8", "surrogateescape")) + version
+        if line > self.line:
+            return LINE_TOO_LONG
+        if line + 4 + sum(len(name) + len(value) + 4 for name, value in fields) > self.head:
+            return HEAD_TOO_LARGE
+        return None
+
+
+def head_limits_middleware(limits: HeadLimits) -> Middleware:
+    """Refuses a head over ``limits`` that aiohttp's parser took (it has no limit on a
+    head's total size), closing the connection as the parser's refusals do."""
+
+    @web.middleware
+    async def head_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = limits.refusal(request)
+        if refused is None:
+            return await handler(request)
+        return closing(error_response(*refused))
+
+    return head_limits
 
 
 class JsonErrors(web.RequestHandler):
     """aiohttp's connection handler, answering with the JSON error body what aiohttp
     answers itself in text: a head its parser refuses (400), an ``Expect`` it does not know
     (417), a handler that raised something else than an HTTP answer (500).  A client's
-    error is logged at debug level, one line (aiohttp logs each with its traceback)."""
+    error is logged at debug level, one line (aiohttp logs each with its traceback).
+
+    ``head_limits`` (the edge's): the parser's refusals of heads over them are answered as
+    they say (414, 431) rather than 400; give the handler their ``parser_args`` too."""
+
+    def __init__(self, *args: Any, head_limits: HeadLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_limits = head_limits
 
     def handle_error(
         self,
@@ -225,6 +306,9 @@ class JsonErrors(web.RequestHandler):
             log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
         if request.writer.output_size > 0:  # as aiohttp's: a second status line cannot follow
             raise ConnectionError("the response has begun; no error answer can follow")
+        refused = self.head_limits.parser_refusal(exc, message) if self.head_limits else None
+        if refused is not None:
+            return closing(error_response(*refused))
         text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase)
         if status == 400 and text.startswith(_HOST_REFUSALS):
             text = HOST_RULE
@@ -237,14 +321,58 @@ class JsonErrors(web.RequestHandler):
         # here as the answer itself.
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
             resp = http_error(resp)
+        if request.version != HttpVersion11 and not resp.prepared and known_length(resp):
+            try:
+                await prepare_as_http11(request, resp)
+            except ConnectionError:  # as aiohttp's finish_response: the client has left
+                self.log_access(request, resp, start_time)
+                return resp, True
         return await super().finish_response(request, resp, start_time)
 
 
-def json_handlers(server: web.Server, **kwargs: Any) -> Callable[[], web.RequestHandler]:
+def known_length(resp: web.StreamResponse) -> bool:
+    """``resp`` is sent whole with its Content-Length, whatever the request's version."""
+    return isinstance(resp, web.Response) and resp.content_length is not None
+
+
+async def prepare_as_http11(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    """Prepare ``resp`` (of known length) to leave with an HTTP/1.1 status line, saying to
+    an HTTP/1.0 request what aiohttp would: ``Connection: keep-alive`` if it is kept."""
+    keep_alive = request.keep_alive if resp.keep_alive is None else resp.keep_alive
+    if keep_alive and request.version == HttpVersion10:
+        resp.headers.setdefault("Connection", "keep-alive")
+    await resp.prepare(cast(web.BaseRequest, Http11(request)))
+
+
+class Http11:
+    """``request`` as a response is prepared against to answer in HTTP/1.1: a server sends
+    the highest minor version it supports, whatever the request's (RFC 9112 §2.3, RFC 9110
+    §6.2); aiohttp writes the request's (1.0, or the 0.9 or 2.x it refuses) in the status
+    line.  Only for a response of known length (``known_length``): what else the version
+    decides is chunking (never to 1.0: a stream keeps the request's version, and close
+    delimits it) and the Connection field (``prepare_as_http11`` says ``keep-alive`` to 1.0
+    as aiohttp would; aiohttp then says ``close`` as to 1.1).  Everything but the version is
+    the request's.  ``test_http_errors.py::test_answers_are_http11`` holds it to what aiohttp
+    reads (StreamResponse.prepare reads ``request.version``)."""
+
+    __slots__ = ("_request",)
+
+    version = HttpVersion11
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def json_handlers(
+    server: web.Server, head_limits: HeadLimits | None = None, **kwargs: Any
+) -> Callable[[], web.RequestHandler]:
     """A protocol factory for ``server``'s connections (what ``server()`` makes) whose
     handlers are JsonErrors; ``kwargs``: the handler's, as given to the AppRunner."""
     loop = asyncio.get_running_loop()
-    return lambda: JsonErrors(server, loop=loop, **kwargs)
+    return lambda: JsonErrors(server, loop=loop, head_limits=head_limits, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The edge's aiohttp application: routes (DESIGN.md's table, the rows an edge serves),
 one observing middleware (metrics, timing, access log) around the shared error
-middleware, around the shared request rules (version, Host: common.http), around the hop
+middleware, around the head limits (with --no-fast-path: common.http), around the shared
+request rules (version, Host: common.http), around the hop
 middleware (loops refused, the peer mark read: edge.hops), and the ``Edge``'s lifecycle in
 ``cleanup_ctx``."""
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from common.http import error_middleware, strict_middleware
+from common.http import HeadLimits, error_middleware, head_limits_middleware, strict_middleware
 from edge import handlers as h
 from edge import hops
 from edge.encodings import Encodings
@@ -60,11 +61,15 @@ def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
     return len(body) if isinstance(body, bytes | bytearray) else 0
 
 
-def make_app(edge: Edge) -> web.Application:
+def make_app(edge: Edge, head_limits: HeadLimits | None = None) -> web.Application:
+    """``head_limits``: refuse heads over them (with --no-fast-path, where no data plane
+    has refused them before aiohttp's parser took them)."""
+    limits = [] if head_limits is None else [head_limits_middleware(head_limits)]
     app = web.Application(
         middlewares=[
             observe,
             error_middleware,
+            *limits,
             strict_middleware,
             hops.middleware(edge.node, edge.settings.token),
         ],

@@ -30,9 +30,10 @@ from typing import Any
 from aiohttp import web
 
 from common.errors import ConfigError
-from common.http import json_handlers
+from common.http import HeadLimits, json_handlers
 from edge.app import make_app
 from edge.handlers import ENCODINGS
+from edge.plane.head import MAX_FIELDS, MAX_HEAD, MAX_LINE
 from edge.plane.lending import Returned
 from edge.plane.plane import Limits, Plane
 from edge.service import Edge
@@ -44,6 +45,10 @@ log = logging.getLogger("minicdn.edge")
 
 # Builds this process's node for its slot, on the registry its metrics must use.
 MakeNode = Callable[[Slot, WorkerRegistry], Edge]
+
+# The data plane's limits on a request head, which aiohttp applies too (the same answers
+# with or without --fast-path; a head lent by the data plane is within them already).
+HEAD_LIMITS = HeadLimits(MAX_LINE, MAX_HEAD, MAX_FIELDS)
 
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
 NOFILE_CEILING = 1 << 20
@@ -118,14 +123,16 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         "access_log": logging.getLogger("minicdn.edge.aiohttp"),
         "access_log_class": Returned,
         "keepalive_timeout": options.limits.keepalive_timeout,
+        **HEAD_LIMITS.parser_args(),
     }
-    app = make_app(node)
+    # With the data plane in front, every head aiohttp parses from a client has passed them.
+    app = make_app(node, head_limits=None if options.fast_path else HEAD_LIMITS)
     runner = web.AppRunner(app, shutdown_timeout=s.drain_timeout, **handler_args)
     await runner.setup()
     assert runner.server is not None
     # aiohttp's connection handlers, answering its own errors as JSON: the data plane's
     # fallback, every connection's with --no-fast-path, and the workers' control sockets'.
-    aiohttp_server: Callable[[], asyncio.Protocol] = json_handlers(runner.server, **handler_args)
+    aiohttp_server: Callable[[], asyncio.Protocol] = json_handlers(runner.server, HEAD_LIMITS, **handler_args)
     loop = asyncio.get_running_loop()
     plane: Plane | None = None
     if options.fast_path:

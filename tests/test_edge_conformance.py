@@ -5,8 +5,8 @@ and requests that fall through to aiohttp on the same connection.
 
 Every test that takes ``serving`` runs against both serving paths: the data plane
 (edge/plane/, ``--fast-path``, what production runs) and aiohttp alone (``--no-fast-path``).
-The few about what only the data plane has by design (its head limits and its header
-timer) say why with ``fast_path_only``.  tests/test_edge_paths_agree.py compares
+The few about what only the data plane has by design (its header timer) say why with
+``fast_path_only``.  tests/test_edge_paths_agree.py compares
 the two paths' answers byte for byte.
 """
 
@@ -327,11 +327,7 @@ def test_a_malformed_request_is_400_and_closes(node: Service, request_line: byte
         c.close()
 
 
-@fast_path_only(
-    "the head limits (414 past 8190 bytes of request line, 431 past 16 KiB or 100 fields) are "
-    "the data plane's; aiohttp's parser refuses at its own (400): test_edge_paths_agree LIMITS"
-)
-def test_oversized_heads_are_refused(apps: dict[str, App], node: Service) -> None:
+def test_oversized_heads_are_refused(apps: dict[str, App], node: Service, serving: str) -> None:
     cid = apps["demo"].chunks[0]
     c = Raw(node.port)
     try:
@@ -357,7 +353,45 @@ def test_oversized_heads_are_refused(apps: dict[str, App], node: Service) -> Non
     try:
         c.send(get("/v1/apps/" + "a" * 9000))  # a whole head at once, its line past MAX_LINE
         r = c.response()
-        assert r.status == 414 and r.headers["server"] == "minicdn" and c.closed()
+        assert r.status == 414 and c.closed()
+        assert serving != "fast" or r.headers["server"] == "minicdn"  # the data plane's own
+    finally:
+        c.close()
+
+
+def sized(path: str, size: int, fields: int = 2) -> bytes:
+    """A GET of ``path`` whose head is ``size`` bytes, CRLF CRLF included, with ``fields``
+    fields (Host and X-Pad among them)."""
+    pads = [f"X-{n}: v" for n in range(fields - 2)]
+    head = get(path, *pads, "X-Pad: ")
+    return get(path, *pads, "X-Pad: " + "p" * (size - len(head)))
+
+
+LIMIT_LINE, LIMIT_HEAD, LIMIT_FIELDS = 8190, 16384, 100  # docs/edge.md, edge/plane/head.py
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (get("/healthz?" + "q" * (LIMIT_LINE - len("GET /healthz? HTTP/1.1"))), 200),
+        (get("/healthz?" + "q" * (LIMIT_LINE + 1 - len("GET /healthz? HTTP/1.1"))), 414),
+        (sized("/healthz", LIMIT_HEAD, 3), 200),
+        (sized("/healthz", LIMIT_HEAD + 1, 3), 431),
+        (sized("/healthz", 4000, LIMIT_FIELDS), 200),
+        (sized("/healthz", 4000, LIMIT_FIELDS + 1), 431),
+        (sized("/healthz", LIMIT_HEAD - 1000), 200),  # a field of 15 KiB
+    ],
+    ids=["line", "line+1", "head", "head+1", "fields", "fields+1", "big-field"],
+)
+def test_head_limits_are_exact(node: Service, data: bytes, status: int) -> None:
+    """The data plane's limits to the byte, with or without it (aiohttp: common.http.HeadLimits)."""
+    c = Raw(node.port)
+    try:
+        c.send(data)
+        r = c.response()
+        assert r.status == status, (r.status, r.body[:200])
+        if status != 200:
+            assert json.loads(r.body)["error"] == "too_large" and c.closed()
     finally:
         c.close()
 
@@ -647,6 +681,39 @@ def test_http10_and_connection_close(apps: dict[str, App], node: Service) -> Non
         c.send(get(chunk(cid), "Connection: close"))
         r = c.response()
         assert r.headers["connection"] == "close" and c.closed()
+    finally:
+        c.close()
+
+
+def test_http10_is_answered_in_http11_and_a_stream_to_it_is_not_chunked(
+    apps: dict[str, App], node: Service
+) -> None:
+    """RFC 9112 §2.3: the status line says HTTP/1.1 whatever the request's version, on both
+    paths (aiohttp's: common.http.Http11); but a stream of unknown length (a batch) to an
+    HTTP/1.0 client is not chunked: it keeps aiohttp's HTTP/1.0 answer, delimited by close."""
+    cid = apps["demo"].chunks[0]
+    c = Raw(node.port)
+    try:
+        for path in (chunk(cid), "/healthz", "/v1/nowhere"):  # the data plane's, aiohttp's, an error
+            c.send(get(path, "Connection: keep-alive", version="HTTP/1.0"))
+            r = c.response()
+            assert r.raw_head.startswith(b"HTTP/1.1 "), r.raw_head
+            assert r.headers["connection"] == "keep-alive" and "transfer-encoding" not in r.headers
+    finally:
+        c.close()
+    body = msgpack.packb([cid])
+    c = Raw(node.port)
+    try:
+        c.send(
+            f"POST /v1/chunks:batch HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        while c._fill():
+            pass  # the answer ends when the connection does
+        head, _, items = c.buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 "), head
+        assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower(), head
+        assert [i[0] for i in batch_items(items)] == [cid]
     finally:
         c.close()
 
