@@ -392,7 +392,7 @@ class BodyPace:
 
     def __post_init__(self) -> None:
         if not (self.timeout > 0 and self.min_rate > 0):
-            raise errors.ConfigError("body_timeout, body_min_rate: must be positive")
+            raise errors.ConfigError("--body-timeout and --body-min-rate must be > 0")
 
     def late(self, elapsed: float, received: int) -> bool:
         return elapsed > self.timeout + received / self.min_rate

@@ -73,6 +73,7 @@ def test_cluster_settings_refuse_what_cannot_work_naming_the_flag(kw: dict[str, 
         ),
         (["--upstream", *UP, "--workers", "0"], "minicdn: config: --workers must be at least 1"),
         (["--upstream", *UP, "--send-timeout", "0s"], "minicdn: config: --send-timeout must be > 0"),
+        (["--upstream", *UP, "--body-min-rate", "0"], "minicdn: config: --body-timeout and --body-min-rate must be > 0"),
     ],
 )
 def test_the_command_reports_a_refused_setting_as_a_one_line_usage_error(
