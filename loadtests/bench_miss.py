@@ -140,8 +140,6 @@ def _device_of(mount: Path) -> str:
 def ram_ext4(size: int, inodes: int) -> Iterator[Fs]:
     """ext4 on a loop device over a sparse file in /dev/shm (RAM), unmounted and deleted
     on the way out, whatever happens inside."""
-    if not _is_tmpfs(RAM):
-        raise SystemExit(f"{RAM} is not a tmpfs: the cache filesystem's image must live in RAM")
     with tempfile.TemporaryDirectory(prefix="minicdn-missfs-", dir=RAM) as tmp:
         image, mount = Path(tmp) / "ext4.img", Path(tmp) / "mnt"
         mount.mkdir()
@@ -474,11 +472,13 @@ class Run:
     handed: int
     received: int
     fetched: int  # requests the origin served this cache
+    distinct: int  # distinct ids among them (fetched == distinct: none twice)
     extra: int  # hits on the first id sent after the last id was handed out (see LUA)
     seconds: float  # from the first request to the last new answer
     cache_cpu: float  # seconds, user + system of the cache's process tree
     origin_cpu: float
     journal_cpu: float  # the jbd2 thread of the run's filesystem
+    upstream_requests: float | None = None  # the edge's own count (its /metrics)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -559,13 +559,15 @@ def one_run(name: str, mode: Mode, rnd: int, chunks: Chunks, work: Path, args: a
         tally.handed,
         tally.received,
         sum(fetched.values()),
+        len(fetched),
         tally.extra,
         tally.span,
         c1 - c0,
         o1 - o0,
         j1 - j0,
     )
-    run.problems = check(run, tally, fetched, chunks, args.connections, upstream_requests)
+    run.upstream_requests = upstream_requests
+    run.problems = check(run, tally, fetched, chunks, args.connections)
     if failed:
         run.problems.append(f"the origin answered {failed} requests with a status other than 200")
     return run
@@ -577,7 +579,6 @@ def check(
     fetched: Counter[str],
     chunks: Chunks,
     connections: int,
-    upstream_requests: float | None,
 ) -> list[str]:
     """Why the run does not count (empty: it does)."""
     problems = []
@@ -603,9 +604,9 @@ def check(
         problems.append(
             f"{tally.handed - tally.received} ids unanswered, more than the {connections} in flight"
         )
-    if upstream_requests is not None and upstream_requests != run.fetched:
+    if run.upstream_requests is not None and run.upstream_requests != run.fetched:
         problems.append(
-            f"the edge counted {upstream_requests:.0f} upstream requests, the origin served {run.fetched}"
+            f"the edge counted {run.upstream_requests:.0f} upstream requests, the origin served {run.fetched}"
         )
     return problems
 
@@ -742,35 +743,63 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds every ExitStack: servers stopped, filesystems unmounted
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (at most)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "miss.json")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def unable() -> str | None:
+    """Why this machine cannot run the bench (None: it can)."""
     if os.geteuid() != 0:
-        raise SystemExit("bench_miss mounts a fresh filesystem per run: it needs root")
+        return "bench_miss mounts a fresh filesystem per run: it needs root"
     if (os.cpu_count() or 1) < 2:
-        raise SystemExit("bench_miss pins servers and load to different CPUs: it needs at least 2")
-    ensure_tools(argparse.Namespace(varnish=False))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+        return "bench_miss pins servers and load to different CPUs: it needs at least 2"
+    if not _is_tmpfs(RAM):
+        return f"{RAM} is not a tmpfs: the cache filesystem's image must live in RAM"
+    try:
+        with ram_ext4(64 << 20, 1024):
+            return None
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return f"cannot mount an ext4 image on a loop device here: {exc}"
+
+
+@dataclass
+class Outcome:
+    runs: list[Run]
+    chunks: Chunks
+    text: str
+    result: dict[str, object]
+
+
+def measure(args: argparse.Namespace, log: Callable[[str], None] = print) -> Outcome:
+    """The whole bench (tools installed, root checked by the caller); writes ``args.out``."""
     with tempfile.TemporaryDirectory(prefix="minicdn-bench-miss-", dir=RAM) as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
         chunks = generate(work / "origin", args.chunks)
-        print(f"{args.chunks:,} chunks generated in {time.monotonic() - t0:.0f} s", flush=True)
-        runs = bench(chunks, work, args, log=lambda line: print(line, flush=True))
-        text = table(runs, chunks, args)
-        out = result(runs, chunks, args)
-    print()
-    print(text)
+        log(f"{args.chunks:,} chunks generated in {time.monotonic() - t0:.0f} s")
+        runs = bench(chunks, work, args, log)
+    out = Outcome(runs, chunks, table(runs, chunks, args), result(runs, chunks, args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n{args.out}")
-    return 0 if out["valid"] else 1
+    args.out.write_text(json.dumps(out.result, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if reason := unable():
+        raise SystemExit(reason)
+    ensure_tools(argparse.Namespace(varnish=False))
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _interrupted)
+    out = measure(args, log=lambda line: print(line, flush=True))
+    print(f"\n{out.text}\n\n{args.out}")
+    return 0 if out.result["valid"] else 1
 
 
 if __name__ == "__main__":
