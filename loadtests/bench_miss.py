@@ -494,6 +494,12 @@ class Run:
         return self.journal_cpu * 1e6 / max(1, self.fetched)
 
     @property
+    def busy(self) -> float:
+        """CPU the cache and the origin used over the run (1.0: one core's worth); pinned,
+        well under 1.0 means something else had their core."""
+        return (self.cache_cpu + self.origin_cpu) / max(1e-9, self.seconds)
+
+    @property
     def origin_share(self) -> float:
         return self.origin_cpu / max(1e-9, self.origin_cpu + self.cache_cpu)
 
@@ -628,7 +634,8 @@ def bench(
                 log(
                     f"  {mode.name:8} round {rnd} {name:5}: {run.misses_per_s:8,.0f} misses/s "
                     f"({run.received:,} in {run.seconds:.2f} s)  cache {run.cache_us:6.1f} µs/miss  "
-                    f"origin {run.origin_us:5.1f} µs/miss  journal {run.journal_us:4.1f} µs/miss"
+                    f"origin {run.origin_us:5.1f} µs/miss  journal {run.journal_us:4.1f} µs/miss  "
+                    f"busy {run.busy:.2f} CPU"
                     + (f"  INVALID: {'; '.join(run.problems)}" if run.problems else "")
                 )
     return runs
@@ -733,7 +740,14 @@ def result(runs: list[Run], chunks: Chunks, args: argparse.Namespace) -> dict[st
         "rows": [asdict(r) for r in rows(runs)],
         "ratios": {m: ratios(runs, m) for m in (PINNED.name, UNPINNED.name)},
         "runs": [
-            {**asdict(r), "cache_us": r.cache_us, "origin_us": r.origin_us, "origin_share": r.origin_share}
+            {
+                **asdict(r),
+                "cache_us": r.cache_us,
+                "origin_us": r.origin_us,
+                "journal_us": r.journal_us,
+                "origin_share": r.origin_share,
+                "busy": r.busy,
+            }
             for r in runs
         ],
     }
