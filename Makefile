@@ -38,8 +38,10 @@ bench: $(STAMP) data bench-publish bench-edge bench-delivery bench-slow
 bench-slow: $(STAMP) data
 	$(PY) -m pytest -q -p no:cacheprovider --run-slow -m slow || test $$? -eq 5  # 5: none marked yet
 
+## make bench-edge: hits (edge vs nginx and Varnish), then misses (edge vs nginx proxy_cache, root: it mounts a RAM ext4)
 bench-edge: $(STAMP) data
 	$(PY) -m loadtests.bench_edge
+	$(PY) -m loadtests.bench_miss
 
 ## make bench-delivery: bytes and requests of installs and updates through a real edge, against zstd -19 and --patch-from
 bench-delivery: $(STAMP) data
