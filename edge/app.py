@@ -85,6 +85,7 @@ def make_app(edge: Edge, head_limits: HeadLimits | None = None) -> web.Applicati
     r.add_get("/v1/apps", h.list_apps, name="apps")
     r.add_get("/v1/apps/{app}", h.get_app, name="app")
     r.add_get("/v1/apps/{app}/channels/{channel}", h.get_ref, name="ref")
+    r.add_get("/v1/changes", h.get_changes, name="changes")
     r.add_post("/v1/admin/prefetch", h.admin_prefetch, name="prefetch")
     r.add_post("/v1/admin/purge", h.admin_purge, name="purge")
     r.add_get("/metrics", h.metrics, name="metrics")

@@ -15,10 +15,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import codec, dcz, jsonutil
+from common.changes import Busy, parse_after, parse_wait
 from common.errors import BadRequest, Unauthorized
 from common.http import (
     MAX_BATCH,
     accepts_zstd,
+    error_response,
     read_batch_ids,
     read_limited,
     respond,
@@ -28,6 +30,7 @@ from common.http import (
 from common.ids import check_app, check_channel, check_version, parse_hex_id, sha256
 from common.manifest import app_of
 from edge import hops
+from edge.changes import OutOfSync
 from edge.cluster import NODE_HEADER
 from edge.encodings import MAX_DICTIONARIES, Encodings
 from edge.objects import Entry, Obj
@@ -150,6 +153,17 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
     resp.headers["Age"] = str(int(served.age))
     resp.headers["X-Cache"] = served.state
     return resp
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    """The change feed for the edges behind this one (edge.changes, common.changes)."""
+    after, wait = parse_after(request.query.get("after")), parse_wait(request.query.get("wait"))
+    edge = request.app[EDGE]
+    try:
+        answer = await edge.feed.poll(after, wait, lambda: edge.draining)
+    except (Busy, OutOfSync) as exc:
+        return error_response(503, exc.code, exc.message, {"Retry-After": "1", "Cache-Control": "no-store"})
+    return web.json_response(answer.to_json(), headers={"Cache-Control": "no-store"})
 
 
 async def post_batch(request: web.Request) -> web.StreamResponse:

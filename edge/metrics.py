@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge.plane.stats import Labelled, Stats
 
-__all__ = ["FALLBACKS", "PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
+__all__ = ["FALLBACKS", "NOTICES", "PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
 TIERS = ("memory", "disk")
 UPSTREAM_ERRORS = ("connect", "timeout", "status", "redirect", "integrity", "loop")
@@ -23,6 +23,12 @@ PEER_STATES = ("up", "down")
 # peer_timeout / peer_error: the owner peer took longer than --peer-timeout / failed;
 # owner_down: the owner is a member out of this node's ring (dead, or thought so).
 FALLBACKS = ("coalesce_timeout", "peer_timeout", "peer_error", "owner_down")
+# What a change notice of the upstream's feed led to (edge.changes): a revalidation, one
+# folded into a revalidation under way, nothing (its serial is below the held ref's: a
+# replay), a relay only (the ref is not held here), nothing (not a valid app or channel).
+NOTICES = ("revalidated", "coalesced", "old", "not_held", "invalid")
+# Seconds from a notice's arrival to the new ref held, ready to serve (one hop).
+PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -48,6 +54,9 @@ class EdgeMetrics:
     stale: Counter  # refs served stale because every upstream failed
     negative_hits: Counter  # objects answered "no such object" from the negative cache
     fallbacks: Counter  # fills that may duplicate another in the cluster, by FALLBACKS reason
+    change_stream_connected: Gauge  # 1 while the upstream's change feed answers (per worker)
+    change_notices: Counter  # change notices received, by what they led to (NOTICES)
+    ref_propagation: Histogram  # a notice's arrival to the new ref held here, seconds
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> EdgeMetrics:
@@ -90,6 +99,20 @@ class EdgeMetrics:
                 ["reason"],
                 registry=r,
             ),
+            change_stream_connected=Gauge(
+                "minicdn_edge_change_stream_connected",
+                "1 while the upstream's change feed is in sync (summed over worker processes)",
+                registry=r,
+            ),
+            change_notices=Counter(
+                "minicdn_edge_change_notices", "Change notices received, by outcome", ["action"], registry=r
+            ),
+            ref_propagation=Histogram(
+                "minicdn_edge_ref_propagation_seconds",
+                "From a change notice's arrival to the changed ref held here, ready to serve",
+                buckets=PROPAGATION_BUCKETS,
+                registry=r,
+            ),
         )
         # Counters start at zero for every label of their fixed sets.
         for tier in TIERS:
@@ -102,6 +125,8 @@ class EdgeMetrics:
             m.peer_errors.labels(reason)
         for reason in FALLBACKS:
             m.fallbacks.labels(reason)
+        for action in NOTICES:
+            m.change_notices.labels(action)
         for state in PEER_STATES:
             m.peers.labels(state)
         m.ring_size.set(1)

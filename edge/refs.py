@@ -6,12 +6,21 @@ every upstream fails, a ref confirmed less than ``stale_if_error`` seconds ago i
 stale (RFC 5861's stale-if-error).  Refs live in memory and on disk; the file's mtime is
 the time of the last confirmation, so a restarted edge knows how old its refs are.
 
+While the edge's change feed is in sync with its upstream (edge.changes), a ref held in
+memory needs no max-age revalidation: the feed names every ref that changes upstream, and
+``revalidate`` asks for it at once.  ``Coverage`` says which refs the feed vouches for: those
+held in memory whose last confirmation was *asked for* after the feed's current sync
+began (so the answer already reflects every change before the feed's cursor), for at most
+``STREAM_MAX_AGE`` (a backstop: a notice lost to a bug, or a re-signed ref nobody announced,
+is picked up anyway).  A ref read back from disk is revalidated on first use, as ever.
+
 The edge holds no public key: clients verify a ref's signature.  The edge checks that the
 body is an envelope and, when the upstream's ETag is a SHA-256, that the bytes match it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -29,7 +38,10 @@ from edge.singleflight import Flights
 from edge.tasks import TaskOwner
 from edge.upstream import Answer, Sources
 
-__all__ = ["RefCache", "RefSettings", "Served"]
+__all__ = ["STREAM_MAX_AGE", "Coverage", "RefCache", "RefSettings", "Served", "serial_of"]
+
+# The longest a ref is taken as fresh on the change feed's word alone.
+STREAM_MAX_AGE = 600.0
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)")
 
@@ -45,6 +57,32 @@ class Served:
     entry: Entry
     state: str  # "memory" | "disk" (fresh hits), "fetched", "revalidated", "stale"
     age: float
+
+
+class Coverage:
+    """Whether the change feed vouches for a ref: ``since`` is when the feed's current sync
+    began (its last reset was read: edge.changes), None before any; ``connected`` whether
+    its long-poll answers now."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.connected = False
+
+    def covers(self, validated: float, now: float) -> bool:
+        since = self.since
+        if not self.connected or since is None:
+            return False
+        return since <= validated and now - validated < STREAM_MAX_AGE
+
+
+def serial_of(envelope: bytes) -> int:
+    """The ref's serial, unverified (the edge has no key), or -1 when it cannot be read."""
+    try:
+        env = msgpack.unpackb(envelope, raw=False)
+        serial = msgpack.unpackb(env["payload"], raw=False)["serial"]
+    except (ValueError, msgpack.UnpackException, TypeError, KeyError):
+        return -1
+    return serial if isinstance(serial, int) and not isinstance(serial, bool) else -1
 
 
 def etag_of(envelope: bytes) -> str:
@@ -80,12 +118,20 @@ class RefCache:
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
+        self.coverage = Coverage()
+        # Refs the feed does not vouch for until they are confirmed again: read back from
+        # disk, or revalidated after a notice without the serial it named.
+        self._unconfirmed: set[str] = set()
+        # Called with (app, channel, serial) when a refresh brings a ref whose bytes differ
+        # from those held: a relaying edge's change log (edge.changes).
+        self.changed: Callable[[str, str, int], None] = lambda app, channel, serial: None
+        self.fetched: Callable[[], None] = lambda: None  # a ref was stored: the feed is wanted
 
     async def get(self, app: str, channel: str) -> Served:
         key = ref_key(app, channel)
         cached, tier = await self._lookup(key)
         now = self.clock()
-        if cached is not None and now - cached.validated < cached.max_age:
+        if cached is not None and self._fresh(key, cached, now):
             self.metrics.hits.labels(tier).inc()
             return Served(cached, tier, now - cached.validated)
         self.metrics.misses.inc()
@@ -93,6 +139,34 @@ class RefCache:
         if joined:
             self.metrics.coalesced.inc()
         return served
+
+    def held(self) -> list[str]:
+        """The keys of the refs in memory: the ones the change feed keeps current."""
+        return list(self.memory.keys("refs/"))
+
+    async def revalidate(self, key: str, after: float) -> Served | None:
+        """Make sure the ref held under ``key`` was confirmed by a request sent at or after
+        ``after`` (a notice's arrival): join the flight under way only if it started then,
+        else start one.  None when the ref is not held in memory."""
+        while True:
+            cached = self.memory.get(key)
+            if cached is None:
+                return None
+            if cached.validated >= after and key not in self._unconfirmed:
+                return Served(cached, "memory", self.clock() - cached.validated)
+            served, _ = await self.flights.do(key, functools.partial(self._refresh, key, cached))
+            if served.state == "stale" or served.entry.validated >= after:
+                return served
+
+    def distrust(self, key: str) -> None:
+        """Leave the ref under ``key`` to its max-age until it is confirmed again (a notice
+        named a serial its revalidation did not bring)."""
+        self._unconfirmed.add(key)
+
+    def _fresh(self, key: str, cached: Entry, now: float) -> bool:
+        if now - cached.validated < cached.max_age:
+            return True
+        return key not in self._unconfirmed and self.coverage.covers(cached.validated, now)
 
     async def purge(self, app: str) -> int:
         prefix = ref_key(app, "")
@@ -111,6 +185,7 @@ class RefCache:
             return None, "disk"
         # The upstream's max-age is not kept on disk: a ref read back is revalidated once.
         entry = Entry(blob.body, etag_of(blob.body), validated=blob.mtime, max_age=0.0)
+        self._unconfirmed.add(key)
         self.memory.put(key, entry)
         return entry, "disk"
 
@@ -118,6 +193,9 @@ class RefCache:
         app, channel = key.split("/")[1:]
         path = f"/v1/apps/{app}/channels/{channel}"
         headers = {"If-None-Match": cached.etag} if cached is not None else {}
+        # The confirmation's time is when it was asked for: the answer reflects at least
+        # the upstream's state then (RFC 9111 §4.2.3's request_time; edge.changes relies on it).
+        asked = self.clock()
         try:
             ok = (200, 304) if cached is not None else (200,)
             answer = await self.upstreams.fetch(path, _accept, headers, ok=ok)
@@ -133,14 +211,18 @@ class RefCache:
             return Served(cached, "stale", now - cached.validated)
         now = self.clock()
         max_age = min(self.settings.max_age, _max_age(answer))
+        self._unconfirmed.discard(key)
         if answer.status == 304 and cached is not None:
-            cached.validated, cached.max_age = now, max_age
-            self.writes.spawn(self.disk.set_mtime(key, now))
-            return Served(cached, "revalidated", 0.0)
-        entry = Entry(answer.body, etag_of(answer.body), validated=now, max_age=max_age)
+            cached.validated, cached.max_age = asked, max_age
+            self.writes.spawn(self.disk.set_mtime(key, asked))
+            return Served(cached, "revalidated", now - asked)
+        entry = Entry(answer.body, etag_of(answer.body), validated=asked, max_age=max_age)
         self.memory.put(key, entry)
-        self.writes.spawn(self.disk.put(key, entry.body, replace=True, mtime=now))
-        return Served(entry, "fetched", 0.0)
+        self.writes.spawn(self.disk.put(key, entry.body, replace=True, mtime=asked))
+        if cached is not None and cached.etag != entry.etag:
+            self.changed(app, channel, serial_of(entry.body))
+        self.fetched()
+        return Served(entry, "fetched", now - asked)
 
 
 def _max_age(answer: Answer) -> float:

@@ -24,6 +24,7 @@ from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError,
 from common.manifest import decode_manifest
 from edge import hops
 from edge.accesslog import AccessLog
+from edge.changes import ChangeFeed
 from edge.cluster import Cluster, ClusterSettings
 from edge.disk import DiskTier
 from edge.fill import Filler
@@ -139,6 +140,7 @@ class Edge:
         self.refs = RefCache(
             self.memory, self.disk, self.upstreams, self.ref_flights, self.writes, m, settings.refs
         )
+        self.feed = ChangeFeed(settings.upstreams, self._session, self.refs, m, self.node)
 
     def _session(self) -> aiohttp.ClientSession:
         """The session every source shares, once ``start`` made it."""
@@ -160,6 +162,7 @@ class Edge:
         if s.access_log:
             self.access_log = AccessLog(s.access_log)
         self.background.spawn(self.disk.open())
+        self.background.spawn(self.feed.run())  # idle until a ref is stored or polled for
         if self.cluster is not None:
             await self.cluster.start(self.session, s.max_object)
 
