@@ -125,7 +125,7 @@ class RefCache:
         # Called with (app, channel, serial) when a refresh brings a ref whose bytes differ
         # from those held: a relaying edge's change log (edge.changes).
         self.changed: Callable[[str, str, int], None] = lambda app, channel, serial: None
-        self.fetched: Callable[[], None] = lambda: None  # a ref was stored: the feed is wanted
+        self.fetched: Callable[[], None] = lambda: None  # a ref was confirmed: the feed is wanted
 
     async def get(self, app: str, channel: str) -> Served:
         key = ref_key(app, channel)
@@ -212,6 +212,7 @@ class RefCache:
         now = self.clock()
         max_age = min(self.settings.max_age, _max_age(answer))
         self._unconfirmed.discard(key)
+        self.fetched()
         if answer.status == 304 and cached is not None:
             cached.validated, cached.max_age = asked, max_age
             self.writes.spawn(self.disk.set_mtime(key, asked))
@@ -221,7 +222,6 @@ class RefCache:
         self.writes.spawn(self.disk.put(key, entry.body, replace=True, mtime=asked))
         if cached is not None and cached.etag != entry.etag:
             self.changed(app, channel, serial_of(entry.body))
-        self.fetched()
         return Served(entry, "fetched", now - asked)
 
 
