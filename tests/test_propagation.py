@@ -274,3 +274,31 @@ def test_a_forged_notice_costs_one_revalidation_and_changes_nothing(
     again = http("GET", f"{node.url}/v1/apps/{APP}/channels/{CHANNEL}")
     assert again.status == 200 and again.body == ref
     assert origin.ref_requests() == before + 1
+
+
+def test_an_edge_serves_the_feed_to_the_edges_behind_it(tmp_path: Path, origin: Origin) -> None:
+    nowhere = edge_service(tmp_path, f"http://127.0.0.1:{free_port()}", name="nowhere").start()
+    node = edge_service(tmp_path, origin.upstream, name="relay").start()
+    try:
+        for query in ("after=xyz", "wait=soon", "after=0123456789abcdef.01"):
+            r = http("GET", f"{node.url}/v1/changes?{query}")
+            assert r.status == 400 and json.loads(r.body)["error"] == "bad_request", (query, r.body)
+        out = http("GET", f"{nowhere.url}/v1/changes?wait=0")  # its own feed is out of sync
+        assert out.status == 503 and "retry-after" in out.headers, out
+        warm(node)
+
+        def reset() -> dict[str, object] | None:
+            r = http("GET", f"{node.url}/v1/changes")
+            return json.loads(r.body) if r.status == 200 else None
+
+        first = eventually(reset, 10, "a reset from the relaying edge")
+        assert first["reset"] is True and first["changes"] == []
+        assert http("GET", f"{node.url}/v1/changes").headers["cache-control"] == "no-store"
+        serial = origin.move("1.1.0")
+        r = http("GET", f"{node.url}/v1/changes?after={first['cursor']}&wait=10")
+        body = json.loads(r.body)
+        assert r.status == 200 and body["reset"] is False
+        assert body["changes"] == [{"app": APP, "channel": CHANNEL, "serial": serial}]
+    finally:
+        node.stop()
+        nowhere.stop()
