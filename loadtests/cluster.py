@@ -15,12 +15,16 @@ phone is a cold install (ref, manifest, every chunk in batches), one whose chann
 update (only the chunks the phone lacks).  During the middle third of the run this driver moves
 the ``release`` channel of every app to ``1.1.0``, one app at a time, most popular first.
 At the end the locustfile prints the hit ratio of each edge and the origin's request counts,
-and ``--report`` (default ``var/loadtest``) receives locust's own ``locust.html`` and the
-report loadtests.soak writes too (loadtests.report: ``report.html``, plots over time of
-each process's memory and descriptors and each edge's request rate, p50/p99 latency and
-hit ratio, the channel moves marked; ``series.json``; ``summary.txt``).  Every process is
-marked ``MINICDN_LOAD_RUN=<this run>`` and one still running once all were stopped makes
-the run fail.
+and this driver the propagation delay of those moves (``Propagation``: from each move's
+``PUT`` returning to each edge serving the new serial; median and max per edge).  With
+the origin's change feed (``GET /v1/changes``) the edges keep refs for the default
+``--ref-max-age``; without it (an origin from before issue 17) for 2 s, so that moves still
+show; the summary says which.  ``--report`` (default ``var/loadtest``) receives locust's
+own ``locust.html`` and the report loadtests.soak writes too (loadtests.report:
+``report.html``, plots over time of each process's memory and descriptors and each edge's
+request rate, p50/p99 latency and hit ratio, the channel moves marked; ``series.json``;
+``summary.txt``).  Every process is marked ``MINICDN_LOAD_RUN=<this run>`` and one still
+running once all were stopped makes the run fail.
 
     python -m loadtests.cluster [--duration 30] [--users 60] [--apps 30] [--keep DIR] [--report DIR]
 """
@@ -174,10 +178,90 @@ def publish_all(origin: str, token: str, work: Path, count: int) -> list[str]:
     return [name for name, *_ in plans]
 
 
-def set_channel(origin: str, token: str, app: str, version: str) -> None:
+def set_channel(origin: str, token: str, app: str, version: str) -> int:
+    """Move ``app``'s release channel; the new ref's serial."""
     body = json.dumps({"version": version}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    http("PUT", f"{origin}/v1/apps/{app}/channels/release", body, headers)
+    return ref_serial(http("PUT", f"{origin}/v1/apps/{app}/channels/release", body, headers))
+
+
+def ref_serial(envelope: bytes) -> int:
+    import msgpack
+
+    return int(msgpack.unpackb(msgpack.unpackb(envelope, raw=False)["payload"], raw=False)["serial"])
+
+
+def has_feed(origin: str) -> bool:
+    """Whether the origin serves the change feed (issue 17) that edges follow."""
+    try:
+        with urllib.request.urlopen(f"{origin}/v1/changes?wait=0", timeout=10) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Propagation:
+    """How long each channel move took to reach each edge: from the move's ``PUT``
+    returning to the edge serving a ref of at least the new serial, polled every 10 ms
+    (on a connection of its own, so that the poll is not one of the phones') for at most
+    ``limit`` seconds; a move not seen by then is counted as lost."""
+
+    POLL = 0.01
+
+    def __init__(self, edges: list[str], limit: float = 60.0) -> None:
+        self.edges = edges
+        self.limit = limit
+        self.delays: dict[str, list[float]] = {e: [] for e in edges}
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(8)
+
+    def moved(self, app: str, serial: int, at: float) -> None:
+        self._pool.submit(self._watch, app, serial, at)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _watch(self, app: str, serial: int, at: float) -> None:
+        pending = set(self.edges)
+        while pending and time.monotonic() < at + self.limit:
+            for edge in sorted(pending):
+                if self._serial(edge, app) >= serial:
+                    with self._lock:
+                        self.delays[edge].append(time.monotonic() - at)
+                    pending.discard(edge)
+            if pending:
+                time.sleep(self.POLL)  # a sampling interval of the measurement, not a wait
+        with self._lock:
+            self.lost += len(pending)
+
+    @staticmethod
+    def _serial(edge: str, app: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{edge}/v1/apps/{app}/channels/release", timeout=10) as r:
+                return ref_serial(r.read())
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            return -1
+
+    def summary(self) -> list[str]:
+        lines = ["propagation (channel move returned -> edge serves it): median / max seconds, moves"]
+        every: list[float] = []
+        for edge, delays in self.delays.items():
+            every += delays
+            lines.append(f"  {edge}  {_median(delays):.3f} / {max(delays, default=0.0):.3f}  {len(delays)}")
+        lines.append(
+            f"  all edges  {_median(every):.3f} / {max(every, default=0.0):.3f}  {len(every)}"
+            f" (lost: {self.lost})"
+        )
+        return lines
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def roll_updates(
@@ -188,13 +272,16 @@ def roll_updates(
     span: float,
     stop: threading.Event,
     sampler: Sampler | None = None,
+    propagation: Propagation | None = None,
 ) -> None:
     """Move every app's channel to 1.1.0 over [start, start + span) seconds from now."""
     t0 = time.monotonic()
     for i, app in enumerate(apps):
         if stop.wait(max(0.0, t0 + start + span * i / len(apps) - time.monotonic())):
             return
-        set_channel(origin, token, app, "1.1.0")
+        serial = set_channel(origin, token, app, "1.1.0")
+        if propagation is not None:
+            propagation.moved(app, serial, time.monotonic())
         if sampler is not None:
             kind, label = ("move", "release → 1.1.0 begins") if i == 0 else ("tick", f"{app} → 1.1.0")
             sampler.event(kind, "origin", label)
@@ -234,6 +321,8 @@ def cluster(
             ],
             port,
         )
+        # Without the origin's change feed, refs live 2 s so that moves still show.
+        ref_max_age = () if has_feed(origin) else ("--ref-max-age", "2s")
         ports = [free_port() for _ in range(3)]
         peers = [a for p in ports for a in ("--peer", f"http://{HOST}:{p}")]
         edges = [
@@ -250,8 +339,7 @@ def cluster(
                     *peers,
                     "--self",
                     f"http://{HOST}:{p}",
-                    "--ref-max-age",
-                    "2s",
+                    *ref_max_age,
                     *edge_args,
                 ],
                 p,
@@ -353,9 +441,13 @@ def _locust(
     ]
     stop = threading.Event()
     span = args.duration / 3
+    feed = has_feed(origin)
+    propagation = Propagation(edges)
     locust = subprocess.Popen(cmd, env=env, cwd=ROOT)
     sampler = Sampler()  # t = 0: the load starts
-    mover = threading.Thread(target=roll_updates, args=(origin, token, apps, span, span, stop, sampler))
+    mover = threading.Thread(
+        target=roll_updates, args=(origin, token, apps, span, span, stop, sampler, propagation)
+    )
     for name, url in zip(["origin", "edge0", "edge1", "edge2"], [origin, *edges], strict=True):
         sampler.watch(name, procs.pid(name), url)
     sampler.watch("locust", locust.pid)
@@ -369,7 +461,10 @@ def _locust(
             locust.wait()
         stop.set()
         mover.join()
+        propagation.close()
         sampler.stop()
+        how = "the origin's change feed" if feed else "no change feed at the origin: refs live 2 s"
+        print("\n".join([*propagation.summary(), f"  ({how})"]), flush=True)
 
 
 if __name__ == "__main__":
