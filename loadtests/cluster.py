@@ -195,7 +195,7 @@ def has_feed(origin: str) -> bool:
     """Whether the origin serves the change feed (issue 17) that edges follow."""
     try:
         with urllib.request.urlopen(f"{origin}/v1/changes?wait=0", timeout=10) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
