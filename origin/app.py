@@ -177,6 +177,7 @@ async def post_version(request: web.Request) -> web.Response:
     if (declared := declared_length(request)) > limit:
         raise TooLarge(f"upload of {declared} bytes exceeds the {limit}-byte limit")
     move = _channel_move(request)  # refused before the body is read
+    await origin.check_rollout(app, move)
     upload = new_upload_path(origin.tmp_dir)
     try:
         await _spool(request, upload, limit, request.app[PACE])

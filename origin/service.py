@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from common import codec, dcz
 from common.chunking import ChunkParams
-from common.errors import ConfigError, NotFound
+from common.errors import ConfigError, Conflict, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
 from common.manifest import app_of
 from common.signing import SigningKey
@@ -325,11 +325,13 @@ class Origin:
                 t0 = time.perf_counter()
                 result = await self._run(publisher.publish, app, version, files)
                 self.metrics.publish_seconds.observe(time.perf_counter() - t0)
-                if move is not None:  # before enrichment is queued: it cannot end unseen
-                    serial = await self._run(self.channels.plan, app, move.channel, version, move.percent)
                 if result.created:
                     # Inside the lock: the queue stays in publish order (delta bases rely on it).
                     self._enqueue(app, version)
+                if move is not None:
+                    # Enrichment may end before this runs: plan and apply_pending meet under
+                    # the channels lock, and plan moves at once for a settled version.
+                    serial = await self._run(self.channels.plan, app, move.channel, version, move.percent)
             if result.created:
                 self.metrics.published_bytes.inc(result.raw_bytes)
             return result, serial
@@ -410,6 +412,15 @@ class Origin:
             for pending in {p.version for p in self.channels.pending(app).values()}:
                 if self.channels.enriched(app, pending):
                     self.channels.apply_pending(app, pending)
+
+    async def check_rollout(self, app: str, move: ChannelMove | None) -> None:
+        """A publish that rolls out needs a channel to roll out on: refused before the upload."""
+        if move is None or move.percent is None:
+            return
+        if await self._run(self.channels.current, check_app(app), move.channel) is None:
+            raise Conflict(
+                f"channel {move.channel} of {app} has no version yet: publish without rollout first"
+            )
 
     async def set_channel(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
         check_app(app)
