@@ -36,7 +36,7 @@ def setup(tmp_path: Path) -> tuple[Channels, FileStorage, SigningKey, Clock]:
 
 
 def test_moves_raise_the_serial_and_keep_history(setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
-    ch, storage, key, clock = setup
+    ch, _storage, key, clock = setup
     r1 = open_ref(ch.move("demo", "release", "1.0.0", None), [key.public])
     clock.now += 10
     r2 = open_ref(ch.move("demo", "release", "1.1.0", RolloutSpec("1.0.0", 50)), [key.public])
@@ -69,7 +69,7 @@ def test_live_refs_are_resigned_when_half_their_life_is_gone(
 
 def test_history_written_before_kinds_still_reads_and_rolls_back(
         setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
-    ch, storage, key, _clock = setup
+    ch, storage, _key, _clock = setup
     ch.move("demo", "release", "1.1.0", None)
     storage.put(paths.history_key("demo", "release"), wire.pack([[1, "1.0.0"], [2, "1.1.0"]]))
     assert [(e.version, e.kind) for e in ch.history("demo", "release")] == [("1.0.0", None), ("1.1.0", None)]
@@ -79,7 +79,7 @@ def test_history_written_before_kinds_still_reads_and_rolls_back(
 
 def test_rollback_undoes_moves_one_at_a_time_and_refuses_past_the_first(
         setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
-    ch, storage, key, _clock = setup
+    ch, storage, _key, _clock = setup
     storage.put(paths.version_key("demo", "1.2.0"), VersionRecord(sha256(b"1.2.0"), b"d", 0).pack())
     moves: list[tuple[str, str, int, str]] = []
     ch.on_move = lambda *m: moves.append(m)
