@@ -18,11 +18,15 @@ from typing import Any, TypeVar
 import click
 
 from common.config import parse_duration, parse_listen, parse_size
-from common.errors import ConfigError, MinicdnError
+from common.errors import BadRequest, ConfigError, Conflict, MinicdnError, NotFound
 
 __all__ = ["DURATION", "LISTEN", "SIZE", "main", "option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit 2, like click's usage errors: what the operator asked for is wrong or refused as such
+# (a bad flag, no such app or channel, nothing to roll back to).  Anything else exits 1.
+USAGE = (ConfigError, BadRequest, NotFound, Conflict)
 
 
 def _flag(param: click.Parameter | None, default: str) -> str:
@@ -139,7 +143,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MinicdnError as exc:
             click.echo(f"minicdn: {exc.code}: {exc.message}", err=True)
-            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+            sys.exit(2 if isinstance(exc, USAGE) else 1)
 
 
 def _broken(name: str, exc: ImportError) -> click.Command:

@@ -24,6 +24,7 @@ from common.http import (
     accepts_zstd,
     declared_length,
     error_middleware,
+    error_response,
     read_batch_ids,
     read_limited,
     serve_immutable,
@@ -31,8 +32,9 @@ from common.http import (
     strict_middleware,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
+from origin.changes import Busy, parse_cursor, parse_wait
 from origin.channels import Channels, RolloutSpec
-from origin.service import Origin, new_upload_path
+from origin.service import ChannelMove, Origin, new_upload_path
 
 __all__ = ["ORIGIN", "PACE", "make_app"]
 
@@ -146,6 +148,23 @@ async def get_app(request: web.Request) -> web.Response:
     return web.json_response(await request.app[ORIGIN].app_info(request.match_info["app"]))
 
 
+async def get_history(request: web.Request) -> web.Response:
+    origin = request.app[ORIGIN]
+    return web.json_response(await origin.history(request.match_info["app"], request.match_info["channel"]))
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    """The change feed's long-poll (DESIGN.md "The change feed")."""
+    after = parse_cursor(request.query.get("after"))
+    wait = parse_wait(request.query.get("wait"))
+    try:
+        answer = await request.app[ORIGIN].feed.wait(after, wait)
+    except Busy:
+        # Not in the error tree's table: the only 503 with a Retry-After the origin sends.
+        return error_response(503, "busy", "too many change-feed waiters", {"Retry-After": "5"})
+    return web.json_response(answer.to_json(), headers={"Cache-Control": "no-store"})
+
+
 # -- write API -------------------------------------------------------------------------------
 
 
@@ -157,13 +176,31 @@ async def post_version(request: web.Request) -> web.Response:
     limit = origin.settings.limits.max_upload
     if (declared := declared_length(request)) > limit:
         raise TooLarge(f"upload of {declared} bytes exceeds the {limit}-byte limit")
+    move = _channel_move(request)  # refused before the body is read
+    await origin.check_rollout(app, move)
     upload = new_upload_path(origin.tmp_dir)
     try:
         await _spool(request, upload, limit, request.app[PACE])
-        result = await origin.publish(app, version, upload)
+        result, serial = await origin.publish(app, version, upload, move)
     finally:
         upload.unlink(missing_ok=True)
-    return web.json_response(result.to_json(), status=201 if result.created else 200)
+    body = result.to_json()
+    if move is not None:
+        state = {"state": "pending"} if serial is None else {"state": "moved", "serial": serial}
+        body["channel"] = {"name": move.channel, "percent": move.percent, **state}
+    return web.json_response(body, status=201 if result.created else 200)
+
+
+def _channel_move(request: web.Request) -> ChannelMove | None:
+    """``?channel=NAME[&rollout=PERCENT]``: move the channel once the version is enriched."""
+    channel, percent = request.query.get("channel"), request.query.get("rollout")
+    if channel is None:
+        if percent is not None:
+            raise BadRequest("rollout needs channel")
+        return None
+    if percent is not None and not (percent.isdigit() and len(percent) <= 3):
+        raise BadRequest("rollout must be a percent from 0 to 100")
+    return ChannelMove(check_channel(channel), None if percent is None else int(percent))
 
 
 async def _spool(request: web.Request, dest: Path, limit: int, pace: BodyPace) -> None:
@@ -202,6 +239,13 @@ async def put_channel(request: web.Request) -> web.Response:
     )
 
 
+async def post_rollback(request: web.Request) -> web.Response:
+    require_token(request)
+    origin = request.app[ORIGIN]
+    moved = await origin.rollback(request.match_info["app"], request.match_info["channel"])
+    return web.json_response(moved, headers={"Cache-Control": "no-store"})
+
+
 # -- operations ------------------------------------------------------------------------------
 
 
@@ -216,6 +260,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     origin = app[ORIGIN]
+    origin.start()
     tasks = [asyncio.create_task(origin.resign_loop()), asyncio.create_task(origin.enrich_loop())]
     yield
     origin.stop_background()  # an enrichment in its thread stops at its next pause
@@ -225,6 +270,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await asyncio.get_running_loop().run_in_executor(None, origin.close)
+
+
+async def _drain_feed(app: web.Application) -> None:
+    """on_shutdown runs before aiohttp waits for handlers: long-polls answer now, not in 55 s."""
+    app[ORIGIN].feed.close()
 
 
 def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
@@ -242,9 +292,13 @@ def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
     r.add_get("/v1/apps/{app}", get_app, name="app")
     r.add_get("/v1/apps/{app}/channels/{channel}", get_ref, name="ref")
     r.add_put("/v1/apps/{app}/channels/{channel}", put_channel, name="channel_set")
+    r.add_get("/v1/apps/{app}/channels/{channel}/history", get_history, name="channel_history")
+    r.add_post("/v1/apps/{app}/channels/{channel}/rollback", post_rollback, name="channel_rollback")
+    r.add_get("/v1/changes", get_changes, name="changes")
     r.add_post("/v1/apps/{app}/versions/{version}", post_version, name="publish")
     r.add_get("/metrics", metrics, name="metrics")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/readyz", healthz, name="readyz")
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_drain_feed)
     return app

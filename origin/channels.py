@@ -5,27 +5,42 @@ the old with the crash-safe write).  Re-signing a live ref before it expires ref
 ``issued``/``expires`` and keeps the serial: the ref's meaning is unchanged, and a client's
 rollback check (serial lower than one seen) still holds.
 
+Every move (not a re-signing) is appended to the channel's history (origin/history.py) and
+reported to ``on_move(app, channel, serial, kind)`` — the change feed and the move metric —
+from inside the lock, so reports come in the order the moves were made.
+
+A publish with a channel does not move the channel at once: it leaves a **pending move**
+(``apps/{app}/pending/{channel}``, durable) that ``apply_pending`` makes once the version's
+enriched manifest exists — or, if enrichment failed, with the plain manifest.  An explicit
+move of the channel (set, rollback) cancels its pending move: the operator spoke last.
+
 The origin is a single writer per storage (DESIGN.md: one origin, many edges); several
 origin processes on one storage would need conditional writes in the storage backend.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from common import wire
-from common.errors import BadRequest, NotFound
+from common.errors import BadRequest, Conflict, NotFound
 from common.ids import check_channel, check_version, sha256
 from common.manifest import Ref, Rollout, open_ref
 from common.signing import SigningKey
 from origin import paths
+from origin.history import KEEP, Entry, rollback_target
 from origin.storage import Storage
 
-__all__ = ["Channels", "Resigned", "RolloutSpec"]
+__all__ = ["Channels", "MoveHook", "Pending", "Resigned", "RolloutSpec", "check_percent"]
+
+log = logging.getLogger("minicdn.origin.channels")
+
+MoveHook = Callable[[str, str, int, str], None]  # app, channel, new serial, kind (history.KINDS)
 
 
 class Resigned(NamedTuple):
@@ -43,12 +58,34 @@ class RolloutSpec:
 
     def __post_init__(self) -> None:
         check_version(self.version)
-        if (
-            isinstance(self.percent, bool)
-            or not isinstance(self.percent, int)
-            or not 0 <= self.percent <= 100
-        ):
-            raise BadRequest("rollout percent must be an integer from 0 to 100")
+        check_percent(self.percent)
+
+
+def check_percent(percent: object) -> int:
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise BadRequest("rollout percent must be an integer from 0 to 100")
+    return percent
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A publish's channel move, waiting for the version's enriched manifest.  ``percent``
+    set: roll ``version`` out to that share on top of what the channel serves then."""
+
+    version: str
+    percent: int | None
+    since: int
+
+    def pack(self) -> bytes:
+        return wire.pack({"version": self.version, "percent": self.percent, "since": self.since})
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Pending:
+        d = wire.unpack(data, what="pending move")
+        return cls(str(d["version"]), d.get("percent"), int(d.get("since", 0)))
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": self.version, "percent": self.percent, "since": self.since}
 
 
 class Channels:
@@ -59,12 +96,18 @@ class Channels:
         *,
         ttl: float = 7 * DAY,
         clock: Callable[[], float] = time.time,
+        on_move: MoveHook | None = None,
     ) -> None:
         self.storage = storage
         self.key = key
         self.ttl = int(ttl)
         self.clock = clock
+        self.on_move: MoveHook = on_move or (lambda app, channel, serial, kind: None)
         self._lock = threading.Lock()
+        # Versions whose enrichment is over in this process, done or failed (apply_pending):
+        # a publish's move to one of them is made at once.  A restart forgets it and retries
+        # enrichment, which settles the version again.
+        self._settled: set[tuple[str, str]] = set()
 
     def envelope(self, app: str, channel: str) -> bytes:
         key = paths.channel_key(app, channel)
@@ -78,26 +121,105 @@ class Channels:
         except NotFound:
             return None
 
-    def move(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
+    def move(
+        self, app: str, channel: str, version: str, rollout: RolloutSpec | None, kind: str | None = None
+    ) -> bytes:
         """Point ``channel`` at ``version`` (and optionally roll ``rollout`` out); returns the
-        new signed ref."""
+        new signed ref.  ``kind`` defaults to "rollout" when only the rollout changes, else
+        "set".  Cancels the channel's pending move."""
         check_channel(channel)
         with self._lock:
-            # Read the records inside the lock: enrichment rewrites a record and then moves
-            # the refs naming the old manifest under this lock, so no move can slip between.
-            manifest = self._manifest_of(app, version)
-            roll = None
-            if rollout is not None:
-                roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
-            old = self.current(app, channel)
-            now = int(self.clock())
-            ref = Ref(
-                app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll
-            )
-            envelope = ref.seal(self.key)
-            self.storage.put(paths.channel_key(app, channel), envelope)
-            self._remember(app, channel, now, version, old)
+            envelope = self._move(app, channel, version, rollout, kind)
+            self._drop_pending(app, channel)
         return envelope
+
+    def rollback(self, app: str, channel: str) -> tuple[Ref, Ref]:
+        """Move ``channel`` back to the version before (origin/history.py), without rollout;
+        returns the refs before and after.  Conflict when the history has no such version."""
+        check_channel(channel)
+        with self._lock:
+            old = self.current(app, channel)
+            if old is None:
+                raise NotFound(f"app {app} has no channel {channel}")
+            target = rollback_target(self.history(app, channel))
+            if target is None:
+                raise Conflict(f"channel {channel} of {app} has no earlier version to roll back to")
+            envelope = self._move(app, channel, target, None, "rollback")
+            self._drop_pending(app, channel)
+        return old, open_ref(envelope, [self.key.public])
+
+    def _move(
+        self, app: str, channel: str, version: str, rollout: RolloutSpec | None, kind: str | None
+    ) -> bytes:
+        # Under the lock.  The records are read here: enrichment rewrites a record and then
+        # moves the refs naming the old manifest under this lock, so no move can slip between.
+        manifest = self._manifest_of(app, version)
+        roll = None
+        if rollout is not None:
+            roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
+        old = self.current(app, channel)
+        if kind is None:
+            same = old is not None and old.version == version and old.rollout != roll
+            kind = "rollout" if same else "set"
+        now = int(self.clock())
+        ref = Ref(app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll)
+        envelope = ref.seal(self.key)
+        self.storage.put(paths.channel_key(app, channel), envelope)
+        spec = (rollout.version, rollout.percent) if rollout else None
+        self._remember(app, channel, Entry(now, version, ref.serial, kind, spec))
+        self.on_move(app, channel, ref.serial, kind)
+        return envelope
+
+    # -- pending moves (publish with a channel) ----------------------------------------------
+
+    def plan(self, app: str, channel: str, version: str, percent: int | None) -> int | None:
+        """A publish's move of ``channel`` to ``version``: made now (returns the new serial)
+        when the version's enrichment is over (done, or failed in this process), else left
+        pending (returns None) for ``apply_pending``.  A rollout needs a channel to roll
+        out on: Conflict when it has none."""
+        check_channel(channel)
+        with self._lock:
+            if percent is not None and self.current(app, channel) is None:
+                raise Conflict(
+                    f"channel {channel} of {app} has no version yet; publish without a rollout first"
+                )
+            pending = Pending(version, percent, int(self.clock()))
+            if not (self.enriched(app, version) or (app, version) in self._settled):
+                self.storage.put(paths.pending_key(app, channel), pending.pack())
+                return None
+            self._drop_pending(app, channel)
+            return self._apply(app, channel, pending)
+
+    def apply_pending(self, app: str, version: str) -> list[str]:
+        """Make every pending move of ``app`` to ``version`` (its enrichment is over: done,
+        or failed — then to the plain manifest); returns the channels moved."""
+        moved = []
+        with self._lock:
+            self._settled.add((app, version))
+            for channel, pending in self.pending(app).items():
+                if pending.version == version:
+                    self._apply(app, channel, pending)
+                    self._drop_pending(app, channel)
+                    moved.append(channel)
+        return moved
+
+    def pending(self, app: str) -> dict[str, Pending]:
+        prefix = paths.pending_prefix(app)
+        return {k[len(prefix) :]: Pending.unpack(self.storage.get(k)) for k in self.storage.list(prefix)}
+
+    def _apply(self, app: str, channel: str, pending: Pending) -> int:
+        if pending.percent is None:
+            envelope = self._move(app, channel, pending.version, None, "publish")
+        else:
+            base = self.current(app, channel)
+            main = base.version if base is not None else pending.version
+            spec = RolloutSpec(pending.version, pending.percent)
+            envelope = self._move(app, channel, main, spec, "publish")
+        return open_ref(envelope, [self.key.public]).serial
+
+    def _drop_pending(self, app: str, channel: str) -> None:
+        if self.storage.delete(paths.pending_key(app, channel)):
+            log.info("pending move of %s channel %s cancelled by a later move", app, channel)
 
     def resign_due(self) -> Resigned:
         """Re-sign every ref with less than half its lifetime left; returns how many, and
@@ -151,24 +273,34 @@ class Channels:
                 now = int(self.clock())
                 fresh = Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
                 self.storage.put(paths.channel_key(app, channel), fresh.seal(self.key))
+                self.on_move(app, channel, fresh.serial, "enriched")
                 moved += 1
         return moved
 
-    def _manifest_of(self, app: str, version: str) -> bytes:
+    def _record(self, app: str, version: str) -> dict[str, Any]:
         key = paths.version_key(app, version)
         if self.storage.stat(key) is None:
             raise NotFound(f"app {app} has no version {version}")
-        rec = wire.unpack(self.storage.get(key), what="version record")
-        mid: bytes = rec["manifest"]
+        rec: dict[str, Any] = wire.unpack(self.storage.get(key), what="version record")
+        return rec
+
+    def enriched(self, app: str, version: str) -> bool:
+        return bool(self._record(app, version).get("enriched", False))
+
+    def _manifest_of(self, app: str, version: str) -> bytes:
+        mid: bytes = self._record(app, version)["manifest"]
         return mid
 
-    def _remember(self, app: str, channel: str, now: int, version: str, old: Ref | None) -> None:
-        """Append to the channel's history (delta bases: versions a channel pointed at)."""
+    def history(self, app: str, channel: str) -> list[Entry]:
+        """The channel's moves, oldest first (at most history.KEEP)."""
         key = paths.history_key(app, channel)
-        hist = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
-        if old is None or old.version != version:
-            hist.append([now, version])
-        self.storage.put(key, wire.pack(hist[-1000:]))
+        raw = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
+        return [Entry.unpack(e) for e in raw]
+
+    def _remember(self, app: str, channel: str, entry: Entry) -> None:
+        """Append to the channel's history (rollback; delta bases: versions it pointed at)."""
+        hist = [e.pack() for e in self.history(app, channel)] + [entry.pack()]
+        self.storage.put(paths.history_key(app, channel), wire.pack(hist[-KEEP:]))
 
     def versions_since(self, app: str, since: float) -> set[str]:
         """Every version a channel of ``app`` has pointed at since ``since`` (unix time):
@@ -176,10 +308,8 @@ class Channels:
         each ref names now, rollouts included (delta bases, origin/enrich.py)."""
         out: set[str] = set()
         for channel in self.channel_names(app):
-            key = paths.history_key(app, channel)
-            hist = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
             at_start = None
-            for when, version in hist:  # appended in time order
+            for when, version in ((e.time, e.version) for e in self.history(app, channel)):  # time order
                 if when >= since:
                     out.add(version)
                 else:

@@ -1,4 +1,4 @@
-"""``minicdn origin``, ``minicdn publish`` and ``minicdn channel set``."""
+"""``minicdn origin`` and ``minicdn publish`` (``channel`` and ``apps``: origin/opscli.py)."""
 
 from __future__ import annotations
 
@@ -13,25 +13,36 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import click
 from aiohttp import web
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from common.chunking import ChunkParams
 from common.cli import DURATION, LISTEN, SIZE, option
-from common.errors import ConfigError, UpstreamError
+from common.errors import ConfigError
 from common.http import BodyPace, json_handlers
 from common.ids import check_app, check_channel, check_version
 from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
 from origin.app import make_app
 from origin.ingest import Limits
+from origin.opscli import apps, channel
+from origin.remote import Live, Remote, check, headers_for
 from origin.service import Origin, OriginSettings
 from origin.storage import FileStorage
 
-__all__ = ["channel", "origin", "publish"]
+__all__ = ["apps", "channel", "origin", "publish"]
 
 
 @click.command()
@@ -158,24 +169,6 @@ def _install_uvloop() -> None:
 # -- publisher side --------------------------------------------------------------------------
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    if not token:
-        raise ConfigError("token: set MINICDN_TOKEN (or --token) to the origin's token")
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def _check(resp: aiohttp.ClientResponse) -> bytes:
-    body = await resp.read()
-    if resp.status >= 400:
-        try:
-            err = json.loads(body)
-            msg = f"{err['error']}: {err['message']}"
-        except (ValueError, KeyError, TypeError):
-            msg = body[:200].decode(errors="replace")
-        raise UpstreamError(f"{resp.method} {resp.url.path} answered {resp.status} ({msg})")
-    return body
-
-
 def pack_folder(folder: Path, out: io.BufferedWriter) -> None:
     """A deterministic tar.gz of a folder (sorted, zeroed owners and times)."""
     with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tf:
@@ -193,14 +186,19 @@ def pack_folder(folder: Path, out: io.BufferedWriter) -> None:
 
 
 async def _upload(url: str, archive: Path, headers: dict[str, str], quiet: bool) -> dict[str, Any]:
+    """POST the archive with a progress bar; once it is sent, a spinner while the origin
+    unpacks, chunks, compresses and signs."""
     size = archive.stat().st_size
     with Progress(
+        SpinnerColumn(),
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
+        TimeElapsedColumn(),
         transient=True,
         disable=quiet,
+        console=Console(stderr=True),  # standard output is the result, for pipelines
     ) as progress:
         task = progress.add_task("upload", total=size)
 
@@ -209,6 +207,8 @@ async def _upload(url: str, archive: Path, headers: dict[str, str], quiet: bool)
                 while piece := f.read(256 * 1024):
                     progress.advance(task, len(piece))
                     yield piece
+            progress.update(task, visible=False)
+            progress.add_task("chunking and signing", total=None)
 
         async with (
             aiohttp.ClientSession() as s,
@@ -218,36 +218,21 @@ async def _upload(url: str, archive: Path, headers: dict[str, str], quiet: bool)
                 headers={**headers, "Content-Length": str(size), "Content-Type": "application/octet-stream"},
             ) as resp,
         ):
-            result: dict[str, Any] = json.loads(await _check(resp))
+            result: dict[str, Any] = json.loads(await check(resp))
             result["status"] = resp.status
             return result
 
 
-async def _move(
-    origin_url: str,
-    app: str,
-    channel: str,
-    version: str,
-    rollout: dict[str, Any] | None,
-    headers: dict[str, str],
-) -> None:
-    body: dict[str, Any] = {"version": version}
-    if rollout:
-        body["rollout"] = rollout
-    async with (
-        aiohttp.ClientSession() as s,
-        s.put(f"{origin_url}/v1/apps/{app}/channels/{channel}", json=body, headers=headers) as resp,
-    ):
-        await _check(resp)
-
-
-async def _current_version(origin_url: str, app: str, channel: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"{origin_url}/v1/apps/{app}") as resp:
-        info = json.loads(await _check(resp))
-    current = info.get("channels", {}).get(channel)
-    if not current:
-        raise ConfigError(f"rollout: channel {channel} has no version yet; publish without --rollout first")
-    return str(current["version"])
+async def _wait_live(
+    origin_url: str, app: str, channel: str, version: str, timeout: float, quiet: bool
+) -> Live:
+    with Progress(
+        SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(),
+        transient=True, disable=quiet, console=Console(stderr=True),
+    ) as progress:  # fmt: skip
+        progress.add_task(f"enrichment (bundles, deltas); then channel {channel} → {version}", total=None)
+        async with Remote(origin_url) as remote:
+            return await remote.wait_live(app, channel, version, timeout)
 
 
 @click.command()
@@ -255,8 +240,16 @@ async def _current_version(origin_url: str, app: str, channel: str) -> str:
 @option("--origin", "origin_url", required=True, help="Origin base URL.")
 @option("--app", required=True, help="App id.")
 @option("--version", required=True, help="Version to publish.")
-@option("--channel", help="Then point this channel at the version.")
+@option("--channel", help="Then point this channel at the version (once its bundles and deltas exist).")
 @option("--rollout", type=click.IntRange(0, 100), help="With --channel: roll out to this percent of users.")
+@option(
+    "--no-wait",
+    is_flag=True,
+    help="With --channel: return at once; the move is made when enrichment is done.",
+)
+@option(
+    "--wait-timeout", type=DURATION, default="30m", help="With --channel: give up waiting after this long."
+)
 @option("--token", help="Bearer token (prefer MINICDN_TOKEN).")
 @option("--quiet", is_flag=True, help="No progress bar.")
 def publish(
@@ -266,18 +259,29 @@ def publish(
     version: str,
     channel: str | None,
     rollout: int | None,
+    no_wait: bool,
+    wait_timeout: float,
     token: str | None,
     quiet: bool,
 ) -> None:
-    """Publish PATH (a folder, zip, tar or tar.gz) as APP@VERSION."""
+    """Publish PATH (a folder, zip, tar or tar.gz) as APP@VERSION.
+
+    With --channel the channel moves once the version's enriched manifest (bundles and
+    deltas) exists, so the first clients already get deltas; the command shows the
+    progress and returns when the move is live (--no-wait: at once)."""
     check_app(app)
     check_version(version)
     if channel:
         check_channel(channel)
     if rollout is not None and not channel:
         raise ConfigError("rollout: --rollout needs --channel")
-    headers = _headers(token)
+    headers = headers_for(token)
     origin_url = origin_url.rstrip("/")
+    query = (
+        ""
+        if not channel
+        else "?" + urlencode({"channel": channel, **({} if rollout is None else {"rollout": rollout})})
+    )
     src = Path(path)
     with tempfile.TemporaryDirectory(prefix="minicdn-publish-") as tmp:
         archive = src
@@ -285,56 +289,33 @@ def publish(
             archive = Path(tmp) / "upload.tar.gz"
             with open(archive, "wb") as out:
                 pack_folder(src, out)
-        result = asyncio.run(
-            _upload(f"{origin_url}/v1/apps/{app}/versions/{version}", archive, headers, quiet)
-        )
+        url = f"{origin_url}/v1/apps/{app}/versions/{version}{query}"
+        result = asyncio.run(_upload(url, archive, headers, quiet))
     what = "published" if result["status"] == 201 else "already published (same content)"
     click.echo(
         f"{app}@{version} {what}: manifest {result['manifest']}\n"
         f"  chunks {result['chunks']} ({result['new_chunks']} new), raw {result['raw_bytes']} B, "
         f"stored {result['stored_bytes']} B ({result['new_bytes']} B new)"
     )
-    if channel:
-        if rollout is None:
-            asyncio.run(_move(origin_url, app, channel, version, None, headers))
-            click.echo(f"  channel {channel} → {version}")
+    if not channel:
+        return
+    target = (
+        f"channel {channel} → {version}"
+        if rollout is None
+        else f"channel {channel}: rolling out {version} to {rollout}%"
+    )
+    move = result["channel"]
+    if move["state"] == "moved":
+        click.echo(f"  {target} (serial {move['serial']})")
+    elif no_wait:
+        click.echo(f"  {target}: pending, made when enrichment (bundles and deltas) is done")
+    else:
+        live = asyncio.run(_wait_live(origin_url, app, channel, version, wait_timeout, quiet))
+        if live.superseded:
+            click.echo(f"  {target}: superseded by a later move of {channel} (serial {live.serial})")
+        elif live.enriched:
+            click.echo(f"  {target} (serial {live.serial}, enriched manifest {live.manifest[:16]})")
         else:
-            base = asyncio.run(_current_version(origin_url, app, channel))
-            asyncio.run(
-                _move(origin_url, app, channel, base, {"version": version, "percent": rollout}, headers)
+            click.echo(
+                f"  {target} (serial {live.serial}; plain manifest: enrichment failed, see the origin's log)"
             )
-            click.echo(f"  channel {channel}: {base}, rolling out {version} to {rollout}%")
-
-
-@click.group()
-def channel() -> None:
-    """Channel moves."""
-
-
-@channel.command("set")
-@option("--origin", "origin_url", required=True, help="Origin base URL.")
-@option("--app", required=True, help="App id.")
-@option("--channel", "channel_name", required=True, help="Channel name.")
-@option("--version", required=True, help="Version the channel serves.")
-@option("--rollout-version", help="Version to roll out gradually.")
-@option("--percent", type=click.IntRange(0, 100), help="Percent of users on --rollout-version.")
-@option("--token", help="Bearer token (prefer MINICDN_TOKEN).")
-def channel_set(
-    origin_url: str,
-    app: str,
-    channel_name: str,
-    version: str,
-    rollout_version: str | None,
-    percent: int | None,
-    token: str | None,
-) -> None:
-    """Point APP's CHANNEL at VERSION, optionally rolling another version out."""
-    check_app(app)
-    check_channel(channel_name)
-    check_version(version)
-    if (rollout_version is None) != (percent is None):
-        raise ConfigError("rollout: --rollout-version and --percent go together")
-    rollout = {"version": check_version(rollout_version), "percent": percent} if rollout_version else None
-    asyncio.run(_move(origin_url.rstrip("/"), app, channel_name, version, rollout, _headers(token)))
-    extra = f", rolling out {rollout_version} to {percent}%" if rollout else ""
-    click.echo(f"{app} channel {channel_name} → {version}{extra}")

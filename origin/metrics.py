@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from origin.history import KINDS
+
 __all__ = ["OriginMetrics"]
 
 # Publishing and enriching one version: from a small app on a fast disk to a large one.
@@ -22,6 +24,9 @@ class OriginMetrics:
     enrich_pending: Gauge  # versions waiting for their bundles and deltas
     enrich_seconds: Histogram  # wall time of enriching one version (bundles and deltas)
     ref_earliest_expiry: Gauge  # soonest `expires` of any live ref, unix seconds (+Inf: none)
+    channel_moves: Counter  # channel moves by kind (origin/history.py KINDS); not re-signings
+    change_waiters: Gauge  # long-polls of GET /v1/changes waiting now
+    unenriched_moves: Counter  # publish moves made with the plain manifest: enrichment failed
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OriginMetrics:
@@ -53,4 +58,21 @@ class OriginMetrics:
                 "Soonest expiry of any live channel ref (unix seconds; +Inf when there is none)",
                 registry=r,
             ),
+            channel_moves=_by_kind(
+                Counter("minicdn_origin_channel_moves", "Channel moves, by kind", ["kind"], registry=r)
+            ),
+            change_waiters=Gauge(
+                "minicdn_origin_change_waiters", "Long-polls of the change feed waiting now", registry=r
+            ),
+            unenriched_moves=Counter(
+                "minicdn_origin_unenriched_moves",
+                "Publish moves made with the plain manifest because enrichment failed",
+                registry=r,
+            ),
         )
+
+
+def _by_kind(counter: Counter) -> Counter:
+    for kind in KINDS:  # every kind shows from the start, at zero
+        counter.labels(kind)
+    return counter

@@ -12,8 +12,11 @@ the storage root; the filesystem backend maps it 1:1, an object store uses it as
                                      published}: the version exists once this record does
                                      (written last); enrichment rewrites it (origin/enrich.py)
       channels/<channel>             the current signed ref envelope
-      history/<channel>              msgpack [[unix time, version], ...]: what the
-                                     channel pointed at, for delta bases
+      history/<channel>              msgpack [[unix time, version, serial, kind, rollout],
+                                     ...]: every move (origin/history.py), for rollback
+                                     and delta bases
+      pending/<channel>              msgpack {version, percent, since}: a publish's move
+                                     waiting for the version's enriched manifest
     tmp/                             uploads and extraction in progress (swept at start)
 
 Two-level fan-out keeps directories small (65,536 leaves) for millions of chunks.
@@ -32,6 +35,8 @@ __all__ = [
     "chunk_key",
     "history_key",
     "manifest_key",
+    "pending_key",
+    "pending_prefix",
     "version_key",
     "versions_prefix",
 ]
@@ -73,3 +78,11 @@ def channel_key(app: str, channel: str) -> str:
 
 def history_key(app: str, channel: str) -> str:
     return app_prefix(app) + "history/" + check_channel(channel)
+
+
+def pending_prefix(app: str) -> str:
+    return app_prefix(app) + "pending/"
+
+
+def pending_key(app: str, channel: str) -> str:
+    return pending_prefix(app) + check_channel(channel)

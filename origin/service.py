@@ -26,19 +26,21 @@ from typing import Any, TypeVar
 
 from common import codec, dcz
 from common.chunking import ChunkParams
-from common.errors import ConfigError, NotFound
+from common.errors import ConfigError, Conflict, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
 from common.manifest import app_of
 from common.signing import SigningKey
 from origin import paths
-from origin.channels import DAY, Channels, RolloutSpec
+from origin.changes import ChangeFeed
+from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
+from origin.history import rollback_target
 from origin.ingest import Limits, extract
 from origin.metrics import OriginMetrics
 from origin.publish import Publisher, PublishResult, VersionRecord
 from origin.storage import Storage
 
-__all__ = ["Origin", "OriginSettings"]
+__all__ = ["ChannelMove", "Origin", "OriginSettings"]
 
 log = logging.getLogger("minicdn.origin")
 
@@ -79,6 +81,20 @@ class OriginSettings:
         return EnrichSettings(level=self.level, delta_bases=self.delta_bases, delta_window=self.delta_window)
 
 
+@dataclass(frozen=True)
+class ChannelMove:
+    """A publish's channel move: ``percent`` set rolls the version out on top of what the
+    channel serves when the move is made."""
+
+    channel: str
+    percent: int | None = None
+
+    def __post_init__(self) -> None:
+        check_channel(self.channel)
+        if self.percent is not None:
+            check_percent(self.percent)
+
+
 class _Stopped(Exception):
     """The origin is shutting down: enrichment stops between two compressions."""
 
@@ -100,7 +116,9 @@ class Origin:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in tmp_dir.iterdir():  # uploads a crash interrupted
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        self.channels = Channels(storage, key, ttl=settings.ref_ttl)
+        self.feed = ChangeFeed(on_waiters=self.metrics.change_waiters.set)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the feed's, set by start()
+        self.channels = Channels(storage, key, ttl=settings.ref_ttl, on_move=self._moved)
         self._pool: ProcessPoolExecutor | None = None
         self._publish_lock = asyncio.Lock()
         self._zstd_manifests: OrderedDict[bytes, bytes] = OrderedDict()
@@ -128,6 +146,17 @@ class Origin:
                 self.settings.workers, mp_context=ctx, initializer=_die_with_parent
             )
         return self._pool
+
+    def start(self) -> None:
+        """Called on the serving loop before any request: moves reach the feed through it."""
+        self._loop = asyncio.get_running_loop()
+
+    def _moved(self, app: str, channel: str, serial: int, kind: str) -> None:
+        """Channels' move hook, called in a worker thread under the channels lock (so in
+        move order; call_soon_threadsafe keeps that order on the loop)."""
+        self.metrics.channel_moves.labels(kind).inc()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.feed.record, app, channel, serial)
 
     def stop_background(self) -> None:
         """Make a running enrichment stop at its next pause (the owner then cancels the loop)."""
@@ -234,19 +263,48 @@ class Origin:
                 continue
             channels[name] = {
                 "version": ref.version,
+                "manifest": ref.manifest.hex(),
                 "serial": ref.serial,
                 "expires": ref.expires,
                 "rollout": None
                 if ref.rollout is None
-                else {"version": ref.rollout.version, "percent": ref.rollout.percent},
+                else {
+                    "version": ref.rollout.version,
+                    "manifest": ref.rollout.manifest.hex(),
+                    "percent": ref.rollout.percent,
+                },
             }
-        return {"app": app, "versions": versions, "channels": channels}
+        pending = {name: p.to_json() for name, p in self.channels.pending(app).items()}
+        return {"app": app, "versions": versions, "channels": channels, "pending": pending}
+
+    async def history(self, app: str, channel: str) -> dict[str, Any]:
+        return await self._run(self._history, check_app(app), check_channel(channel))
+
+    def _history(self, app: str, channel: str) -> dict[str, Any]:
+        ref = self.channels.current(app, channel)
+        if ref is None:
+            raise NotFound(f"app {app} has no channel {channel}")
+        entries = self.channels.history(app, channel)
+        return {
+            "app": app,
+            "channel": channel,
+            "serial": ref.serial,
+            "version": ref.version,
+            "rollback_to": rollback_target(entries),
+            "entries": [e.to_json() for e in entries],
+        }
 
     # -- write API ----------------------------------------------------------------------------
 
-    async def publish(self, app: str, version: str, archive: Path) -> PublishResult:
+    async def publish(
+        self, app: str, version: str, archive: Path, move: ChannelMove | None = None
+    ) -> tuple[PublishResult, int | None]:
+        """Publish ``archive`` as ``app@version``; with ``move``, then move that channel
+        once the version is enriched.  Returns the result and, when the move was made at
+        once (the version was enriched already), the ref's new serial."""
         check_app(app)
         check_version(version)
+        serial = None
         work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="publish-"))
         self._publishing += 1
         self._quiet.clear()
@@ -270,9 +328,13 @@ class Origin:
                 if result.created:
                     # Inside the lock: the queue stays in publish order (delta bases rely on it).
                     self._enqueue(app, version)
+                if move is not None:
+                    # Enrichment may end before this runs: plan and apply_pending meet under
+                    # the channels lock, and plan moves at once for a settled version.
+                    serial = await self._run(self.channels.plan, app, move.channel, version, move.percent)
             if result.created:
                 self.metrics.published_bytes.inc(result.raw_bytes)
-            return result
+            return result, serial
         finally:
             self._publishing -= 1
             if not self._publishing:
@@ -298,6 +360,7 @@ class Origin:
             moved = await self._run(self.enricher.repoint_stale)
             if moved:
                 log.info("moved %d refs to enriched manifests", moved)
+            await self._run(self._resume_pending)
             pending = await self._run(self.enricher.pending)
             # Publishes that arrived during the scan go after the older pending versions:
             # publish order is what makes a version's bases enriched before it is.
@@ -312,19 +375,68 @@ class Origin:
             try:
                 await self._run(self.enricher.enrich, app, version, self._pause)
                 self.metrics.enrich_seconds.observe(time.perf_counter() - t0)
+                await self._settle(app, version, enriched=True)
             except _Stopped:
                 return
             except Exception:  # keep the loop alive (zstd, storage, a malformed record, ...)
                 # Left not enriched: tried again at the next start; clients use chunks meanwhile.
                 log.exception("enriching %s@%s failed", app, version)
+                await self._settle(app, version, enriched=False)
             finally:
                 self.metrics.enrich_pending.set(self._enrich_queue.qsize())
+
+    async def _settle(self, app: str, version: str, *, enriched: bool) -> None:
+        """Make the publish moves that waited for this version's enrichment: to its enriched
+        manifest, or — when enrichment failed — to the plain one, loudly (a release must
+        not hang on an optimisation)."""
+        try:
+            moved = await self._run(self.channels.apply_pending, app, version)
+        except Exception:
+            log.exception("moving channels of %s to %s failed; retried at the next start", app, version)
+            return
+        if moved and not enriched:
+            self.metrics.unenriched_moves.inc(len(moved))
+            log.warning(
+                "enriching %s@%s failed: moved %s to its plain manifest (clients update from chunks)",
+                app,
+                version,
+                ", ".join(moved),
+            )
+        elif moved:
+            log.info("moved %s of %s to %s (enriched)", ", ".join(moved), app, version)
+
+    def _resume_pending(self) -> None:
+        """At start: make pending moves whose version a crash left enriched but unmoved (the
+        others are made when their version's enrichment, queued at start, ends)."""
+        for app in self.channels.apps():
+            for pending in {p.version for p in self.channels.pending(app).values()}:
+                if self.channels.enriched(app, pending):
+                    self.channels.apply_pending(app, pending)
+
+    async def check_rollout(self, app: str, move: ChannelMove | None) -> None:
+        """A publish that rolls out needs a channel to roll out on: refused before the upload."""
+        if move is None or move.percent is None:
+            return
+        if await self._run(self.channels.current, check_app(app), move.channel) is None:
+            raise Conflict(
+                f"channel {move.channel} of {app} has no version yet: publish without rollout first"
+            )
 
     async def set_channel(self, app: str, channel: str, version: str, rollout: RolloutSpec | None) -> bytes:
         check_app(app)
         check_channel(channel)
         check_version(version)
         return await self._run(self.channels.move, app, channel, version, rollout)
+
+    async def rollback(self, app: str, channel: str) -> dict[str, Any]:
+        old, new = await self._run(self.channels.rollback, check_app(app), check_channel(channel))
+        return {
+            "app": app,
+            "channel": channel,
+            "from": old.version,
+            "version": new.version,
+            "serial": new.serial,
+        }
 
     async def resign_loop(self) -> None:
         """Re-sign live refs well before they expire (owned by the app's cleanup_ctx)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common import wire
-from common.errors import BadRequest, NotFound
+from common.errors import BadRequest, Conflict, NotFound
 from common.ids import sha256
 from common.manifest import open_ref
 from common.signing import SigningKey, generate_keypair
@@ -36,15 +36,16 @@ def setup(tmp_path: Path) -> tuple[Channels, FileStorage, SigningKey, Clock]:
 
 
 def test_moves_raise_the_serial_and_keep_history(setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
-    ch, storage, key, clock = setup
+    ch, _storage, key, clock = setup
     r1 = open_ref(ch.move("demo", "release", "1.0.0", None), [key.public])
     clock.now += 10
     r2 = open_ref(ch.move("demo", "release", "1.1.0", RolloutSpec("1.0.0", 50)), [key.public])
     assert (r1.serial, r2.serial) == (1, 2)
     assert r2.manifest == sha256(b"1.1.0") and r2.rollout is not None and r2.rollout.manifest == sha256(b"1.0.0")
     assert r2.expires == int(clock.now) + 7 * 86400
-    hist = wire.unpack(storage.get(paths.history_key("demo", "release")))
-    assert [v for _, v in hist] == ["1.0.0", "1.1.0"]
+    hist = ch.history("demo", "release")
+    assert [(e.version, e.serial, e.kind) for e in hist] == [("1.0.0", 1, "set"), ("1.1.0", 2, "set")]
+    assert hist[1].rollout == ("1.0.0", 50) and hist[1].time == int(clock.now)
     with pytest.raises(NotFound):
         ch.move("demo", "release", "9.9.9", None)
     with pytest.raises(BadRequest):
@@ -64,3 +65,57 @@ def test_live_refs_are_resigned_when_half_their_life_is_gone(
     assert fresh.serial == first.serial and fresh.version == first.version and fresh.manifest == first.manifest
     assert fresh.expires == int(clock.now) + 7 * 86400 > first.expires
     assert ch.resign_due() == (0, fresh.expires)  # fresh again; the soonest expiry is its
+
+
+def test_history_written_before_kinds_still_reads_and_rolls_back(
+        setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
+    ch, storage, _key, _clock = setup
+    ch.move("demo", "release", "1.1.0", None)
+    storage.put(paths.history_key("demo", "release"), wire.pack([[1, "1.0.0"], [2, "1.1.0"]]))
+    assert [(e.version, e.kind) for e in ch.history("demo", "release")] == [("1.0.0", None), ("1.1.0", None)]
+    old, new = ch.rollback("demo", "release")
+    assert (old.version, new.version, new.serial) == ("1.1.0", "1.0.0", 2)
+
+
+def test_rollback_undoes_moves_one_at_a_time_and_refuses_past_the_first(
+        setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
+    ch, storage, _key, _clock = setup
+    storage.put(paths.version_key("demo", "1.2.0"), VersionRecord(sha256(b"1.2.0"), b"d", 0).pack())
+    moves: list[tuple[str, str, int, str]] = []
+    ch.on_move = lambda *m: moves.append(m)
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        ch.move("demo", "release", v, None)
+    ch.move("demo", "release", "1.2.0", RolloutSpec("1.1.0", 5))  # same version: a rollout move
+    with pytest.raises(NotFound):
+        ch.rollback("demo", "beta")
+    assert ch.rollback("demo", "release")[1].version == "1.1.0"
+    back = ch.rollback("demo", "release")[1]
+    assert back.version == "1.0.0" and back.rollout is None and back.serial == 6
+    with pytest.raises(Conflict, match="no earlier version"):
+        ch.rollback("demo", "release")
+    assert [m[3] for m in moves] == ["set", "set", "set", "rollout", "rollback", "rollback"]
+    assert [m[2] for m in moves] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_pending_move_waits_for_enrichment_and_an_explicit_move_cancels_it(
+        setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
+    ch, storage, key, _clock = setup
+    ch.move("demo", "release", "1.0.0", None)
+    assert ch.plan("demo", "release", "1.1.0", None) is None  # not enriched: pending
+    assert open_ref(ch.envelope("demo", "release"), [key.public]).version == "1.0.0"
+    assert set(ch.pending("demo")) == {"release"}
+    assert ch.apply_pending("demo", "1.0.0") == []  # another version's enrichment moves nothing
+    assert ch.apply_pending("demo", "1.1.0") == ["release"]
+    ref = open_ref(ch.envelope("demo", "release"), [key.public])
+    assert (ref.version, ref.serial, ch.history("demo", "release")[-1].kind) == ("1.1.0", 2, "publish")
+    assert ch.plan("demo", "release", "1.1.0", 20) == 3  # settled (or enriched): moved at once, as a rollout
+    ref = open_ref(ch.envelope("demo", "release"), [key.public])
+    assert ref.version == "1.1.0" and ref.rollout is not None and ref.rollout.percent == 20
+    ch.plan("demo", "beta", "1.0.0", None)
+    ch.move("demo", "beta", "1.1.0", None)  # the operator spoke last
+    assert ch.pending("demo") == {} and ch.apply_pending("demo", "1.0.0") == []
+    with pytest.raises(Conflict):
+        ch.plan("demo", "nightly", "1.0.0", 10)  # a rollout on a channel that serves nothing
+    enriched = VersionRecord(sha256(b"2"), b"d", 0, enriched=True)
+    storage.put(paths.version_key("demo", "2.0.0"), enriched.pack())
+    assert ch.plan("demo", "release", "2.0.0", None) == 4
