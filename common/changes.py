@@ -24,7 +24,6 @@ The log and the cursors are plain data; only ``ChangeLog.wait`` touches asyncio.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import secrets
 from collections import deque
@@ -54,6 +53,7 @@ MAX_BATCH = 1024  # changes in one answer
 MAX_WAITERS = 4096  # long-polls waiting at once; beyond: Busy (503)
 
 _CURSOR = re.compile(r"([0-9a-f]{16})\.(0|[1-9][0-9]{0,17})")
+_WAIT = re.compile(r"-?[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
 class Busy(MinicdnError):
@@ -133,13 +133,9 @@ def parse_wait(text: str | None) -> float:
     """The ``wait`` query parameter: seconds, default 25, clamped to [0, 55]."""
     if text is None:
         return DEFAULT_WAIT
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"wait must be a number of seconds, got {text[:40]!r}") from None
-    if not math.isfinite(value):
-        raise BadRequest("wait must be a finite number of seconds")
-    return min(max(value, 0.0), MAX_WAIT)
+    if _WAIT.fullmatch(text) is None:  # a plain decimal: no exponents, nan, inf or spaces
+        raise BadRequest(f"wait must be a number of seconds, got {text[:40]!r}")
+    return min(max(float(text), 0.0), MAX_WAIT)
 
 
 def parse_after(text: str | None) -> Cursor | None:
@@ -168,6 +164,7 @@ class ChangeLog:
         self._log: deque[Change] = deque(maxlen=keep)  # changes seq-len(_log)+1 .. seq
         self._next: asyncio.Event | None = None  # set (and replaced) at each append
         self._waiting = 0
+        self._closed = False
 
     @property
     def cursor(self) -> Cursor:
@@ -192,6 +189,12 @@ class ChangeLog:
         self._wake()
         return self.cursor
 
+    def close(self) -> None:
+        """Shutting down: every long-poll answers now with what there is, and later polls
+        at once (a server draining does not hold its clients for a whole ``wait``)."""
+        self._closed = True
+        self._wake()
+
     def since(self, after: Cursor | None) -> Changes | None:
         """The answer due at once for a poll ``after`` a cursor, or None: nothing new yet."""
         if after is None or after.epoch != self.epoch or after.seq > self.seq:
@@ -209,7 +212,7 @@ class ChangeLog:
         """The answer to a long-poll: at once when due, else at the next change or after
         ``timeout`` seconds.  Busy when ``max_waiters`` polls wait already."""
         answer = self.since(after)
-        if answer is not None or timeout <= 0:
+        if answer is not None or timeout <= 0 or self._closed:
             return answer or Changes(self.cursor)
         if self._waiting >= self.max_waiters:
             raise Busy(f"{self._waiting} change polls wait already")

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common import codec, dcz, jsonutil
+from common.changes import Busy, parse_after, parse_wait
 from common.errors import BadRequest, TooLarge, Unauthorized
 from common.http import (
     MAX_BATCH,
@@ -32,7 +33,6 @@ from common.http import (
     strict_middleware,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
-from origin.changes import Busy, parse_cursor, parse_wait
 from origin.channels import Channels, RolloutSpec
 from origin.service import ChannelMove, Origin, new_upload_path
 
@@ -155,13 +155,12 @@ async def get_history(request: web.Request) -> web.Response:
 
 async def get_changes(request: web.Request) -> web.Response:
     """The change feed's long-poll (DESIGN.md "The change feed")."""
-    after = parse_cursor(request.query.get("after"))
-    wait = parse_wait(request.query.get("wait"))
+    after, wait = parse_after(request.query.get("after")), parse_wait(request.query.get("wait"))
     try:
         answer = await request.app[ORIGIN].feed.wait(after, wait)
-    except Busy:
+    except Busy as exc:
         # Not in the error tree's table: the only 503 with a Retry-After the origin sends.
-        return error_response(503, "busy", "too many change-feed waiters", {"Retry-After": "5"})
+        return error_response(503, exc.code, exc.message, {"Retry-After": "5"})
     return web.json_response(answer.to_json(), headers={"Cache-Control": "no-store"})
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common import codec, dcz
+from common.changes import Change, ChangeLog
 from common.chunking import ChunkParams
 from common.errors import ConfigError, Conflict, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
 from common.manifest import app_of
 from common.signing import SigningKey
 from origin import paths
-from origin.changes import ChangeFeed
 from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
 from origin.history import rollback_target
@@ -46,6 +46,9 @@ log = logging.getLogger("minicdn.origin")
 
 MIN_REF_TTL = 3600.0  # a ref must outlive the re-signing check that renews it
 T = TypeVar("T")
+
+
+FEED_WAITERS = 10_000  # long-polls of the change feed at once; beyond: 503 busy (docs/design.md)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class Origin:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in tmp_dir.iterdir():  # uploads a crash interrupted
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        self.feed = ChangeFeed(on_waiters=self.metrics.change_waiters.set)
+        self.feed = ChangeLog(max_waiters=FEED_WAITERS)
+        self.metrics.change_waiters.set_function(lambda: self.feed.waiting)
         self._loop: asyncio.AbstractEventLoop | None = None  # the feed's, set by start()
         self.channels = Channels(storage, key, ttl=settings.ref_ttl, on_move=self._moved)
         self._pool: ProcessPoolExecutor | None = None
@@ -156,7 +160,7 @@ class Origin:
         move order; call_soon_threadsafe keeps that order on the loop)."""
         self.metrics.channel_moves.labels(kind).inc()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.feed.record, app, channel, serial)
+            self._loop.call_soon_threadsafe(self.feed.append, Change(app, channel, serial))
 
     def stop_background(self) -> None:
         """Make a running enrichment stop at its next pause (the owner then cancels the loop)."""

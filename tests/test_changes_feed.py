@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from origin.changes import Answer, Busy, ChangeFeed, parse_cursor
+from common.changes import Busy, Change, ChangeLog, Changes, Cursor
 from tests.conftest import DEMO, TOKEN, enriched, http, publish, set_channel, tar_gz_of
 from tests.procs import Service, metric, origin_service
 from tests.waiting import eventually
@@ -144,38 +144,38 @@ def test_a_restart_is_a_new_epoch_and_a_drained_shutdown(world: tuple[Service, P
     assert [c["channel"] for c in moved["changes"]] == ["release"]
 
 
-# -- the feed alone (origin/changes.py): limits too large to reach through a real origin cheaply
+# -- the log alone (common.changes, which the origin serves): limits too large to reach through
+# -- a real origin cheaply; the rest of its contract: tests/test_changes_log.py
 
 
 def test_a_cursor_older_than_what_is_kept_is_a_reset_and_answers_are_capped() -> None:
-    feed = ChangeFeed(keep=8, max_changes=3, epoch="00000000000000aa")
-    start = parse_cursor(feed.cursor)
+    log = ChangeLog(keep=8, max_batch=3, epoch="00000000000000aa")
+    start = log.cursor
     for serial in range(1, 8):
-        feed.record("a", "c", serial)
-    first = feed.answer(start)
+        log.append(Change("a", "c", serial))
+    first = log.since(start)
     assert first is not None and [c.serial for c in first.changes] == [1, 2, 3]
-    assert first.cursor == "00000000000000aa.3" and not first.reset
-    rest = feed.answer(parse_cursor(first.cursor))
+    assert str(first.cursor) == "00000000000000aa.3" and not first.reset
+    rest = log.since(first.cursor)
     assert rest is not None and [c.serial for c in rest.changes] == [4, 5, 6]
-    for serial in range(8, 12):  # 11 moves, 8 kept: seq 4..11
-        feed.record("a", "c", serial)
-    assert feed.answer(start) == Answer("00000000000000aa.11", [], True)
-    edge = feed.answer(parse_cursor("00000000000000aa.3"))  # the oldest kept follows seq 3
-    assert edge is not None and not edge.reset and edge.changes[0].seq == 4
+    for serial in range(8, 12):  # 11 changes, 8 kept: seq 4..11
+        log.append(Change("a", "c", serial))
+    assert log.since(start) == Changes(Cursor("00000000000000aa", 11), (), True)
+    edge = log.since(Cursor.parse("00000000000000aa.3"))  # the oldest kept follows seq 3
+    assert edge is not None and not edge.reset and edge.changes[0].serial == 4
 
 
 def test_waiters_beyond_the_bound_are_refused_and_close_wakes_the_rest() -> None:
     async def scenario() -> None:
-        seen: list[int] = []
-        feed = ChangeFeed(max_waiters=1, on_waiters=seen.append)
-        cursor = parse_cursor(feed.cursor)
-        parked = asyncio.create_task(feed.wait(cursor, 50))
-        while feed.waiters < 1:
+        log = ChangeLog(max_waiters=1)
+        cursor = log.cursor
+        parked = asyncio.create_task(log.wait(cursor, 50))
+        while log.waiting < 1:
             await asyncio.sleep(0)
         with pytest.raises(Busy):
-            await feed.wait(cursor, 50)
-        feed.close()
-        assert (await parked) == Answer(feed.cursor)
-        assert seen == [1, 0] and (await feed.wait(cursor, 50)) == Answer(feed.cursor)  # closed: at once
+            await log.wait(cursor, 50)
+        log.close()
+        assert (await parked) == Changes(log.cursor)
+        assert log.waiting == 0 and (await log.wait(cursor, 50)) == Changes(log.cursor)  # closed: at once
 
     asyncio.run(scenario())

@@ -73,7 +73,7 @@ def test_a_malformed_cursor_is_a_bad_request(text: str) -> None:
 def test_wait_defaults_clamps_and_refuses_what_is_not_a_number() -> None:
     assert parse_wait(None) == 25.0
     assert parse_wait("-3") == 0.0 and parse_wait("1000") == MAX_WAIT and parse_wait("1.5") == 1.5
-    for bad in ("x", "nan", "inf", ""):
+    for bad in ("x", "nan", "inf", "", "1e3", " 1", "1_000", "0x10"):
         with pytest.raises(BadRequest):
             parse_wait(bad)
 

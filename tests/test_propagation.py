@@ -2,11 +2,10 @@
 
 Real processes on loopback: an origin, edges (two side by side, a shield tier, --workers 2).
 
-THE FEED: until the origin serves ``/v1/changes`` itself, the edges' upstream is
-``tests.feed_standin`` — the real origin behind a proxy that serves the change feed
-(common.changes) and logs each channel move it passes on.  Refs, manifests and the ref
-request counts are the real origin's.  Once the origin has the feed, ``upstream`` below
-is the origin's URL and the stand-in goes.
+The edges follow the origin's own change feed (``GET /v1/changes``).  Only the forged
+notice needs an upstream that lies: ``tests.feed_standin``, the real origin behind a proxy
+that serves a change feed of its own (common.changes), into which the test writes notices
+of moves that never happened.
 """
 
 from __future__ import annotations
@@ -51,11 +50,11 @@ class Origin:
     """The origin and the server that gives the edges their feed (see the module's doc)."""
 
     origin: Service
-    feed: Standin
+    feed: Standin | None = None  # a lying feed in front of the origin (the forged notice)
 
     @property
     def upstream(self) -> str:
-        return self.feed.url
+        return self.feed.url if self.feed is not None else self.origin.url
 
     def move(self, version: str) -> int:
         """``minicdn channel set`` over HTTP, through the feed's server; the new serial."""
@@ -67,15 +66,18 @@ class Origin:
         return metric(self.origin.url, "minicdn_origin_requests_total", 'route="ref"')
 
     def kill(self) -> None:
-        self.feed.kill()
+        if self.feed is not None:
+            self.feed.kill()
         self.origin.kill()
 
     def start(self) -> None:
         self.origin.start()
-        self.feed.start()
+        if self.feed is not None:
+            self.feed.start()
 
     def stop(self) -> None:
-        self.feed.stop()
+        if self.feed is not None:
+            self.feed.stop()
         self.origin.stop()
 
 
@@ -99,21 +101,29 @@ def connected(edge: Service) -> float:
 def origin(tmp_path: Path) -> Iterator[Origin]:
     svc = origin_service(tmp_path, TOKEN)
     svc.start()
-    feed = Standin([svc.url, str(port := free_port())], port, tmp_path / "standin.log")
     try:
-        feed.start()
         archive = tar_gz_of(DEMO)
         for version in ("1.0.0", "1.1.0"):
             assert publish(svc.url, APP, version, archive).status in (200, 201)
-            # Enrichment moves refs in the background (origin.enrich): let it finish first,
-            # so that every move in these tests is one the feed's server saw.
+            # Enrichment repoints refs in the background (origin.enrich): let it finish, so
+            # that the moves the tests count are their own.
             wait_enriched(svc.url, APP, version)
-        o = Origin(svc, feed)
+        o = Origin(svc)
         o.move("1.0.0")
         yield o
     finally:
-        feed.stop()
         svc.stop()
+
+
+@pytest.fixture
+def lying(tmp_path: Path, origin: Origin) -> Iterator[Origin]:
+    """The origin behind a stand-in whose change feed the test writes (forged notices)."""
+    feed = Standin([origin.origin.url, str(port := free_port())], port, tmp_path / "standin.log")
+    feed.start()
+    try:
+        yield Origin(origin.origin, feed)
+    finally:
+        feed.stop()
 
 
 @pytest.fixture
@@ -230,11 +240,10 @@ def test_with_the_origin_killed_edges_serve_stale_and_say_so_then_converge_on_th
             return r.status == 200 and r.headers.get("x-cache") == "stale" and ref_serial(r.body) == serial
 
         eventually(lambda: all(stale(n) for n in nodes), 20, "the old ref served stale")
-        # Back, with a move made while no feed was there to announce it: the edges find it
-        # by themselves (the feed's new epoch resets them).
+        # Back (a new epoch: the edges' next poll is a reset, whatever they missed), and a
+        # move made at once, which they get either from that reset or as a change.
         origin.origin.start()
         moved = ref_serial(set_channel(origin.origin.url, APP, CHANNEL, {"version": "1.1.0"}).body)
-        origin.feed.start()
         eventually(lambda: all(connected(n) == 1 for n in nodes), 20, "every edge in sync again")
         eventually(lambda: all(served_serial(n) == moved for n in nodes), 20, "the move made while down")
     finally:
@@ -242,10 +251,15 @@ def test_with_the_origin_killed_edges_serve_stale_and_say_so_then_converge_on_th
             n.stop()
 
 
-def test_a_forged_notice_costs_one_revalidation_and_changes_nothing(
-    origin: Origin, edges: list[Service]
-) -> None:
-    node = edges[0]
+def test_a_forged_notice_costs_one_revalidation_and_changes_nothing(tmp_path: Path, lying: Origin) -> None:
+    node = edge_service(tmp_path, lying.upstream, name="fooled").start()
+    try:
+        _forged(lying, node)
+    finally:
+        node.stop()
+
+
+def _forged(origin: Origin, node: Service) -> None:
     warm(node)
     ref = http("GET", f"{node.url}/v1/apps/{APP}/channels/{CHANNEL}").body
     serial = ref_serial(ref)
