@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -159,6 +160,44 @@ def test_a_move_reaches_two_edges_within_two_seconds(origin: Origin, edges: list
     for version in ("1.1.0", "1.0.0", "1.1.0"):  # a release, a rollback, again
         reaches(edges, origin.move(version))
     assert all(metric(e.url, "minicdn_edge_ref_propagation_seconds_count") >= 3 for e in edges)
+
+
+def test_the_release_commands_reach_two_edges_within_two_seconds_of_returning(
+    tmp_path: Path, origin: Origin, edges: list[Service]
+) -> None:
+    """What an operator runs: ``minicdn publish --channel`` (which returns once the move to
+    the enriched manifest is live) and ``minicdn channel rollback``."""
+    warm(*edges)
+    app = tmp_path / "src"
+    shutil.copytree(DEMO, app)
+    (app / "pages" / "new.js").write_text("// 1.2.0\n")
+    env = {**os.environ, "MINICDN_TOKEN": TOKEN}
+
+    def run(*args: str) -> None:
+        r = subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True,
+                           timeout=300, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    url = origin.origin.url
+    run(
+        "publish",
+        str(app),
+        "--origin",
+        url,
+        "--app",
+        APP,
+        "--version",
+        "1.2.0",
+        "--channel",
+        CHANNEL,
+        "--quiet",
+    )
+    published = ref_serial(http("GET", f"{url}/v1/apps/{APP}/channels/{CHANNEL}").body)
+    reaches(edges, published)
+    run("channel", "rollback", "--origin", url, "--app", APP, "--channel", CHANNEL)
+    rolled = ref_serial(http("GET", f"{url}/v1/apps/{APP}/channels/{CHANNEL}").body)
+    assert rolled > published
+    reaches(edges, rolled)
 
 
 def test_hammering_two_edges_for_five_seconds_costs_the_origin_at_most_twelve_ref_requests(
