@@ -170,6 +170,7 @@ class Edge:
         await self.object_flights.close()
         await self.ref_flights.close()
         await self.writes.close(grace=self.settings.drain_timeout)
+        await self.disk.flush()  # object files are not fsynced one by one (edge.disk)
         if self.session is not None:
             await self.session.close()
         if self.access_log is not None:

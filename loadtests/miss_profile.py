@@ -249,11 +249,11 @@ async def ask_each_once(port: int, ids: list[str], connections: int) -> tuple[fl
 
 def measure(
     name: str, args: list[str], env: dict[str, str], ready: str, port: int, ids: list[str],
-    work: Path, cpu: str | None, upstream_pid: int, connections: int,
+    work: Path, cpu: str | None, upstream_pid: int, connections: int, cwd: str | None = None,
 ) -> Result:  # fmt: skip
     with open(work / f"{name}.log", "ab") as out:
         pin = ["taskset", "-c", cpu] if cpu is not None else []
-        proc = subprocess.Popen([*pin, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([*pin, *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         wait_http(ready, 30, proc, ok=(200, 404))
         time.sleep(0.3)
@@ -317,10 +317,22 @@ def main() -> None:
                             "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                             "--memory-size", "1GiB", *args.edge_arg,
                         ]  # fmt: skip
-                        env = {**os.environ, "PYTHONPATH": src}
+                        env = {**os.environ, "PYTHONPATH": src}  # and cwd: ``-m`` puts it first
                     url = f"http://127.0.0.1:{port}"
                     ready = url + ("/" if name == "nginx-pc" else "/readyz")
-                    r = measure(name, cmd, env, ready, port, ids, work, server_cpu, up.pid, args.connections)
+                    r = measure(
+                        name,
+                        cmd,
+                        env,
+                        ready,
+                        port,
+                        ids,
+                        work,
+                        server_cpu,
+                        up.pid,
+                        args.connections,
+                        src or None,
+                    )
                 results.setdefault(name, []).append(r)
                 print(
                     f"round {rnd + 1} {name:>10}: {r.rate:8.0f} misses/s  {r.us_per_miss:6.0f} us CPU/miss"
