@@ -258,8 +258,12 @@ def measure(
         wait_http(ready, 30, proc, ok=(200, 404))
         time.sleep(0.3)
         cpu0, up0 = settle(proc.pid, 0.2), cpu_seconds(upstream_pid)
+        spy = profile(proc.pid, work / f"{name}.stacks") if PROFILE else None
         seconds, stats = asyncio.run(ask_each_once(port, ids, connections))
         cpu1 = settle(proc.pid)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         return Result(
             name, stats["answered"], seconds, cpu1 - cpu0, cpu_seconds(upstream_pid) - up0, stats["failed"]
         )
@@ -270,6 +274,30 @@ def measure(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PROFILE = os.environ.get("MISS_PROFILE") == "1"
+
+
+def profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (every thread, idle ones left out) into collapsed stacks."""
+    spy = ROOT / ".venv" / "bin" / "py-spy"
+    args = [
+        str(spy),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+        "--rate",
+        "500",
+        "--threads",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load begins
+    return proc
 
 
 def main() -> None:
