@@ -27,6 +27,7 @@ from edge.accesslog import AccessLog
 from edge.cluster import Cluster, ClusterSettings
 from edge.disk import DiskTier
 from edge.fill import Filler
+from edge.h1client import Pools
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
 from edge.negative import NegativeCache
@@ -119,9 +120,19 @@ class Edge:
         self.siblings: dict[int, Path] = {}
         self.access_log: AccessLog | None = None
         self.draining = False
+        # The upstreams' GETs (every miss) go through the lean client: aiohttp's cost more
+        # CPU than the rest of a miss (issue 15); batches and admin calls stay on aiohttp.
+        self.pools = Pools(limit=64)
         self.upstreams = Sources(
             [
-                HttpSource(u, self._session, settings.upstream_timeout, settings.max_object, node=self.node)
+                HttpSource(
+                    u,
+                    self._session,
+                    settings.upstream_timeout,
+                    settings.max_object,
+                    node=self.node,
+                    pools=self.pools,
+                )
                 for u in settings.upstreams
             ],
             m,
@@ -171,6 +182,7 @@ class Edge:
         await self.ref_flights.close()
         await self.writes.close(grace=self.settings.drain_timeout)
         await self.disk.flush()  # object files are not fsynced one by one (edge.disk)
+        await self.pools.close()
         if self.session is not None:
             await self.session.close()
         if self.access_log is not None:
