@@ -10,6 +10,7 @@ disk writes, the flights.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import Awaitable, Sequence
@@ -173,6 +174,7 @@ class Edge:
         self.background.spawn(self.disk.open())
         if self.cluster is not None:
             await self.cluster.start(self.session, s.max_object)
+        _tune_gc()
 
     async def close(self) -> None:
         if self.cluster is not None:
@@ -358,6 +360,21 @@ class Edge:
             if v.get("version") == version:
                 return [bytes.fromhex(v["manifest"])]
         raise NotFound(f"no version {version} of app {app}")
+
+
+GC_GEN0 = 20_000
+
+
+def _tune_gc() -> None:
+    """Everything made at start-up (modules, the app, the tiers) goes to the permanent
+    generation, so no collection walks it again; and the young generation is collected
+    after 20,000 allocations instead of 700: a miss allocates a few hundred short-lived
+    objects (futures, a task, headers), nearly all freed by reference counting, and
+    collecting them every few misses cost ~9% of the loop's time (issue 15)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0, gc.get_threshold()[0]), gen1, gen2)
 
 
 async def _post_json(
