@@ -260,10 +260,10 @@ def measure(
         cpu0, up0 = settle(proc.pid, 0.2), cpu_seconds(upstream_pid)
         spy = profile(proc.pid, work / f"{name}.stacks") if PROFILE else None
         seconds, stats = asyncio.run(ask_each_once(port, ids, connections))
-        cpu1 = settle(proc.pid)
-        if spy is not None:
+        if spy is not None:  # before settling: sampling costs the process CPU of its own
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
+        cpu1 = settle(proc.pid)
         return Result(
             name, stats["answered"], seconds, cpu1 - cpu0, cpu_seconds(upstream_pid) - up0, stats["failed"]
         )
