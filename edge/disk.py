@@ -3,7 +3,7 @@
 Contract, after bazel-remote's disk cache:
 
 - ``put``: reserve space in the index (evicting what the policy names) → write with the
-  one crash-safe recipe (common.fsutil: temp file, fsync, rename, fsync dir) → the entry
+  one crash-safe recipe (common.fsutil: temp file, rename; see Durability) → the entry
   counts only once renamed; any failure rolls the reservation back, and no partial file is
   left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
 - ``get``: read and *verify* (``check``, run in the executor thread with the read) before
@@ -14,6 +14,19 @@ Contract, after bazel-remote's disk cache:
 - ``open``: sweep temp files a crash left, then rebuild the index from directory entries
   and one ``stat`` per file (never the content), oldest use first, in a worker thread.
   Until it is done, a key not yet indexed is looked up on disk directly.
+
+Durability: an object file is *not* fsynced (nor its directory); refs are.  The recipe
+still writes a temp file and renames it, so a file has its final name only once all its
+bytes were written: a process that dies (SIGKILL, OOM) leaves complete files or swept
+temp files, and the page cache keeps them.  Only a power loss or a kernel crash can lose
+what the kernel had not written back yet (ext4 commits metadata every 5 s and writes data
+back within ~30 s): a name may be gone (a miss), or name a file that is empty or zeroed —
+which ``get`` fails to verify, deletes and treats as a miss.  So what an fsync per entry
+buys is one refetch, after a power loss, of each object filled in the last seconds before
+it; what it costs is two fsyncs per fill, the most expensive step of a miss (issue 15).
+Refs are not content-addressed (a torn one could not be told from a good one when it is
+served stale), so they keep both fsyncs.  ``flush`` (at shutdown) writes back the
+filesystem once, so a clean stop loses nothing.
 
 A limit larger than the filesystem (``--disk-size`` above the free space, or space taken
 by others) would otherwise never evict: the index believes there is room, every write
@@ -40,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import IntegrityError
-from common.fsutil import TEMP_PREFIX, atomic_write, sweep_temp
+from common.fsutil import TEMP_PREFIX, atomic_write, sweep_temp, syncfs
 from edge import paths
 from edge.policy import Evicted, Policy
 
@@ -70,7 +83,8 @@ class Blob:
 
 
 def _write(path: Path, body: bytes, replace: bool) -> None:
-    atomic_write(path, body, replace=replace)
+    # Only refs are replaced, and only they are fsynced: see "Durability" in the docstring.
+    atomic_write(path, body, replace=replace, durable=replace)
 
 
 def _unlink(path: Path) -> None:
@@ -304,6 +318,15 @@ class DiskTier:
         self.writer(path, body, replace)
         if mtime is not None:
             os.utime(path, (mtime, mtime))
+
+    async def flush(self) -> None:
+        """Write back the cache's filesystem (at shutdown: see Durability)."""
+        try:
+            await self._run(syncfs, self.root)
+        except FileNotFoundError:
+            pass  # never opened: nothing written
+        except OSError as exc:
+            log.warning("cannot write back %s: %s", self.root, exc)
 
     async def set_mtime(self, key: str, mtime: float) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -37,6 +37,7 @@ from common.errors import IntegrityError, LoopDetected, NotFound, TooLarge, Upst
 from common.http import read_limited
 from common.ids import sha256
 from edge import hops
+from edge.h1client import Pools
 from edge.metrics import EdgeMetrics
 
 __all__ = [
@@ -139,8 +140,13 @@ class HttpSource:
         kind: str = "upstream",
         node: str = "edge",
         secret: str | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.name = base.rstrip("/")
+        # GETs through the lean client (edge.h1client) when given; aiohttp's otherwise.
+        # Batches (a streamed POST) always go through aiohttp.
+        self.pools = pools
+        self.seconds = timeout
         self.kind = kind
         self.session_of: SessionOf = session if callable(session) else lambda: session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -155,6 +161,10 @@ class HttpSource:
         url = self.name + path
         mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
         sent = {**headers, **mark}
+        if self.pools is not None:
+            with _translated(url):
+                r = await self.pools.of(self.name).get(path, sent, self.max_body, self.seconds)
+            return Answer(r.status, r.body, r.headers)
         with _translated(url):
             async with self.session_of().get(
                 url, headers=sent, timeout=self.timeout, allow_redirects=False

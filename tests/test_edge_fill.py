@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -15,7 +17,7 @@ from common import codec
 from common.errors import IntegrityError, NotFound, UpstreamError
 from common.ids import sha256
 from edge.disk import Blob, DiskTier
-from edge.fill import Filler
+from edge.fill import INLINE_VERIFY, Filler
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
 from edge.negative import NegativeCache
@@ -499,3 +501,42 @@ async def test_a_batch_joins_a_fill_already_in_flight_instead_of_asking_again(tm
     assert (await get).body == busy_frame
     assert [path for path, _ in up.calls] == [busy.path] and up.batches == [[other.hex]]
     assert node.count("minicdn_edge_coalesced_total") == 1
+
+
+class _Recording(ThreadPoolExecutor):
+    """The loop's default executor, noting the name of each function handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.names: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.names.append(getattr(fn, "__name__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_small_object_is_verified_on_the_loop_and_a_large_one_in_a_thread(tmp_path: Path) -> None:
+    """A thread round trip cost more than checking a small chunk (issue 15)."""
+    pool = _Recording()
+    asyncio.get_running_loop().set_default_executor(pool)
+    up = FakeSource("up")
+    node = Node(tmp_path, [up])
+    node.memory = MemoryTier(S3FIFO(4 << 20))
+    node.filler.memory = node.memory
+    small, frame = a_chunk()
+    raw = random.Random(2).randbytes(INLINE_VERIFY + 1)
+    large = Obj("bundle", sha256(raw))
+    up.answers[small.path] = zstd_answer(frame)
+    up.answers[large.path] = Answer(200, raw, {})
+    assert (await node.filler.load(small)).body == frame
+    assert "verify" not in pool.names
+    assert (await node.filler.load(large)).body == raw
+    assert pool.names.count("verify") == 1
+    up.answers[small.path] = zstd_answer(a_chunk(3)[1])  # wrong bytes are refused inline too
+    node.memory = node.filler.memory = MemoryTier(S3FIFO(1 << 20))
+    node.filler.flights = Flights(0.5)
+    await node.writes.close(grace=5)
+    await node.disk.remove(small.key)
+    with pytest.raises(UpstreamError):
+        await node.filler.load(small)
+    assert node.count("minicdn_edge_upstream_errors_total", "integrity") == 1

@@ -1,6 +1,7 @@
 """One contract suite for the ``Source`` seam (edge.upstream), run against the fake the
 fill-path tests use (tests.fakes.FakeSource) and against ``HttpSource`` talking to a real
-HTTP server on a loopback port.
+HTTP server on a loopback port, with aiohttp's client and with the lean one
+(edge.h1client) for its GETs.
 
 The contract: ``get`` returns every answer the source gives, whatever its status (a 404,
 a 5xx, a 3xx — which is never followed), and raises SourceError, with its reason, for
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from common import codec
 from common.ids import sha256
+from edge.h1client import Pools
 from edge.upstream import Answer, BatchItem, HttpSource, Source, SourceError
 from tests.fakes import FakeSource
 from tests.procs import free_port
@@ -63,8 +65,9 @@ class FakeWorld:
 class HttpWorld:
     """An aiohttp server on 127.0.0.1 answering from a table, as an origin would."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, pools: Pools | None = None) -> None:
         self.session = session
+        self.pools = pools
         self.answers: dict[str, Answer] = {}
         self.seen: list[str] = []
         self.url = ""
@@ -102,27 +105,30 @@ class HttpWorld:
         self.answers[path] = answer
 
     def source(self) -> Source:
-        return HttpSource(self.url, self.session, 10.0, MAX_BODY)
+        return HttpSource(self.url, self.session, 10.0, MAX_BODY, pools=self.pools)
 
     def refused(self) -> Source:
-        return HttpSource(f"http://127.0.0.1:{free_port()}", self.session, 10.0, MAX_BODY)
+        return HttpSource(f"http://127.0.0.1:{free_port()}", self.session, 10.0, MAX_BODY, pools=self.pools)
 
     def requested(self) -> list[str]:
         return list(self.seen)
 
 
-@pytest.fixture(params=["fake", "http"])
+@pytest.fixture(params=["fake", "http", "lean"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     if request.param == "fake":
         yield FakeWorld()
         return
+    pools = Pools() if request.param == "lean" else None
     async with aiohttp.ClientSession(auto_decompress=False) as session:
-        http = HttpWorld(session)
+        http = HttpWorld(session, pools)
         runner = web.AppRunner(http.app())
         await http.start(runner)
         try:
             yield http
         finally:
+            if pools is not None:
+                await pools.close()
             await runner.cleanup()
 
 

@@ -1,0 +1,279 @@
+"""A lean HTTP/1.1 client for the miss path: keep-alive connections per upstream, each an
+asyncio protocol whose responses llhttp parses (httptools).  aiohttp's client cost
+130-160 us of CPU per GET (issue 15: yarl URLs, a ClientResponse, a StreamReader, timer
+objects, header multidicts built and copied); this one costs a fraction of that.
+
+Strict, because what it reads comes from the network:
+
+- a body is refused past ``max_body`` bytes (TooLarge, the connection dropped);
+- a response must say where it ends (``Content-Length`` or chunked; 1xx/204/304 have no
+  body): one that runs until the connection closes is refused (ProtocolError);
+- the whole exchange (connecting included) is bounded by ``timeout`` (TimeoutError);
+- redirects are answers like any other (never followed: edge.upstream says why);
+- a connection goes back to its pool only after a complete response that allows keep-alive;
+  anything else closes it.  A GET that finds a kept-alive connection closed under it
+  before a byte of the answer came is sent once more on a new connection (the server
+  may close an idle connection at any moment: RFC 9112 §9.3.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+from common.errors import TooLarge
+
+__all__ = ["Pool", "Pools", "ProtocolError", "Response"]
+
+USER_AGENT = "minicdn-edge"
+NO_BODY = (204, 304)
+
+
+class ProtocolError(ConnectionError):
+    """The server broke HTTP/1.1 (or closed the connection mid-answer)."""
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: one request at a time, its answer parsed as it arrives."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.closed = False
+        self.reused = False
+        self.received = 0  # bytes of the current answer so far
+        self.max_body = 0
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._body: list[bytes] = []
+        self._size = 0
+        self._framed = False
+        self.keep = False  # may carry another request once this answer is complete
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            # A callback's own error (TooLarge, ProtocolError) comes back wrapped: unwrap it.
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, TooLarge | ProtocolError) else ProtocolError(str(exc)))
+
+    def eof_received(self) -> bool:
+        self._fail(ProtocolError("the server closed the connection mid-answer"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ProtocolError(f"connection lost: {exc}" if exc else "the server closed the connection"))
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.waiter is None:
+            raise ProtocolError("the server sent an answer nobody asked for")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (RFC 9110 §15.2): the real one follows
+            self._headers = CIMultiDict()
+            return
+        h = self._headers
+        self._framed = "Content-Length" in h or "chunked" in h.get("Transfer-Encoding", "").lower()
+        if not (self._framed or status in NO_BODY):
+            raise ProtocolError(f"an answer ({status}) without Content-Length or chunked framing")
+        length = h.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise TooLarge(f"the body ({length} bytes) is larger than {self.max_body} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.max_body:
+            raise TooLarge(f"the body is larger than {self.max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return
+        self.keep = self.parser.should_keep_alive()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Response(status, self._headers, body))
+
+    # --
+
+    def send(self, request: bytes, max_body: int) -> asyncio.Future[Response]:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.received, self.max_body, self.keep = 0, max_body, False
+        self._headers, self._body, self._size = CIMultiDict(), [], 0
+        self.transport.write(request)
+        return self.waiter
+
+    def _fail(self, exc: BaseException) -> None:
+        self.keep = False
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.keep = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Pool:
+    """Keep-alive connections to one ``scheme://host:port``, at most ``limit`` open; a
+    request beyond that waits for one to come back."""
+
+    def __init__(self, base: str, limit: int = 64) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        default = 443 if parts.scheme == "https" else 80
+        self.authority = parts.hostname if self.port == default else f"{parts.hostname}:{self.port}"
+        if ":" in parts.hostname:  # an IPv6 literal
+            self.authority = f"[{parts.hostname}]" + ("" if self.port == default else f":{self.port}")
+        self.limit = limit
+        self.open = 0
+        self._idle: collections.deque[_Conn] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._all: set[_Conn] = set()
+
+    async def get(self, path: str, headers: Mapping[str, str], max_body: int, timeout: float) -> Response:
+        """The answer to ``GET path``: TimeoutError past ``timeout``, TooLarge past
+        ``max_body``, OSError (ProtocolError among them) for anything else gone wrong."""
+        lines = [f"GET {path} HTTP/1.1", f"Host: {self.authority}", f"User-Agent: {USER_AGENT}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        head = "\r\n".join(lines)
+        if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
+            raise ValueError("a request line or header with a line break")
+        request = (head + "\r\n\r\n").encode("latin-1")
+        async with asyncio.timeout(timeout):
+            for _ in range(2):
+                conn = await self._acquire()
+                try:
+                    response = await conn.send(request, max_body)
+                except ProtocolError:
+                    self._release(conn)
+                    if conn.reused and conn.received == 0:
+                        continue  # closed while idle: once more, on a new connection
+                    raise
+                except BaseException:
+                    conn.close()
+                    self._release(conn)
+                    raise
+                self._release(conn)
+                return response
+        raise ProtocolError("a kept-alive connection and a new one both closed unanswered")
+
+    async def _acquire(self) -> _Conn:
+        while True:
+            while self._idle:
+                conn = self._idle.pop()  # the most recent: the least likely to be timed out
+                if not conn.closed:
+                    conn.reused = True
+                    return conn
+                self._forget(conn)
+            if self.open < self.limit:
+                return await self._connect()
+            wake = asyncio.get_running_loop().create_future()
+            self._waiting.append(wake)
+            try:
+                await wake
+            finally:
+                if not wake.done():
+                    wake.cancel()
+
+    async def _connect(self) -> _Conn:
+        self.open += 1
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+            )
+        except BaseException:
+            self.open -= 1
+            self._wake()
+            raise
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.keep and not conn.closed and conn.waiter is None:
+            self._idle.append(conn)
+        else:
+            conn.close()
+            self._forget(conn)
+        self._wake()
+
+    def _forget(self, conn: _Conn) -> None:
+        if conn in self._all:
+            self._all.discard(conn)
+            self.open -= 1
+
+    def _wake(self) -> None:
+        while self._waiting:
+            wake = self._waiting.popleft()
+            if not wake.done():
+                wake.set_result(None)
+                return
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+        self.open = 0
+
+
+class Pools:
+    """One ``Pool`` per upstream base URL, made on first use; ``close`` ends them all."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._pools: dict[str, Pool] = {}
+
+    def of(self, base: str) -> Pool:
+        pool = self._pools.get(base)
+        if pool is None:
+            pool = self._pools[base] = Pool(base, self.limit)
+        return pool
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        await asyncio.sleep(0)  # let the transports' connection_lost run

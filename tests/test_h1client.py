@@ -1,0 +1,149 @@
+"""The lean HTTP/1.1 client of the miss path (edge.h1client) against raw servers on
+127.0.0.1 that answer exactly the bytes each test scripts: what the contract suite
+(tests/test_source_contract.py) cannot make aiohttp's server send."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from common.errors import TooLarge
+from edge.h1client import Pool, Pools, ProtocolError
+from edge.upstream import HttpSource, SourceError
+
+Script = Callable[[int], bytes | None]  # the n-th request on a connection → answer (None: close)
+
+
+class Raw:
+    """A server answering each request head with what ``script`` gives; counts connections."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                answer = self.script(n)
+                n += 1
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Callable[[Script], Raw]]:
+    made: list[Raw] = []
+
+    def make(script: Script) -> Raw:
+        r = Raw(script)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        if r.server is not None:
+            r.server.close()
+            await r.server.wait_closed()
+
+
+async def started(r: Raw) -> Raw:
+    r.server = await asyncio.start_server(r._serve, "127.0.0.1", 0)
+    return r
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Encoding: zstd\r\n\r\nhello"
+
+
+async def test_connections_are_kept_alive_and_reused(raw: Callable[[Script], Raw]) -> None:
+    server = await started(raw(lambda n: OK))
+    pool = Pool(server.url)
+    try:
+        for _ in range(5):
+            r = await pool.get("/x", {}, 100, 5)
+            assert (r.status, r.body, r.headers["content-encoding"]) == (200, b"hello", "zstd")
+        assert server.connections == 1
+    finally:
+        pool.close()
+
+
+async def test_a_chunked_body_is_read_whole(raw: Callable[[Script], Raw]) -> None:
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    server = await started(raw(lambda n: body))
+    pool = Pool(server.url)
+    try:
+        assert (await pool.get("/x", {}, 100, 5)).body == b"abcde"
+        with pytest.raises(TooLarge):
+            await pool.get("/x", {}, 4, 5)
+    finally:
+        pool.close()
+
+
+async def test_an_answer_that_does_not_say_where_it_ends_is_refused(raw: Callable[[Script], Raw]) -> None:
+    server = await started(raw(lambda n: b"HTTP/1.1 200 OK\r\n\r\nuntil close"))
+    pool = Pool(server.url)
+    try:
+        with pytest.raises(ProtocolError):
+            await pool.get("/x", {}, 100, 5)
+        assert pool.open == 0  # not kept
+    finally:
+        pool.close()
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_once(raw: Callable[[Script], Raw]) -> None:
+    server = await started(raw(lambda n: OK if n == 0 else None))  # one answer per connection
+    pool = Pool(server.url)
+    try:
+        for _ in range(3):
+            assert (await pool.get("/x", {}, 100, 5)).body == b"hello"
+        assert server.connections == 3
+    finally:
+        pool.close()
+
+
+async def test_a_silent_server_times_out_and_a_large_body_is_too_large(raw: Callable[[Script], Raw]) -> None:
+    silent = await started(raw(lambda n: b""))
+    big = await started(raw(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n" + b"x" * 50))
+    pools = Pools()
+    try:
+        with pytest.raises(SourceError) as caught:
+            await HttpSource(silent.url, _no_session, 0.2, 100, pools=pools).get("/x", {})
+        assert caught.value.reason == "timeout"
+        with pytest.raises(SourceError) as caught:
+            await HttpSource(big.url, _no_session, 5, 10, pools=pools).get("/x", {})
+        assert caught.value.reason == "status"
+    finally:
+        await pools.close()
+
+
+async def test_an_interim_answer_is_skipped_and_extra_bytes_drop_the_connection(
+    raw: Callable[[Script], Raw],
+) -> None:
+    server = await started(raw(lambda n: b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"HTTP/1.1 200 OK\r\n"))
+    pool = Pool(server.url)
+    try:
+        assert (await pool.get("/x", {}, 100, 5)).body == b"hello"
+        await asyncio.sleep(0)
+        assert (await pool.get("/x", {}, 100, 5)).body == b"hello"
+        assert server.connections == 2  # the first one sent what nobody asked for
+    finally:
+        pool.close()
+
+
+def _no_session() -> aiohttp.ClientSession:
+    raise AssertionError("a GET through the pools needs no aiohttp session")
