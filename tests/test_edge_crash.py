@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from common import codec
-from tests.conftest import TOKEN, http
+from tests.conftest import TOKEN, http, wait_enriched
 from tests.edge_support import (
     App,
     batch_items,
@@ -54,6 +54,9 @@ def test_sigkill_mid_burst_then_restart_without_origin_serves_every_committed_ch
     private_origin: Service, tmp_path: Path
 ) -> None:
     app = publish_app(private_origin.url, "crashy", random_app(tmp_path / "app", 2.0, seed=3))
+    # Enrichment repoints the channel when it ends, and the edge (following the change feed)
+    # would take that newer ref: the stale ref compared below must be the last there is.
+    wait_enriched(private_origin.url, "crashy", "1.0.0")
     svc = edge(tmp_path, private_origin.url, extra=("--ref-max-age", "0s")).start()
     try:
         ref = http("GET", f"{svc.url}/v1/apps/crashy/channels/release")
