@@ -2,10 +2,10 @@
 
 Contract, after bazel-remote's disk cache:
 
-- ``put``: reserve space in the index (evicting what the policy names) → write with the
-  one crash-safe recipe (common.fsutil: temp file, rename; see Durability) → the entry
-  counts only once renamed; any failure rolls the reservation back, and no partial file is
-  left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
+- ``put`` (or ``store``, which does not wait): reserve space in the index (evicting what
+  the policy names) → write with the one crash-safe recipe (common.fsutil: temp file,
+  rename; see Durability) → the entry counts only once renamed; any failure rolls the
+  reservation back, and no partial file is left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
 - ``get``: read and *verify* (``check``, run in the executor thread with the read) before
   the bytes go anywhere; a file that fails is deleted, counted and reported as a miss, so
   a corrupted or half-written file is never served.  Every read is checked, not only the
@@ -37,7 +37,11 @@ re-reads statvfs and raises the limit (never above the configured one) when spac
 returned.  When statvfs says the write should have fitted (a quota, no inodes left), the
 limit is not what is short: admissions pause for ``full_backoff`` instead, as before.
 
-Every file operation runs in the default executor; the index lives on the loop's thread.
+Writes (``put``, ``store``) and the unlinks of what they evict run on the tier's one
+writer thread (edge.writer), in order, handed over in batches: a miss's write costs no task
+and no thread-pool round trip, and a full writer (4096 writes or 64 MiB queued) sheds the
+admission (``writes.shed``), never queues it.  Other file operations (reads, the index
+rebuild, removals) run in the default executor; the index lives on the loop's thread.
 """
 
 from __future__ import annotations
