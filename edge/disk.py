@@ -5,7 +5,8 @@ Contract, after bazel-remote's disk cache:
 - ``put`` (or ``store``, which does not wait): reserve space in the index (evicting what
   the policy names) → write with the one crash-safe recipe (common.fsutil: temp file,
   rename; see Durability) → the entry counts only once renamed; any failure rolls the
-  reservation back, and no partial file is left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
+  reservation back, and no partial file is left.  A full disk (ENOSPC, EDQUOT) is counted
+  and never fails a request; see below.
 - ``get``: read and *verify* (``check``, run in the executor thread with the read) before
   the bytes go anywhere; a file that fails is deleted, counted and reported as a miss, so
   a corrupted or half-written file is never served.  Every read is checked, not only the
