@@ -314,23 +314,14 @@ class DiskTier:
                 done(True)
                 return True
             self.policy.remove(key)
+        if not self.writes.room(len(body)):  # shed before anything is evicted for it
+            return False
         evicted = self.policy.admit(key, len(body))
         if key not in self.policy:
             return False
-        job = _Write(self, key, body, replace, mtime, evicted, done)
-        if not self.writes.submit(job):  # the writer is full: shed, as the policy never saw it
-            self.policy.remove(key)
-            self._forget(evicted)
-            return False
+        self.writes.submit(_Write(self, key, body, replace, mtime, evicted, done))  # room: taken
         self._writing[key] = len(body)
         return True
-
-    def _forget(self, evicted: Evicted) -> None:
-        """Evicted from the index but not unlinked yet: unlink them."""
-        if evicted:
-            self._unlink_later([paths.path_of(self.root, k) for k, _ in evicted])
-            for _, size in evicted:
-                self.on_evict(size)
 
     def _unlink_later(self, victims: list[Path]) -> None:
         """On the writer (after the writes queued before), else in the executor."""

@@ -65,10 +65,16 @@ class WriterThread:
         self._stop = False  # read by the thread: abandon what is left
         self._idle: asyncio.Future[None] | None = None
 
+    def room(self, size: int) -> bool:
+        """Whether a job of ``size`` bytes would be taken now (it is counted as shed if not)."""
+        if self._closing or self.jobs >= self.max_jobs or self.bytes + size > self.max_bytes:
+            self.shed += 1
+            return False
+        return True
+
     def submit(self, job: Job) -> bool:
         """Queue ``job`` (on the loop); False when it is refused."""
-        if self._closing or self.jobs >= self.max_jobs or self.bytes + job.size > self.max_bytes:
-            self.shed += 1
+        if not self.room(job.size):
             return False
         if self._thread is None:
             self._start()

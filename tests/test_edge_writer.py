@@ -78,6 +78,8 @@ async def test_close_waits_within_its_bound_then_abandons_what_is_not_begun() ->
     await asyncio.get_running_loop().run_in_executor(None, held.started.wait, 30)
     writer.submit(behind)  # queued behind the held one
     closing = asyncio.ensure_future(writer.close(grace=0.0))
+    while not writer._stop:  # the bound is over: what is not begun is abandoned
+        await asyncio.sleep(0)
     release.set()
     await closing
     await writer.idle()
@@ -124,4 +126,17 @@ async def test_a_failed_write_rolls_its_reservation_back(tmp_path: Path) -> None
     await disk.writes.idle()
     assert outcomes == [False] and obj.key not in disk.policy and disk.used == 0
     assert not list(tmp_path.rglob("*-*"))
+    await disk.flush(grace=5)
+
+
+async def test_a_write_shed_by_a_full_writer_evicts_nothing(tmp_path: Path) -> None:
+    (a, frame_a), (b, frame_b), (c, frame_c) = chunk(1), chunk(2), chunk(3)
+    disk = DiskTier(tmp_path, LRU(len(frame_a) + len(frame_b) + 10), max_writes=1)  # room for two
+    await disk.open()
+    assert await disk.put(a.key, frame_a)
+    assert disk.store(b.key, frame_b)  # the writer's one slot
+    assert not disk.store(c.key, frame_c)  # would evict a, but the writer is full: shed first
+    assert a.key in disk.policy and c.key not in disk.policy and disk.writes.shed == 1
+    await disk.writes.idle()
+    assert paths.path_of(tmp_path, a.key).exists() and disk.used == len(frame_a) + len(frame_b)
     await disk.flush(grace=5)
