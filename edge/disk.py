@@ -2,10 +2,11 @@
 
 Contract, after bazel-remote's disk cache:
 
-- ``put``: reserve space in the index (evicting what the policy names) → write with the
-  one crash-safe recipe (common.fsutil: temp file, rename; see Durability) → the entry
-  counts only once renamed; any failure rolls the reservation back, and no partial file is
-  left.  A full disk (ENOSPC, EDQUOT) is counted and never fails a request; see below.
+- ``put`` (or ``store``, which does not wait): reserve space in the index (evicting what
+  the policy names) → write with the one crash-safe recipe (common.fsutil: temp file,
+  rename; see Durability) → the entry counts only once renamed; any failure rolls the
+  reservation back, and no partial file is left.  A full disk (ENOSPC, EDQUOT) is counted
+  and never fails a request; see below.
 - ``get``: read and *verify* (``check``, run in the executor thread with the read) before
   the bytes go anywhere; a file that fails is deleted, counted and reported as a miss, so
   a corrupted or half-written file is never served.  Every read is checked, not only the
@@ -37,7 +38,11 @@ re-reads statvfs and raises the limit (never above the configured one) when spac
 returned.  When statvfs says the write should have fitted (a quota, no inodes left), the
 limit is not what is short: admissions pause for ``full_backoff`` instead, as before.
 
-Every file operation runs in the default executor; the index lives on the loop's thread.
+Writes (``put``, ``store``) and the unlinks of what they evict run on the tier's one
+writer thread (edge.writer), in order, handed over in batches: a miss's write costs no task
+and no thread-pool round trip, and a full writer (4096 writes or 64 MiB queued) sheds the
+admission (``writes.shed``), never queues it.  Other file operations (reads, the index
+rebuild, removals) run in the default executor; the index lives on the loop's thread.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from common.errors import IntegrityError
 from common.fsutil import TEMP_PREFIX, atomic_write, sweep_temp, syncfs
 from edge import paths
 from edge.policy import Evicted, Policy
+from edge.tasks import TaskOwner
+from edge.writer import WriterThread
 
 __all__ = ["Blob", "DiskTier"]
 
@@ -97,6 +104,50 @@ def _unlink_all(victims: list[Path]) -> None:
         _unlink(path)
 
 
+class _Write:
+    """A job for the writer thread: unlink what admitting the key evicted, then the recipe."""
+
+    __slots__ = ("began", "body", "disk", "done", "evicted", "key", "mtime", "replace", "size")
+
+    def __init__(
+        self,
+        disk: DiskTier,
+        key: str,
+        body: bytes,
+        replace: bool,
+        mtime: float | None,
+        evicted: Evicted,
+        done: Callable[[bool], None],
+    ) -> None:
+        self.disk, self.key, self.body, self.replace, self.mtime = disk, key, body, replace, mtime
+        self.evicted, self.done = evicted, done
+        self.size = len(body)
+        self.began = disk._fits  # which fitting of the limit this write was admitted under
+
+    def run(self) -> None:
+        if self.evicted:
+            _unlink_all([paths.path_of(self.disk.root, k) for k, _ in self.evicted])
+        self.disk._store(self.key, self.body, self.replace, self.mtime)
+
+    def landed(self, error: BaseException | None) -> None:
+        self.disk._landed(self, error)
+
+
+class _Unlink:
+    __slots__ = ("size", "victims")
+
+    def __init__(self, victims: list[Path]) -> None:
+        self.victims = victims
+        self.size = 0
+
+    def run(self) -> None:
+        _unlink_all(self.victims)
+
+    def landed(self, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("cannot remove evicted cache files: %s", error)
+
+
 class DiskTier:
     def __init__(
         self,
@@ -110,6 +161,8 @@ class DiskTier:
         writer: Writer = _write,
         clock: Callable[[], float] = time.monotonic,
         statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+        max_writes: int = 4096,
+        max_write_bytes: int = 64 << 20,
     ) -> None:
         self.root = root
         self.policy = policy
@@ -133,6 +186,9 @@ class DiskTier:
         self.owns: Callable[[str], bool] = lambda key: True
         # Keys whose write is in flight, with the bytes each has reserved in the index.
         self._writing: dict[str, int] = {}
+        # Object writes (and the unlinks of what they evict) run on one thread, in batches.
+        self.writes = WriterThread("disk writer", max_jobs=max_writes, max_bytes=max_write_bytes)
+        self.chores = TaskOwner("disk", limit=64)  # rare follow-ups: regrow, a full disk
 
     @property
     def used(self) -> int:
@@ -228,38 +284,76 @@ class DiskTier:
 
     async def put(self, key: str, body: bytes, *, replace: bool = False, mtime: float | None = None) -> bool:
         """Store ``body`` under ``key``; False when it was not admitted (full disk, too big,
-        an I/O error).  ``replace`` is for refs; content-addressed keys are write-once."""
+        the writer full, an I/O error).  ``replace`` is for refs; content-addressed keys
+        are write-once."""
+        if self.fitted and self.clock() >= self.regrow_at:
+            await self._regrow()
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self.store(key, body, replace=replace, mtime=mtime, done=stored.set_result):
+            return False
+        return await stored
+
+    def store(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        replace: bool = False,
+        mtime: float | None = None,
+        done: Callable[[bool], None] = lambda stored: None,
+    ) -> bool:
+        """``put`` without waiting (a miss's write, edge.fill): admit ``body`` and queue its
+        write on the writer thread; False when not admitted.  Once admitted, ``done`` is
+        told (on the loop) whether the file was stored."""
         if self.full or key in self._writing or not self.owns(key):
             return False
         if self.fitted and self.clock() >= self.regrow_at:
-            await self._regrow()
+            self.chores.spawn(self._regrow())  # this write is judged by the limit as it is
         if key in self.policy:
             if not replace:
+                done(True)
                 return True
             self.policy.remove(key)
+        if not self.writes.room(len(body)):  # shed before anything is evicted for it
+            return False
         evicted = self.policy.admit(key, len(body))
         if key not in self.policy:
             return False
+        self.writes.submit(_Write(self, key, body, replace, mtime, evicted, done))  # room: taken
         self._writing[key] = len(body)
-        began = self._fits
-        try:
-            await self._drop(evicted)
-            await self._run(self._store, key, body, replace, mtime)
-        except OSError as exc:
-            self.policy.remove(key)
-            self._writing.pop(key, None)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.on_full()
-                await self._disk_full(len(body), began)
-            else:
-                log.error("cannot write %s: %s", key, exc)
-            return False
-        finally:
-            self._writing.pop(key, None)
-        if key not in self.policy:  # evicted or removed while it was being written
-            await self._run(_unlink, paths.path_of(self.root, key))
-            return False
         return True
+
+    def _unlink_later(self, victims: list[Path]) -> None:
+        """On the writer (after the writes queued before), else in the executor."""
+        if not self.writes.submit(_Unlink(victims)):
+            self.chores.spawn(self._run(_unlink_all, victims))
+
+    def _landed(self, job: _Write, error: BaseException | None) -> None:
+        """A write's outcome, on the loop: commit it to the index, or roll it back."""
+        key = job.key
+        self._writing.pop(key, None)
+        if error is None:
+            for _, size in job.evicted:
+                self.on_evict(size)
+            if key in self.policy:
+                job.done(True)
+                return
+            self._unlink_later([paths.path_of(self.root, key)])  # evicted or removed meanwhile
+            job.done(False)
+            return
+        self.policy.remove(key)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.on_full()
+            self.chores.spawn(self._full_then(job, job.began))
+            return
+        log.error("cannot write %s: %s", key, error)
+        job.done(False)
+
+    async def _full_then(self, job: _Write, began: int) -> None:
+        try:
+            await self._disk_full(len(job.body), began)
+        finally:
+            job.done(False)
 
     # -- a limit larger than the filesystem ------------------------------------------------
 
@@ -319,8 +413,11 @@ class DiskTier:
         if mtime is not None:
             os.utime(path, (mtime, mtime))
 
-    async def flush(self) -> None:
-        """Write back the cache's filesystem (at shutdown: see Durability)."""
+    async def flush(self, grace: float = 0.0) -> None:
+        """Let the writes queued land (within ``grace`` seconds), then write back the
+        cache's filesystem (at shutdown: see Durability)."""
+        await self.writes.close(grace)
+        await self.chores.close(grace)
         try:
             await self._run(syncfs, self.root)
         except FileNotFoundError:

@@ -22,12 +22,12 @@ the stead of an owner out of the ring — is counted (``minicdn_edge_fallbacks_t
 without one, each object reaches the origin once per cluster.
 
 The seams are small: the owner peer comes from a ``PeerPicker`` (``NoPeers`` in one-node
-mode), each source is a ``Source`` (edge.upstream).  Stores to disk run in the background,
-owned by ``writes``; the memory tier has the entry before any caller is answered.  What
-came from the owner peer is the owner's to keep: this node holds it only in memory, and
-only once it proves hot here (edge.hot); what came from an upstream is stored in both tiers
-(this node owns it, or its owner failed and someone must).  What no upstream has is
-remembered as absent for a short while (edge.negative).
+mode), each source is a ``Source`` (edge.upstream).  Stores to disk are queued for the disk
+tier's writer thread (edge.writer), never awaited; the memory tier has the entry before any
+caller is answered.  What came from the owner peer is the owner's to keep: this node holds
+it only in memory, and only once it proves hot here (edge.hot); what came from an upstream
+is stored in both tiers (this node owns it, or its owner failed and someone must).  What no
+upstream has is remembered as absent for a short while (edge.negative).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class Filler:
             return
         body = entry.body  # before the tier may seal it (reading it back would copy)
         self.memory.put(obj.key, entry)
-        self.writes.spawn(self.disk.put(obj.key, body))
+        self.disk.store(obj.key, body)  # queued for the writer thread: no task, no await
 
     def _verifier(self, obj: Obj) -> Callable[[Answer], Awaitable[Entry]]:
         async def accept(answer: Answer) -> Entry:

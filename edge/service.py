@@ -186,7 +186,9 @@ class Edge:
         await self.object_flights.close()
         await self.ref_flights.close()
         await self.writes.close(grace=self.settings.drain_timeout)
-        await self.disk.flush()  # object files are not fsynced one by one (edge.disk)
+        # The disk writer's queue drains (within the bound), then one write-back: object
+        # files are not fsynced one by one (edge.disk).
+        await self.disk.flush(grace=self.settings.drain_timeout)
         await self.pools.close()
         if self.session is not None:
             await self.session.close()

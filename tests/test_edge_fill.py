@@ -81,6 +81,11 @@ class Node:
             clock=lambda: self.now,
         )
 
+    async def settled(self) -> None:
+        """Every background write has landed (or failed)."""
+        await self.writes.close(grace=5)
+        await self.disk.writes.idle()
+
     def count(self, name: str, *labels: str) -> float:
         value = self.metrics.registry.get_sample_value(
             name, dict(zip(_LABELS.get(name, ()), labels, strict=False))
@@ -113,7 +118,8 @@ async def test_a_miss_is_filled_once_verified_stored_and_then_a_hit(tmp_path: Pa
     assert up.calls[0][1]["Accept-Encoding"] == "zstd"
     assert node.count("minicdn_edge_coalesced_total") == 19
     assert node.count("minicdn_edge_misses_total") == 20
-    await node.writes.close(grace=5)
+    assert len(node.writes) == 0 and node.disk.writes.jobs == 1  # queued, not a task of its own
+    await node.settled()
     assert (await node.disk.get(obj.key, obj.verify)) is not None
     await node.filler.load(obj)
     assert node.count("minicdn_edge_hits_total", "memory") == 1 and len(up.calls) == 1
@@ -212,7 +218,7 @@ async def test_refs_fresh_revalidated_stale_if_error_and_gone(tmp_path: Path) ->
     up.answers.pop(path)
     with pytest.raises(NotFound):
         await node.refs.get("demo", "release")
-    await node.writes.close(grace=5)
+    await node.settled()
     assert await node.disk.get("refs/demo/release", None) is None
 
 
@@ -406,7 +412,7 @@ async def test_a_batchs_misses_go_upstream_as_one_batch_and_a_get_joins_it(tmp_p
     with pytest.raises(NotFound):
         await node.filler.load(absent)
     assert len(up.batches) == 1 and not up.calls
-    await node.writes.close(grace=5)
+    await node.settled()
     assert all(
         [(await node.disk.get(o.key, o.verify)) is not None for o, _ in (chunks[0], chunks[2], chunks[3])]
     )
@@ -464,7 +470,7 @@ async def test_a_batch_asks_each_owner_for_its_share_and_the_upstream_for_a_fail
     assert node.count("minicdn_edge_fallbacks_total", "peer_error") == 3
     assert node.count("minicdn_edge_upstream_requests_total", "peer") == 2
     assert not up.calls and not good.calls and not bad.calls
-    await node.writes.close(grace=5)
+    await node.settled()
     # What the owner gave is its to keep: only this node's own share and the failed
     # owner's reach this disk.
     on_disk = {o.key for o in objs if (await node.disk.get(o.key, o.verify)) is not None}
@@ -535,7 +541,7 @@ async def test_a_small_object_is_verified_on_the_loop_and_a_large_one_in_a_threa
     up.answers[small.path] = zstd_answer(a_chunk(3)[1])  # wrong bytes are refused inline too
     node.memory = node.filler.memory = MemoryTier(S3FIFO(1 << 20))
     node.filler.flights = Flights(0.5)
-    await node.writes.close(grace=5)
+    await node.settled()
     await node.disk.remove(small.key)
     with pytest.raises(UpstreamError):
         await node.filler.load(small)

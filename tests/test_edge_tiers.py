@@ -293,8 +293,11 @@ async def test_a_write_evicted_while_in_flight_says_it_did_not_store(tmp_path: P
     await disk.open()
     put_a = asyncio.ensure_future(disk.put(a.key, frame_a))
     await _wait(started)
-    assert await disk.put(b.key, frame_b)  # evicts a's reservation
+    put_b = asyncio.ensure_future(disk.put(b.key, frame_b))  # evicts a's reservation
+    await asyncio.sleep(0)  # b is admitted (writes run in order on one thread: after a's)
+    assert a.key not in disk.policy
     release.set()
     assert not await put_a
+    assert await put_b
     assert files(tmp_path) == [paths.path_of(tmp_path, b.key)]
     assert a.key not in disk.policy and disk.used == len(frame_b)

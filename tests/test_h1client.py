@@ -82,6 +82,21 @@ async def test_connections_are_kept_alive_and_reused(raw: Callable[[Script], Raw
         pool.close()
 
 
+async def test_a_kept_connection_that_goes_silent_times_out_and_is_not_reused(
+    raw: Callable[[Script], Raw],
+) -> None:
+    server = await started(raw(lambda n: OK if n != 1 else b""))  # the second answer never comes
+    pool = Pool(server.url)
+    try:
+        assert (await pool.get("/x", {}, 100, 5)).body == b"hello"
+        with pytest.raises(TimeoutError):
+            await pool.get("/x", {}, 100, 0.2)  # on the kept-alive connection
+        assert (await pool.get("/x", {}, 100, 5)).body == b"hello"  # a new one
+        assert server.connections == 2 and pool.open == 1
+    finally:
+        pool.close()
+
+
 async def test_a_chunked_body_is_read_whole(raw: Callable[[Script], Raw]) -> None:
     body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     server = await started(raw(lambda n: body))
