@@ -36,7 +36,7 @@ bench: $(STAMP) data bench-publish bench-edge bench-delivery bench-slow
 
 ## the full-length load and soak tests (make test runs their bounded versions)
 bench-slow: $(STAMP) data
-	$(PY) -m pytest -q -p no:cacheprovider --run-slow -m slow || test $$? -eq 5  # 5: none marked yet
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -p no:cacheprovider --run-slow -m slow || test $$? -eq 5  # 5: none marked yet
 
 ## make bench-edge: hits (edge vs nginx and Varnish), then misses (edge vs nginx proxy_cache, root: it mounts a RAM ext4)
 bench-edge: $(STAMP) data

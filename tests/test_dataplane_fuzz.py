@@ -70,8 +70,12 @@ def model(header: str, size: int) -> ByteRange | type[Unsatisfiable] | None:
     first, last = m.group(1), m.group(2)
     big = 10**6000
 
-    def value(d: str) -> int:
+    def value(d: str) -> int:  # for arithmetic: past any size, one huge number is as good as another
         return int(d.lstrip("0") or "0") if len(d.lstrip("0")) <= 4000 else big
+
+    def order(d: str) -> tuple[int, str]:  # for comparing: exact, however many digits
+        digits = d.lstrip("0") or "0"
+        return len(digits), digits
 
     if not first:
         if not last:
@@ -81,7 +85,7 @@ def model(header: str, size: int) -> ByteRange | type[Unsatisfiable] | None:
             return Unsatisfiable
         return ByteRange(max(0, size - suffix), size - 1)
     start = value(first)
-    if last and value(last) < start:
+    if last and order(last) < order(first):
         return None
     if start >= size:
         return Unsatisfiable
@@ -93,6 +97,8 @@ def model(header: str, size: int) -> ByteRange | type[Unsatisfiable] | None:
 @example("bytes=\u00b2-", 100)  # '²' passes str.isdigit; int() refuses it
 @example("bytes=" + "9" * 5000 + "-", 100)  # int() refuses more than 4300 digits
 @example("bytes=0-" + "9" * 5000, 100)
+@example("bytes=" + "9" * 5000 + "-" + "9" * 4500, 0)  # first > last, both past int()'s digits: invalid
+@example("bytes=" + "9" * 5000 + "-" + "9" * 5000, 0)  # equal: valid, and past the end
 @example("bytes=-" + "9" * 5000, 100)
 def test_parse_range_matches_the_model_and_never_raises_anything_else(header: str, size: int) -> None:
     try:
