@@ -42,6 +42,7 @@ from pathlib import Path
 
 from common import codec
 from common.ids import sha256
+from loadtests.bench_edge import process
 from loadtests.net import free_port, wait_http
 from loadtests.proctree import descendants
 
@@ -128,22 +129,6 @@ def make_chunks(data: Path, count: int, seed: int = 15) -> list[str]:
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-@contextmanager
-def process(args: list[str], log: Path, cpu: str | None) -> Iterator[subprocess.Popen[bytes]]:
-    pin = ["taskset", "-c", cpu] if cpu is not None else []
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*pin, *args], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
