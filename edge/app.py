@@ -99,3 +99,4 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[EDGE].start()
     yield
     await app[EDGE].close()
+    app[ENCODINGS].close()

@@ -108,25 +108,26 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
         body, form = await encodings.zstd_of(obj.key, entry), MANIFEST_ZSTD
     dictionary = dcz.parse_available_dictionary(request.headers.get(dcz.AVAILABLE_DICTIONARY))
     if dictionary is not None and dcz.accepts_dcz(request.headers.get("Accept-Encoding")):
-        encoded = await _dcz_of(edge, encodings.dcz_known(obj.key, entry), obj, entry, dictionary)
+        encoded = await _dcz_of(edge, encodings, obj, entry, dictionary)
         if encoded is not None and len(encoded) < len(body):
             body, form = encoded, MANIFEST_DCZ
     return _serve(request, obj, body, form)
 
 
 async def _dcz_of(
-    edge: Edge, known: dict[bytes, bytes | None], obj: Obj, entry: Entry, dictionary: bytes
+    edge: Edge, encodings: Encodings, obj: Obj, entry: Entry, dictionary: bytes
 ) -> bytes | None:
     """The manifest dcz-encoded against the manifest ``dictionary`` (filled like any
-    manifest, so verified), or None when that is no manifest of the same app; ``known``:
-    the encodings made so far, which keeps it."""
+    manifest, so verified), or None when that is no manifest of the same app; the
+    encodings made so far keep it."""
+    known = encodings.dcz_known(obj.key, entry)
     if dictionary in known:
         return known[dictionary]
     encoded = None
     if dictionary != obj.id:
         base = await edge.objects.load_or_none(Obj("manifest", dictionary))
         if base is not None and app_of(base.body) == app_of(entry.body) is not None:
-            encoded = await _off_loop(dcz.encode, entry.body, base.body)
+            encoded = await encodings.dcz_of(entry.body, base.body)
     if len(known) >= MAX_DICTIONARIES:
         known.pop(next(iter(known)))
     known[dictionary] = encoded
