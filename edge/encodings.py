@@ -6,13 +6,14 @@ Only an entry the memory tier holds has its encodings kept, and they are forgott
 the tier lets it go; an entry read from disk and not admitted is encoded per request, as
 its copy lives only as long as that request.
 
-Encoding runs on one thread of its own, not on the loop's shared pool.  A level-19 zstd
-context sized for a manifest of a few hundred KiB holds about 5 MiB, and each thread
-keeps its own (common.codec), so on the shared pool every thread that ever encoded
-grew the worker by that much, over hours, as load spread to more threads (the soak saw
-an edge worker grow 10% in a minute, docs/soak.md); and an encode, tens of milliseconds,
-held a thread that a miss's disk read or check was waiting for.  One encoder: one
-context per process, and encodes queue behind each other, not behind misses.
+Encoding runs on one thread of its own, not on the loop's shared pool, with a zstd
+context made for each encode and freed after it.  A level-19 context sized for a manifest
+of a few hundred KiB holds 3-5 MiB; common.codec's ``compress`` keeps one per thread, so
+on the shared pool every thread that ever encoded grew the worker by that much for good,
+as load spread to more threads (the soak saw an edge worker grow 10% in a minute,
+docs/soak.md); and an encode, tens of milliseconds, held a thread that a miss's disk
+read or check was waiting for.  Now encodes queue behind each other, not behind misses,
+and hold their memory only while they run.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Encodings:
         """The manifest's zstd encoding (level 19, made off the loop once while held)."""
         encoded = self.zstd.get(entry)
         if encoded is None:
-            encoded = await self._encode(codec.compress, entry.body, 19)
+            # A compressor of its own, sized to this body and freed with it (common.codec's
+            # per-thread one would keep a level-19 context sized to the largest manifest).
+            encoded = await self._encode(codec.compress_stream, entry.body, 19)
             if self.held(key, entry):
                 self.zstd[entry] = encoded
         return encoded

@@ -38,6 +38,7 @@ from edge.policy import make_policy
 from edge.refs import RefCache, RefSettings, Served
 from edge.singleflight import Flights
 from edge.tasks import TaskOwner
+from edge.threads import start_pool
 from edge.upstream import Answer, HttpSource, NoPeers, PeerPicker, Sources
 from edge.valid import http_urls, non_negative, positive
 
@@ -166,6 +167,7 @@ class Edge:
 
     async def start(self) -> None:
         s = self.settings
+        await start_pool()  # the loop's threads, all of them now: edge.threads
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),

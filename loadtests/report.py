@@ -271,8 +271,15 @@ def _proc_row(p: dict[str, Any]) -> str:
     )
 
 
+def _tier_at(rows: list[dict[str, Any]], t: float) -> float:
+    """A node's memory tier (MiB) at the first answered sample from ``t`` on (the last one if none)."""
+    held = [r for r in rows if r["up"] and "memory_tier" in r]
+    return float(next((r for r in held if r["t"] >= t), held[-1])["memory_tier"]) / MIB
+
+
 def summary(data: dict[str, Any]) -> str:
     lines = [data.get("title", "minicdn run"), *data.get("notes", [])]
+    warmup = float(data.get("timeline", {}).get("warmup", 0.0))
     for role, rows in sorted(data["metrics"].items()):
         up = [r for r in rows if r["up"]]
         if not up:
@@ -281,10 +288,14 @@ def summary(data: dict[str, Any]) -> str:
         rates = [v for v in series["rate"][1] if v is not None]
         p99 = [v for v in series["p99"][1] if v is not None]
         ratio = [v for v in series["hit_ratio"][1] if v is not None]
+        tier = [r["memory_tier"] / MIB for r in up if "memory_tier" in r]
+        # The memory tier from the end of the warm-up to the end: growth judged on a
+        # process whose cache was still filling would be the cache's (docs/soak.md).
         lines.append(
             f"{role:8} mean {sum(rates) / max(1, len(rates)):6.1f} req/s"
             + (f", p99 up to {max(p99):7.1f} ms" if p99 else "")
             + (f", hit ratio {sum(ratio) / len(ratio):.3f} on average" if ratio else "")
+            + (f", memory tier {_tier_at(rows, warmup):.2f} → {tier[-1]:.2f} MiB" if tier else "")
         )
     fds = role_series(data["procs"], "fds", data["ticks"])
     for role, (_t, rss) in role_series(data["procs"], "rss", data["ticks"]).items():

@@ -16,7 +16,7 @@ from loadtests.net import scrape
 from loadtests.procmem import tcp_states, usage
 from loadtests.proctree import cmdline, descendants
 
-__all__ = ["Sampler"]
+__all__ = ["GAUGES", "KEPT", "Sampler"]
 
 # What is kept of a /metrics page: name → label text the summed samples must contain.
 KEPT = {
@@ -31,6 +31,10 @@ KEPT = {
     "latency_count": ("minicdn_edge_request_seconds_count", ""),
     "origin_requests": ("minicdn_origin_requests_total", ""),
     "origin_chunks": ("minicdn_origin_chunk_requests_total", ""),
+}
+# Gauges, kept as they are (not differenced like the counters above).
+GAUGES = {
+    "memory_tier": ("minicdn_edge_cache_bytes", 'tier="memory"'),  # bytes of bodies, a node's workers summed
 }
 BUCKETS = "minicdn_edge_request_seconds_bucket"
 
@@ -150,7 +154,7 @@ class Sampler:
         except (OSError, urllib.error.URLError, ValueError):
             return row
         row["up"] = True
-        for key, (name, labels) in KEPT.items():
+        for key, (name, labels) in {**KEPT, **GAUGES}.items():
             row[key] = sum(v for (n, lab), v in samples.items() if n == name and labels in lab)
         row["buckets"] = {
             lab.split('le="', 1)[1].split('"', 1)[0]: v for (n, lab), v in samples.items() if n == BUCKETS
