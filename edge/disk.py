@@ -157,6 +157,7 @@ class DiskTier:
         on_evict: Callable[[int], None] = lambda n: None,
         on_full: Callable[[], None] = lambda: None,
         on_corrupt: Callable[[], None] = lambda: None,
+        on_shed: Callable[[], None] = lambda: None,
         full_backoff: float = 5.0,
         writer: Writer = _write,
         clock: Callable[[], float] = time.monotonic,
@@ -169,6 +170,7 @@ class DiskTier:
         self.on_evict = on_evict
         self.on_full = on_full
         self.on_corrupt = on_corrupt
+        self.on_shed = on_shed  # told of each object not stored because the writer was full
         self.full_backoff = full_backoff
         self.writer = writer
         self.clock = clock
@@ -315,6 +317,7 @@ class DiskTier:
                 return True
             self.policy.remove(key)
         if not self.writes.room(len(body)):  # shed before anything is evicted for it
+            self.on_shed()
             return False
         evicted = self.policy.admit(key, len(body))
         if key not in self.policy:

@@ -49,6 +49,7 @@ class EdgeMetrics:
     peer_errors: Counter  # failed requests to owner peers, by the same reasons
     ring_size: Gauge  # members of this node's ring now, itself included (1 alone)
     peers: Gauge  # known peers (itself excluded) by health: up (in the ring) or down
+    disk_writes_shed: Counter  # objects served but not stored: the disk writer was full
     disk_full: Counter  # disk admissions refused because the disk was full (ENOSPC)
     corrupt: Counter  # cache files that failed verification and were dropped
     stale: Counter  # refs served stale because every upstream failed
@@ -86,6 +87,11 @@ class EdgeMetrics:
             ),
             peers=Gauge("minicdn_edge_peers", "Known peers by health", ["state"], registry=r),
             disk_full=Counter("minicdn_edge_disk_full", "Disk admissions refused: disk full", registry=r),
+            disk_writes_shed=Counter(
+                "minicdn_edge_disk_writes_shed",
+                "Objects served but not stored on disk: the disk writer's queue was full",
+                registry=r,
+            ),
             corrupt=Counter(
                 "minicdn_edge_corrupt", "Cache files dropped for failing verification", registry=r
             ),

@@ -106,6 +106,7 @@ class Edge:
             on_evict=m.evicted_bytes.labels("disk").inc,
             on_full=m.disk_full.inc,
             on_corrupt=m.corrupt.inc,
+            on_shed=m.disk_writes_shed.inc,
             full_backoff=settings.full_backoff,
         )
         for tier, obj in (("memory", self.memory), ("disk", self.disk)):

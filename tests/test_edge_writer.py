@@ -104,11 +104,13 @@ async def test_store_queues_the_write_without_a_task_and_commits_after_the_renam
 
 async def test_a_write_the_writer_sheds_leaves_no_reservation(tmp_path: Path) -> None:
     (a, frame_a), (b, frame_b) = chunk(1), chunk(2)
-    disk = DiskTier(tmp_path, LRU(1 << 20), max_writes=1)
+    told: list[str] = []
+    disk = DiskTier(tmp_path, LRU(1 << 20), max_writes=1, on_shed=lambda: told.append("shed"))
     await disk.open()
     assert disk.store(a.key, frame_a)
     assert not disk.store(b.key, frame_b)  # the writer holds one write at most
     assert b.key not in disk.policy and disk.writes.shed == 1
+    assert told == ["shed"]  # exported as minicdn_edge_disk_writes_shed_total (edge.service)
     await disk.writes.idle()
     assert a.key in disk.policy and disk.used == len(frame_a)
     await disk.flush(grace=5)
@@ -140,3 +142,13 @@ async def test_a_write_shed_by_a_full_writer_evicts_nothing(tmp_path: Path) -> N
     await disk.writes.idle()
     assert paths.path_of(tmp_path, a.key).exists() and disk.used == len(frame_a) + len(frame_b)
     await disk.flush(grace=5)
+
+
+def test_an_edge_exports_its_shed_writes(tmp_path: Path) -> None:
+    from edge.service import Edge, EdgeSettings
+
+    node = Edge(EdgeSettings(upstreams=["http://127.0.0.1:9"], cache_dir=tmp_path / "cache"))
+    registry = node.metrics.registry
+    assert registry.get_sample_value("minicdn_edge_disk_writes_shed_total") == 0
+    node.disk.on_shed()
+    assert registry.get_sample_value("minicdn_edge_disk_writes_shed_total") == 1
