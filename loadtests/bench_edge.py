@@ -42,6 +42,7 @@ import re
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,7 @@ from common import codec
 from common.chunking import cut
 from common.fsutil import atomic_write
 from common.ids import sha256
+from loadtests import certs
 from loadtests.data import _library_files, ensure_data, packages
 from loadtests.net import free_port, wait_http
 from loadtests.procmem import PeakRss
@@ -140,8 +142,30 @@ class Running:
     pid: int
 
 
+@dataclass(frozen=True)
+class Tls:
+    """The TLS rows' certificate (ECDSA P-256, the same for the edge and nginx) and a
+    client context that trusts its CA."""
+
+    certs: certs.Certs
+    context: ssl.SSLContext
+
+    @classmethod
+    def make(cls, folder: Path) -> Tls:
+        made = certs.make(folder)
+        return cls(made, ssl.create_default_context(cafile=str(made.ca)))
+
+
+def _scheme(tls: Tls | None) -> str:
+    return "https" if tls else "http"
+
+
+def _context(tls: Tls | None) -> ssl.SSLContext | None:
+    return tls.context if tls else None
+
+
 @contextmanager
-def edge(cache: Path, work: Path, fast_path: bool = True) -> Iterator[Running]:
+def edge(cache: Path, work: Path, fast_path: bool = True, tls: Tls | None = None) -> Iterator[Running]:
     port = free_port()
     args = [
         *CLI,
@@ -155,10 +179,11 @@ def edge(cache: Path, work: Path, fast_path: bool = True) -> Iterator[Running]:
         "--memory-size",
         "2GiB",
         *([] if fast_path else ["--no-fast-path"]),
+        *(["--tls-cert", str(tls.certs.cert), "--tls-key", str(tls.certs.key)] if tls else []),
     ]
     with process(args, work / "edge.log") as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/readyz", 30)
+        url = f"{_scheme(tls)}://127.0.0.1:{port}"
+        wait_http(url + "/readyz", 30, context=_context(tls))
         yield Running("edge" if fast_path else "edge-aiohttp", url, proc.pid)
 
 
@@ -181,7 +206,7 @@ http {{
     uwsgi_temp_path {work}/nginx-tmp;
     scgi_temp_path {work}/nginx-tmp;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{tls};
         location ~ "^/v1/chunks/([0-9a-f]{{2}})([0-9a-f]{{62}})$" {{
             alias {cache}/chunks/$1/$1$2;
             default_type application/octet-stream;
@@ -193,18 +218,29 @@ http {{
 """
 
 
+# What the edge does by default: TLS 1.3 only, session tickets and a session cache for
+# resumption, the same certificate.
+NGINX_TLS = """ ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on"""
+
+
 @contextmanager
-def nginx(cache: Path, work: Path) -> Iterator[Running]:
+def nginx(cache: Path, work: Path, tls: Tls | None = None) -> Iterator[Running]:
     port = free_port()
     (work / "nginx-tmp").mkdir(exist_ok=True)
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, port=port, cache=cache))
+    ssl_conf = NGINX_TLS.format(cert=tls.certs.cert, key=tls.certs.key) if tls else ""
+    conf.write_text(NGINX_CONF.format(work=work, port=port, cache=cache, tls=ssl_conf))
     with process(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.log") as proc:
-        url = f"http://127.0.0.1:{port}"
+        url = f"{_scheme(tls)}://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
         while True:
             try:
-                urllib.request.urlopen(url + "/", timeout=2)
+                urllib.request.urlopen(url + "/", timeout=2, context=_context(tls))
             except urllib.error.HTTPError:
                 break  # 404 for / : it is up
             except OSError:
@@ -231,24 +267,27 @@ def varnish(backend: str, work: Path) -> Iterator[Running]:
         yield Running("varnish", url, proc.pid)
 
 
-def lua_script(ids: list[str], path: Path) -> Path:
+def lua_script(ids: list[str], path: Path, close: bool = False) -> Path:
+    """``close``: every request asks for its connection to be closed after it, so each
+    costs a new connection (with TLS, a handshake)."""
     body = ",\n".join(f'"/v1/chunks/{h}"' for h in ids)
     path.write_text(
         "local paths = {\n" + body + "\n}\n"
         "math.randomseed(7)\n"
         'wrk.headers["Accept-Encoding"] = "zstd"\n'
-        "request = function()\n"
+        + ('wrk.headers["Connection"] = "close"\n' if close else "")
+        + "request = function()\n"
         "  return wrk.format(nil, paths[math.random(#paths)])\n"
         "end\n"
     )
     return path
 
 
-def warm(url: str, ids: list[str]) -> int:
+def warm(url: str, ids: list[str], context: ssl.SSLContext | None = None) -> int:
     total = 0
     for h in ids:
         req = urllib.request.Request(f"{url}/v1/chunks/{h}", headers={"Accept-Encoding": "zstd"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
             total += len(r.read())
     return total
 
@@ -396,8 +435,8 @@ class Row:
         return [a.rps / b.rps for a, b in zip(self.runs[name], self.runs[peer], strict=True)]
 
 
-def memory_held(url: str) -> int:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+def memory_held(url: str, context: ssl.SSLContext | None = None) -> int:
+    with urllib.request.urlopen(url + "/metrics", timeout=10, context=context) as r:
         m = re.search(rb'minicdn_edge_cache_bytes\{tier="memory"\} ([0-9.e+]+)', r.read())
     return int(float(m.group(1))) if m else 0
 
@@ -416,40 +455,48 @@ def bench(
     work: Path,
     args: argparse.Namespace,
     caps: tuple[Path, bool] | None,
+    tls: Tls | None = None,
 ) -> tuple[list[Row], Memory]:
+    """With ``tls``, the edge and nginx over HTTPS (Varnish has no TLS), and a third mode
+    where every request opens a new connection: the handshake's cost."""
+    if tls:
+        label += ", TLS 1.3"
     script = lua_script(ids, work / f"{label.replace(' ', '-')}.lua")
     cgroups: dict[str, CpuCap] = {}
     with ExitStack() as stack:
         # Unwound last, once every server has stopped: an empty cgroup can be removed.
         stack.callback(lambda: [c.remove() for c in cgroups.values()])
-        servers = [stack.enter_context(edge(cache, work))]
-        ngx = stack.enter_context(nginx(cache, work))
+        servers = [stack.enter_context(edge(cache, work, tls=tls))]
+        ngx = stack.enter_context(nginx(cache, work, tls=tls))
         servers.append(ngx)
-        if args.varnish:
+        if args.varnish and not tls:
             servers.append(stack.enter_context(varnish(ngx.url, work)))
-        if args.with_aiohttp:
+        if args.with_aiohttp and not tls:
             servers.append(stack.enter_context(edge(cache, work, fast_path=False)))
-        body_bytes = warm(servers[0].url, ids)
+        body_bytes = warm(servers[0].url, ids, _context(tls))
         for s in servers[1:]:
-            warm(s.url, ids)
-        held = memory_held(servers[0].url)
+            warm(s.url, ids, _context(tls))
+        held = memory_held(servers[0].url, _context(tls))
         if caps:
             for s in servers:
                 cgroups[s.name] = CpuCap.make(caps, s.name)
                 cgroups[s.name].adopt(s.pid)
         print(f"{label}: {len(ids)} chunks, mean body {body_bytes // len(ids)} B", flush=True)
-        modes: list[tuple[str, float | None]] = [("open", None)]
+        modes: list[tuple[str, float | None, Path]] = [("open", None, script)]
         if caps:
-            modes.append((f"capped at {args.cap:g} CPU", args.cap))
+            modes.append((f"capped at {args.cap:g} CPU", args.cap, script))
+        if tls:
+            closing = lua_script(ids, work / f"{label.replace(' ', '-')}-close.lua", close=True)
+            modes.append(("new connection per request", args.cap if caps else None, closing))
         rows = []
         with PeakRss(servers[0].pid) as rss:
-            for mode, share in modes:
+            for mode, share, mode_script in modes:
                 for c in cgroups.values():
                     c.set(share)
                 runs: dict[str, list[Run]] = {s.name: [] for s in servers}
                 for r in range(args.rounds):
                     for s in servers[r % len(servers) :] + servers[: r % len(servers)]:  # rotate the order
-                        run = run_wrk(s, script, args.duration, args.connections)
+                        run = run_wrk(s, mode_script, args.duration, args.connections)
                         runs[s.name].append(run)
                         print(
                             f"  {mode:16} round {r + 1} {s.name:12}: {run.rps:9,.0f} req/s  "
@@ -535,6 +582,7 @@ def main() -> None:
     )
     ap.add_argument("--no-varnish", dest="varnish", action="store_false", help="leave Varnish out")
     ap.add_argument("--with-aiohttp", action="store_true", help="also the edge with --no-fast-path")
+    ap.add_argument("--no-tls", dest="tls", action="store_false", help="leave the TLS rows out")
     args = ap.parse_args()
     if not 0 <= args.cap <= 1:
         raise SystemExit("--cap is a share of one core: between 0 and 1")
@@ -548,19 +596,33 @@ def main() -> None:
             print(f"capped mode left out: {where}", flush=True)
         else:
             caps = where
-    rows: list[Row] = []
-    memory: list[Memory] = []
+    tls_missing = edge_without_tls() if args.tls else "--no-tls"
+    if tls_missing:
+        print(f"TLS rows left out: {tls_missing}", flush=True)
+    tables: dict[str, tuple[list[Row], list[Memory]]] = {"plain": ([], [])}
     with tempfile.TemporaryDirectory(prefix="minicdn-bench-edge-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # Varnish's child runs as its own user
+        tls = None if tls_missing else Tls.make(work / "tls")
+        if tls:
+            tables["tls"] = ([], [])
         for label, make in (("real chunk mix", real_chunks), ("64 KiB chunks", big_chunks)):
             cache = work / label.replace(" ", "-")
             ids = make(cache)
-            got, mem = bench(label, cache, ids, work, args, caps)
-            rows += got
-            memory.append(mem)
-    print()
-    print(table(rows, memory, args))
+            for kind, with_tls in (("plain", None), ("tls", tls)):
+                if kind in tables:
+                    got, mem = bench(label, cache, ids, work, args, caps, with_tls)
+                    tables[kind][0].extend(got)
+                    tables[kind][1].append(mem)
+    for rows, memory in tables.values():
+        print()
+        print(table(rows, memory, args))
+
+
+def edge_without_tls() -> str:
+    """Why this edge cannot serve the TLS rows ("" when it can)."""
+    out = subprocess.run([*CLI, "edge", "--help"], capture_output=True, text=True, check=False).stdout
+    return "" if "--tls-cert" in out else "this edge has no --tls-cert (TLS not built yet)"
 
 
 if __name__ == "__main__":

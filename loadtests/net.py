@@ -4,6 +4,7 @@ port, waiting for a server to answer, reading a /metrics page."""
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -23,15 +24,16 @@ def wait_http(
     timeout: float = 20.0,
     proc: subprocess.Popen[bytes] | None = None,
     ok: tuple[int, ...] = (200,),
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """Poll ``url`` until it answers with a status in ``ok``: RuntimeError if ``proc``
-    exits first, TimeoutError after ``timeout`` seconds."""
+    exits first, TimeoutError after ``timeout`` seconds (``context``: for an https URL)."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status in ok:
                     return
         except urllib.error.HTTPError as exc:
