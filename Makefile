@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-slow loadtest soak lint clean
+.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-open bench-slow loadtest soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ bench-publish: $(STAMP) data
 	$(PY) -m loadtests.bench_publish
 
 ## make bench: every benchmark at full length (publish; edge vs nginx under wrk)
-bench: $(STAMP) data bench-publish bench-edge bench-delivery bench-slow
+bench: $(STAMP) data bench-publish bench-edge bench-delivery bench-open bench-slow
 
 ## the full-length load and soak tests (make test runs their bounded versions)
 bench-slow: $(STAMP) data
@@ -42,6 +42,11 @@ bench-slow: $(STAMP) data
 bench-edge: $(STAMP) data
 	$(PY) -m loadtests.bench_edge
 	$(PY) -m loadtests.bench_miss
+
+## make bench-open: time to installed over an 80 ms RTT, 20 Mbit/s link (a network namespace, tc tbf, a
+## delaying proxy; root), a cold open and an update, against nginx serving the one solid archive
+bench-open: $(STAMP) data
+	$(PY) -m loadtests.bench_open
 
 ## make bench-delivery: bytes and requests of installs and updates through a real edge, against zstd -19 and --patch-from
 bench-delivery: $(STAMP) data
