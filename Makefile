@@ -51,6 +51,7 @@ bench-open: $(STAMP) data
 ## make bench-delivery: bytes and requests of installs and updates through a real edge, against zstd -19 and --patch-from
 bench-delivery: $(STAMP) data
 	$(PY) -m loadtests.bench_delivery
+	$(PY) -m loadtests.bench_metadata
 
 ## make loadtest: locust phones (Zipf over apps built from `make data`) against an origin and a ring
 ## of three edges, headless for LOAD_SECONDS (default 30); prints each edge's hit ratio and the origin's
