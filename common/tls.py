@@ -2,8 +2,9 @@
 ConfigError naming the flag), a server's pair reloaded in place (SIGHUP), and a listener's
 protocol factory that counts handshakes.
 
-Server contexts: TLS 1.3 (1.2 when asked), ALPN ``http/1.1``, OpenSSL's default suites
-(TLS 1.3: AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM; TLS 1.2: Python's ECDHE+AEAD list).
+Server contexts: TLS 1.3 (1.2 when asked), ALPN ``http/1.1``, OpenSSL's TLS 1.3 suites
+(AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM) and, for TLS 1.2, ECDHE with an AEAD only
+(Mozilla's "intermediate" list less DHE, which needs parameters Python does not load).
 Resumption is OpenSSL's: stateless tickets (two per full TLS 1.3 handshake) sealed with
 keys drawn at random when the context is made, which OpenSSL never changes and Python's
 ``ssl`` can neither set nor rotate (no SSL_CTX_set_tlsext_ticket_keys).  So a reload keeps
@@ -40,6 +41,7 @@ from common.errors import ConfigError
 __all__ = [
     "ALPN",
     "MIN_VERSIONS",
+    "TLS12_CIPHERS",
     "OnHandshake",
     "ServerTls",
     "TlsFiles",
@@ -50,6 +52,7 @@ __all__ = [
 log = logging.getLogger("minicdn.tls")
 
 ALPN = ["http/1.1"]
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # (TLS 1.3's suites are not set by this)
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 # Told of each handshake a listener saw end: whether it succeeded, whether it resumed a session.
@@ -108,6 +111,7 @@ def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, x509.Certificate]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSIONS[files.min_version]
     ctx.set_alpn_protocols(ALPN)
+    ctx.set_ciphers(TLS12_CIPHERS)
     _load(ctx, files)
     return ctx, cert
 

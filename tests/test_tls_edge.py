@@ -166,6 +166,21 @@ def test_handshake_alpn_and_chunks_over_https(edge: TlsEdge, pki: Pki, app: App)
     assert edge.handshakes("ok") >= 1
 
 
+def test_tls12_when_allowed_and_aiohttp_alone_over_tls(
+    origin: Service, pki: Pki, app: App, tmp_path: Path
+) -> None:
+    """--tls-min-version 1.2, and --no-fast-path (every request answered by aiohttp)."""
+    e = tls_edge(
+        tmp_path, pki.issue("nofast"), origin.url, extra=("--tls-min-version", "1.2", "--no-fast-path")
+    )
+    with serving(e), connect(client_context(pki, maximum=ssl.TLSVersion.TLSv1_2), e.port) as s:
+        assert s.version() == "TLSv1.2" and s.selected_alpn_protocol() == "http/1.1"
+        for _ in range(2):
+            status, _, body = get(s, f"/v1/chunks/{app.chunks[0]}")
+            assert status == 200 and hashlib.sha256(raw_of(body)).hexdigest() == app.chunks[0]
+        assert e.handshakes("ok", "false") == 1
+
+
 def test_tls12_is_refused_by_default_and_counted(edge: TlsEdge, pki: Pki) -> None:
     failed = edge.handshakes("failed")
     with pytest.raises(ssl.SSLError):

@@ -116,6 +116,11 @@ def test_a_good_pair_makes_a_tls13_context_with_alpn(pki: Pki) -> None:
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_3
     ctx12, _ = server_context(TlsFiles(pair.cert, pair.key, "1.2"))
     assert ctx12.minimum_version is ssl.TLSVersion.TLSv1_2
+    names = [c["name"] for c in ctx12.get_ciphers()]
+    assert "TLS_AES_128_GCM_SHA256" in names and "ECDHE-ECDSA-AES128-GCM-SHA256" in names
+    # TLS 1.2: forward-secret AEAD suites only (no CBC, no static RSA, no DHE).
+    tls12 = [n for n in names if not n.startswith("TLS_")]
+    assert tls12 and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA20" in n) for n in tls12), tls12
 
 
 def _refusal(files: TlsFiles) -> str:
