@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +132,9 @@ class Edge:
         self.draining = False
         # The upstreams' GETs (every miss) go through the lean client: aiohttp's cost more
         # CPU than the rest of a miss (issue 15); batches and admin calls stay on aiohttp.
-        # Certificates and host names are verified on every https upstream and peer.
-        self.client_tls = client_context(settings.tls_ca)
+        # Certificates and host names are verified on every https upstream and peer (None:
+        # none is https, and loading the system's trust store would cost 30 ms a process).
+        self.client_tls = _client_tls(settings)
         self.pools = Pools(limit=64, ssl_context=self.client_tls)
         self.upstreams = Sources(
             [
@@ -178,7 +180,7 @@ class Edge:
         await start_pool()  # the loop's threads, all of them now: edge.threads
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.client_tls),
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.client_tls or True),
             headers={"User-Agent": "minicdn-edge"},
         )
         if s.access_log:
@@ -378,6 +380,13 @@ class Edge:
 
 
 GC_GEN0 = 20_000
+
+
+def _client_tls(settings: EdgeSettings) -> ssl.SSLContext | None:
+    urls = [*settings.upstreams, *settings.cluster.peers]
+    if settings.tls_ca is None and not any(u.startswith("https://") for u in urls):
+        return None
+    return client_context(settings.tls_ca)
 
 
 def _tune_gc() -> None:
