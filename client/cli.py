@@ -93,6 +93,7 @@ def _what(exc: MinicdnError) -> str:
     default="auto",
     help="auto: the cheapest per package; delta/chunks/bundle: that one where offered.",
 )
+@option("--ca", type=click.Path(dir_okay=False), help="PEM CA certificates to trust for https edges.")
 @option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def fetch(
     app: str,
@@ -108,6 +109,7 @@ def fetch(
     timeout: float,
     retry_for: float,
     plan: str,
+    ca: str | None,
     as_json: bool,
 ) -> None:
     """Install APP from edges: verified, only what is missing (a delta, chunks or a
@@ -131,6 +133,7 @@ def fetch(
             timeout=timeout,
             retry_for=retry_for,
             plan=plan,
+            ca=Path(ca) if ca else None,
         )
         summary = asyncio.run(
             _run(config, app, out, channel, user, list(packages), open_page, console, as_json)

@@ -30,6 +30,7 @@ from common import codec, dcz
 from common.errors import BadRequest, IntegrityError, NotFound
 from common.ids import check_app, check_channel
 from common.manifest import MAIN_PACKAGE, Manifest, Ref, open_manifest, open_ref
+from common.tls import client_context
 
 __all__ = ["Client", "ClientConfig", "FetchSummary", "Progress", "select_packages"]
 
@@ -93,7 +94,11 @@ class Client:
         # The store and its state first, in a thread (they read and create files): they can
         # raise (a corrupt state file, a store path under a file), and then no session may be open.
         store, state = await asyncio.to_thread(_open_store, self.config)
-        session = self._session or aiohttp.ClientSession(auto_decompress=False)
+        session = self._session or aiohttp.ClientSession(
+            auto_decompress=False,
+            # https edges: certificates and host names verified (and --ca's CA trusted)
+            connector=aiohttp.TCPConnector(ssl=client_context(self.config.ca, "--ca")),
+        )
         c = self.config
         edges = Edges(list(c.edges), session, timeout=c.timeout, cooldown=c.cooldown, retry_for=c.retry_for)
         self._open = _Open(store, state, session, edges)

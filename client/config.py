@@ -15,6 +15,7 @@ from pathlib import Path
 from client.plan import check_preference
 from common.errors import ConfigError
 from common.signing import PublicKey
+from common.tls import client_context
 
 __all__ = ["MAX_BATCH", "ClientConfig"]
 
@@ -33,6 +34,7 @@ class ClientConfig:
     cooldown: float = 5.0  # seconds a failed edge is skipped
     retry_for: float = 10.0  # --retry-for: each request is retried at least this long (client/transport.py)
     plan: str = "auto"  # --plan: auto | delta | chunks | bundle (client/plan.py)
+    ca: Path | None = None  # --ca: PEM CA certificates https edges may be signed by, besides the system's
 
     def __post_init__(self) -> None:
         if not self.edges:
@@ -52,3 +54,5 @@ class ClientConfig:
         if self.batches_in_flight < 1:
             raise ConfigError(f"batches_in_flight: {self.batches_in_flight} is not at least 1")
         check_preference(self.plan)
+        if self.ca is not None:
+            client_context(self.ca, "--ca")  # refused now, naming the flag, not at the first request

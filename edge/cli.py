@@ -15,8 +15,10 @@ from pathlib import Path
 import click
 
 from common.cli import DURATION, LISTEN, SIZE, option
+from common.errors import ConfigError
 from common.http import BodyPace
 from common.malloc import fix_mmap_threshold
+from common.tls import ServerTls, TlsFiles
 from edge.cluster import ClusterSettings
 from edge.metrics import EdgeMetrics
 from edge.plane.plane import Limits
@@ -91,6 +93,19 @@ log = logging.getLogger("minicdn.edge")
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 @option("--fast-path/--no-fast-path", default=True, help="Object GETs by the data plane, not aiohttp.")
+@option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain: serve HTTPS (with --tls-key)."
+)
+@option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert (unencrypted).")
+@option(
+    "--tls-min-version", type=click.Choice(["1.2", "1.3"]), default="1.3", help="Oldest TLS version served."
+)
+@option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False),
+    help="PEM CA certificates to trust for https upstreams and peers.",
+)
+@option("--metrics-listen", type=LISTEN, help="HOST:PORT: plain HTTP for /metrics, /healthz, /readyz only.")
 def edge(
     upstreams: tuple[str, ...],
     cache_dir: str,
@@ -122,10 +137,17 @@ def edge(
     body_timeout: float,
     body_min_rate: int,
     fast_path: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_min_version: str,
+    tls_ca: str | None,
+    metrics_listen: tuple[str, int] | None,
 ) -> None:
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
+    tls = server_tls(tls_cert, tls_key, tls_min_version)  # before any worker is forked: common.tls
+    scheme = "http" if tls is None else "https"
     settings = EdgeSettings(
         upstreams=[u.rstrip("/") for u in upstreams],
         cache_dir=Path(cache_dir),
@@ -143,17 +165,26 @@ def edge(
         drain_timeout=drain_timeout,
         drain_delay=drain_delay,
         cluster=cluster_settings(
-            peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval
+            peers, self_url, peers_dns, listen, peer_timeout, peer_check_interval, peers_dns_interval, scheme
         ),
+        tls_ca=Path(tls_ca) if tls_ca else None,
     )
     limits = Limits(header_timeout, keepalive_timeout, send_timeout, BodyPace(body_timeout, body_min_rate))
-    options = ServeOptions(listen[0], listen[1], workers, fast_path, limits)
+    options = ServeOptions(listen[0], listen[1], workers, fast_path, limits, tls, metrics_listen)
 
     def make_node(slot: Slot, registry: WorkerRegistry) -> Edge:
         share = replace(settings, memory_size=slot.share(memory_size), disk_size=slot.share(disk_size))
         return Edge(share, EdgeMetrics.create(registry))
 
     raise SystemExit(run(make_node, options))
+
+
+def server_tls(cert: str | None, key: str | None, min_version: str) -> ServerTls | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key: give both or neither")
+    return ServerTls(TlsFiles(Path(cert), Path(key), min_version))
 
 
 def cluster_settings(
@@ -164,10 +195,11 @@ def cluster_settings(
     peer_timeout: float,
     check_interval: float,
     dns_interval: float,
+    scheme: str = "http",
 ) -> ClusterSettings:
     urls = tuple(u.rstrip("/") for u in peers)
-    if self_url is None and f"http://{listen[0]}:{listen[1]}" in urls:
-        self_url = f"http://{listen[0]}:{listen[1]}"
+    if self_url is None and f"{scheme}://{listen[0]}:{listen[1]}" in urls:
+        self_url = f"{scheme}://{listen[0]}:{listen[1]}"
     return ClusterSettings(  # which checks itself
         urls,
         self_url.rstrip("/") if self_url else None,

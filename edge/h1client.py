@@ -160,13 +160,14 @@ class Pool:
     """Keep-alive connections to one ``scheme://host:port``, at most ``limit`` open; a
     request beyond that waits for one to come back."""
 
-    def __init__(self, base: str, limit: int = 64) -> None:
+    def __init__(self, base: str, limit: int = 64, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        # https: certificates and the host name verified (by ``ssl_context``: a private CA's).
+        self.ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         default = 443 if parts.scheme == "https" else 80
         self.authority = parts.hostname if self.port == default else f"{parts.hostname}:{self.port}"
         if ":" in parts.hostname:  # an IPv6 literal
@@ -291,14 +292,15 @@ class Pool:
 class Pools:
     """One ``Pool`` per upstream base URL, made on first use; ``close`` ends them all."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 64, ssl_context: ssl.SSLContext | None = None) -> None:
         self.limit = limit
+        self.ssl_context = ssl_context
         self._pools: dict[str, Pool] = {}
 
     def of(self, base: str) -> Pool:
         pool = self._pools.get(base)
         if pool is None:
-            pool = self._pools[base] = Pool(base, self.limit)
+            pool = self._pools[base] = Pool(base, self.limit, self.ssl_context)
         return pool
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge.plane.stats import Labelled, Stats
 
-__all__ = ["FALLBACKS", "NOTICES", "PEER_STATES", "TIERS", "UPSTREAM_ERRORS", "EdgeMetrics"]
+__all__ = ["FALLBACKS", "NOTICES", "PEER_STATES", "TIERS", "TLS_HANDSHAKES", "UPSTREAM_ERRORS", "EdgeMetrics"]
 
 TIERS = ("memory", "disk")
 UPSTREAM_ERRORS = ("connect", "timeout", "status", "redirect", "integrity", "loop")
@@ -28,6 +28,8 @@ FALLBACKS = ("coalesce_timeout", "peer_timeout", "peer_error", "owner_down")
 # replay), a relay only (the ref is not held here), nothing (not a valid app or channel).
 NOTICES = ("revalidated", "coalesced", "old", "not_held", "invalid")
 # Seconds from a notice's arrival to the new ref held, ready to serve (one hop).
+# A failed handshake resumed nothing.
+TLS_HANDSHAKES = (("ok", "false"), ("ok", "true"), ("failed", "false"))
 PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -58,6 +60,9 @@ class EdgeMetrics:
     change_stream_connected: Gauge  # 1 while the upstream's change feed answers (per worker)
     change_notices: Counter  # change notices received, by what they led to (NOTICES)
     ref_propagation: Histogram  # a notice's arrival to the new ref held here, seconds
+    # TLS handshakes on the listener (--tls-cert), by outcome (ok, failed: refused, broken
+    # off or not done within --header-timeout) and whether a session was resumed.
+    tls_handshakes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> EdgeMetrics:
@@ -119,6 +124,12 @@ class EdgeMetrics:
                 buckets=PROPAGATION_BUCKETS,
                 registry=r,
             ),
+            tls_handshakes=Counter(
+                "minicdn_edge_tls_handshakes",
+                "TLS handshakes by outcome and resumption",
+                ["outcome", "resumed"],
+                registry=r,
+            ),
         )
         # Counters start at zero for every label of their fixed sets.
         for tier in TIERS:
@@ -135,5 +146,11 @@ class EdgeMetrics:
             m.change_notices.labels(action)
         for state in PEER_STATES:
             m.peers.labels(state)
+        for outcome, resumed in TLS_HANDSHAKES:
+            m.tls_handshakes.labels(outcome, resumed)
         m.ring_size.set(1)
         return m
+
+    def tls_handshake(self, ok: bool, resumed: bool) -> None:
+        """common.tls's OnHandshake."""
+        self.tls_handshakes.labels("ok" if ok else "failed", "true" if resumed else "false").inc()

@@ -10,6 +10,12 @@ Draining (Kubernetes' convention): on the first signal /readyz turns 503 at once
 the data plane finish what they were asked and close, and aiohttp's get the same bound
 (``drain_timeout``); background disk writes are given it too, and the process exits 0.
 A second signal exits at once.
+
+With ``--tls-cert``/``--tls-key`` the listener speaks TLS (common.tls): the pair is loaded
+once, before any worker is forked, so every worker shares one context and its session
+ticket keys; SIGHUP reloads the pair (in the supervisor too, so that a worker started
+again gets it) and a refused pair leaves the old one serving.  ``--metrics-listen`` adds a
+plain-HTTP listener for /metrics, /healthz and /readyz only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import resource
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,11 @@ from typing import Any
 from aiohttp import web
 
 from common.errors import ConfigError
-from common.http import HeadLimits, json_handlers
+from common.http import HeadLimits, error_middleware, json_handlers
+from common.tls import ServerTls
+from edge import handlers as h
 from edge.app import make_app
-from edge.handlers import ENCODINGS
+from edge.handlers import EDGE, ENCODINGS
 from edge.plane.head import MAX_FIELDS, MAX_HEAD, MAX_LINE
 from edge.plane.lending import Returned
 from edge.plane.plane import Limits, Plane
@@ -61,6 +69,12 @@ class ServeOptions:
     workers: int = 1
     fast_path: bool = True  # False: every request through aiohttp (to measure against)
     limits: Limits = field(default_factory=Limits)
+    tls: ServerTls | None = None  # --tls-cert, --tls-key: the listener speaks TLS
+    metrics_listen: tuple[str, int] | None = None  # a plain listener for /metrics and the probes
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -80,7 +94,10 @@ def run(make_node: MakeNode, options: ServeOptions) -> int:
             f"minicdn edge: $TMPDIR is too long for the workers' sockets ({longest} > {UNIX_PATH_MAX} bytes)"
         )
     try:
-        return supervise(options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir)
+        reload = options.tls.reload if options.tls is not None else None
+        return supervise(
+            options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir, on_hup=reload
+        )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -135,15 +152,26 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
     aiohttp_server: Callable[[], asyncio.Protocol] = json_handlers(runner.server, HEAD_LIMITS, **handler_args)
     loop = asyncio.get_running_loop()
     plane: Plane | None = None
+    factory: Callable[[], asyncio.BaseProtocol]
     if options.fast_path:
         plane = Plane(node, app[ENCODINGS], aiohttp_server, options.limits)
         plane.start()
-        factory: Callable[[], asyncio.Protocol] = plane.connection
+        factory = plane.connection
     else:
         factory = aiohttp_server
+    if options.tls is not None:
+        # The handshake is the first part of the first request head: --header-timeout bounds it.
+        factory = options.tls.accepting(factory, options.limits.header_timeout, node.metrics.tls_handshake)
+        loop.add_signal_handler(signal.SIGHUP, options.tls.reload)
+    # A worker's SIGHUP was blocked since its fork (edge.workers): from now on it reloads.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    reuse_port = options.workers > 1 or None
     server = await loop.create_server(
-        factory, options.host, options.port, reuse_port=options.workers > 1 or None, backlog=1024
+        factory, options.host, options.port, reuse_port=reuse_port, backlog=1024
     )
+    metrics = None
+    if options.metrics_listen is not None:
+        metrics = await _metrics_listener(node, options.metrics_listen, reuse_port)
     snapshots = control = None
     if registry is not None and registry.slot.metrics_dir is not None:
         snapshots = asyncio.ensure_future(registry.snapshots())
@@ -152,7 +180,8 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
             path.unlink()  # a predecessor's, in a slot started again
         control = await loop.create_unix_server(aiohttp_server, str(path))
     log.info(
-        "edge listening on http://%s:%d (pid %d), upstreams %s",
+        "edge listening on %s://%s:%d (pid %d), upstreams %s",
+        options.scheme,
         options.host,
         options.port,
         os.getpid(),
@@ -186,6 +215,8 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         # Waits up to drain_timeout for aiohttp's requests in flight, then runs cleanup_ctx
         # (which gives disk writes the same bound).
         await runner.cleanup()
+        if metrics is not None:
+            await metrics()
         if snapshots is not None:
             snapshots.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,6 +224,30 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         if registry is not None:
             registry.write_snapshot()
         log.info("drained; exiting")
+
+
+async def _metrics_listener(
+    node: Edge, listen: tuple[str, int], reuse_port: bool | None
+) -> Callable[[], Awaitable[None]]:
+    """Plain HTTP for Prometheus and probes beside a TLS listener: /metrics, /healthz and
+    /readyz only (not the API, not the admin calls), JSON errors for anything else."""
+    app = web.Application(middlewares=[error_middleware])
+    app[EDGE] = node
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/readyz", h.readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    assert runner.server is not None
+    factory = json_handlers(runner.server, HEAD_LIMITS, access_log=None)
+    server = await asyncio.get_running_loop().create_server(factory, *listen, reuse_port=reuse_port)
+    log.info("metrics listening on http://%s:%d", *listen)
+
+    async def close() -> None:
+        server.close()
+        await runner.cleanup()
+
+    return close
 
 
 def _install_uvloop() -> None:

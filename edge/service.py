@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import aiohttp
 from common import wire
 from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
+from common.tls import client_context
 from edge import hops
 from edge.accesslog import AccessLog
 from edge.changes import ChangeFeed
@@ -75,6 +77,8 @@ class EdgeSettings:
     # This edge's name in Via headers and health answers; made once per command, so that
     # every worker process of one edge shares it (edge.hops).
     node: str = field(default_factory=hops.new_node_name)
+    # --tls-ca: PEM CA certificates https upstreams and peers may be signed by (common.tls)
+    tls_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -82,6 +86,8 @@ class EdgeSettings:
         http_urls("--upstream", list(self.upstreams))
         positive({"--upstream-timeout": self.upstream_timeout})
         non_negative({"--negative-ttl": self.negative_ttl}, zero="0: off")
+        if self.tls_ca is not None:
+            client_context(self.tls_ca)  # refused here, naming the flag, rather than at the first miss
 
 
 class Edge:
@@ -126,7 +132,10 @@ class Edge:
         self.draining = False
         # The upstreams' GETs (every miss) go through the lean client: aiohttp's cost more
         # CPU than the rest of a miss (issue 15); batches and admin calls stay on aiohttp.
-        self.pools = Pools(limit=64)
+        # Certificates and host names are verified on every https upstream and peer (None:
+        # none is https, and loading the system's trust store would cost 30 ms a process).
+        self.client_tls = _client_tls(settings)
+        self.pools = Pools(limit=64, ssl_context=self.client_tls)
         self.upstreams = Sources(
             [
                 HttpSource(
@@ -171,7 +180,7 @@ class Edge:
         await start_pool()  # the loop's threads, all of them now: edge.threads
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.client_tls or True),
             headers={"User-Agent": "minicdn-edge"},
         )
         if s.access_log:
@@ -371,6 +380,13 @@ class Edge:
 
 
 GC_GEN0 = 20_000
+
+
+def _client_tls(settings: EdgeSettings) -> ssl.SSLContext | None:
+    urls = [*settings.upstreams, *settings.cluster.peers]
+    if settings.tls_ca is None and not any(u.startswith("https://") for u in urls):
+        return None
+    return client_context(settings.tls_ca)
 
 
 def _tune_gc() -> None:

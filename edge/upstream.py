@@ -25,6 +25,7 @@ the upstream's.  A 3xx is a failure of the source that sent it (``reason="redire
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -224,6 +225,8 @@ def _translated(url: str) -> Iterator[None]:
         raise SourceError(f"{url}: timed out", "timeout") from exc
     except TooLarge as exc:
         raise SourceError(exc.message, "status") from exc
+    except ssl.SSLError as exc:  # before ValueError: a failed certificate check is both
+        raise SourceError(f"{url}: TLS: {exc}", "connect") from exc
     except msgpack.BufferFull as exc:
         raise SourceError(f"{url}: a batch answer larger than the largest object", "status") from exc
     except (msgpack.UnpackException, ValueError) as exc:

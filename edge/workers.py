@@ -60,6 +60,9 @@ log = logging.getLogger("minicdn.edge.workers")
 SNAPSHOT_EVERY = 1.0
 RESTART_BACKOFF = 1.0
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Blocked from a fork until the worker's loop has its own SIGHUP handler (edge.server): one
+# sent in between waits for it, instead of running the supervisor's handler in the child.
+FORK_BLOCKED = STOP_SIGNALS | {signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,13 @@ def _die_with(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int:
+def supervise(
+    count: int, work: Callable[[Slot], int], metrics_dir: Path, on_hup: Callable[[], object] | None = None
+) -> int:
     """Fork ``count`` workers, each running ``work(slot)`` (its exit status); keep them
-    running until SIGTERM/SIGINT, then pass the signal on and wait for all of them."""
+    running until SIGTERM/SIGINT, then pass the signal on and wait for all of them.
+    ``on_hup``: run on SIGHUP before it is passed on to every worker (without it, SIGHUP
+    keeps its default action)."""
     children: dict[int, Slot] = {}
     stopping = False
     failed = False
@@ -236,7 +243,7 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
         # Signals wait until the child has dropped the supervisor's handlers and the parent
         # has recorded the child: a SIGTERM in between would otherwise run on_signal in the
         # child (which then serves on, orphaned) or miss the child in the parent.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             pid = os.fork()
             if pid == 0:  # the worker
@@ -256,7 +263,7 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
                     os._exit(code)
             children[pid] = slot
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
         log.info("worker %d: pid %d", slot.index, pid)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -271,8 +278,17 @@ def supervise(count: int, work: Callable[[Slot], int], metrics_dir: Path) -> int
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def on_sighup(signum: int, _frame: object) -> None:
+        if on_hup is not None:
+            on_hup()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, on_signal)  # before the first fork: no worker left unsignalled
     signal.signal(signal.SIGINT, on_signal)
+    if on_hup is not None:
+        signal.signal(signal.SIGHUP, on_sighup)
     for i in range(count):
         if not stopping:
             spawn(Slot(i, count, metrics_dir))

@@ -112,6 +112,7 @@ class Connection(Timers, Lending, asyncio.Protocol):
         self._touch = plane.node.memory.policy.touch  # the tier's policy is fixed at start
         self._sender = Sender()
         self._logging = plane.node.access_log is not None  # the inline hot path does not log
+        self._half_close = True  # False under TLS, which has no half-close (see eof_received)
         self._handoff_end = 0  # where the head of the request to lend ends in _buf
         self._handoff_body: Body | None = None  # how its body ends, if it has one
         self._last = False  # close once aiohttp has answered the lent request (an upgrade)
@@ -128,6 +129,7 @@ class Connection(Timers, Lending, asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        self._half_close = transport.get_extra_info("sslcontext") is None
         self.plane.connections.add(self)
         if self.plane.draining:
             transport.close()
@@ -179,7 +181,10 @@ class Connection(Timers, Lending, asyncio.Protocol):
                 self._lent[1].eof_received()
             else:
                 self._maybe_finish()
-        return True  # keep writing what is owed; closed once it has left
+        # Keep writing what is owed; closed once it has left.  A TLS close_notify ends the
+        # session both ways (the TLS transport flushes what was written, then closes, and
+        # warns if told to keep it open).
+        return self._half_close
 
     def pause_writing(self) -> None:
         self._write_paused = True

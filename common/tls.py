@@ -1,0 +1,206 @@
+"""TLS for minicdn's servers and clients: contexts made from PEM files (every refusal a
+ConfigError naming the flag), a server's pair reloaded in place (SIGHUP), and a listener's
+protocol factory that counts handshakes.
+
+Server contexts: TLS 1.3 (1.2 when asked), ALPN ``http/1.1``, OpenSSL's TLS 1.3 suites
+(AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM) and, for TLS 1.2, ECDHE with an AEAD only
+(Mozilla's "intermediate" list less DHE, which needs parameters Python does not load).
+Resumption is OpenSSL's: stateless tickets (two per full TLS 1.3 handshake) sealed with
+keys drawn at random when the context is made, which OpenSSL never changes and Python's
+``ssl`` can neither set nor rotate (no SSL_CTX_set_tlsext_ticket_keys).  So a reload keeps
+the context, and its keys, and only replaces the pair in it: tickets issued before a
+SIGHUP still resume after it, and forked workers that inherit one context share its keys
+(a client resumes on whichever worker the kernel gives it), as nginx's workers do.  The
+keys change when the process (the supervisor, with workers) starts again.
+
+Why reload into the live context rather than swap in a new one: OpenSSL copies the pair
+into each connection when it is made (SSL_new), so connections already open keep theirs
+and new handshakes take the new one, and the ticket keys stay.  But ``load_cert_chain``
+on a live context that fails half-way leaves it broken (the new certificate without its
+key), so a new pair is first loaded into a context of its own; only a pair that loads
+there is loaded into the live one (and should the files change between the two loads and
+the second fail, the checked context is swapped in, at the cost of its new ticket keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from common.errors import ConfigError
+
+__all__ = [
+    "ALPN",
+    "MIN_VERSIONS",
+    "TLS12_CIPHERS",
+    "OnHandshake",
+    "ServerTls",
+    "TlsFiles",
+    "client_context",
+    "server_context",
+]
+
+log = logging.getLogger("minicdn.tls")
+
+ALPN = ["http/1.1"]
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # (TLS 1.3's suites are not set by this)
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+# Told of each handshake a listener saw end: whether it succeeded, whether it resumed a session.
+OnHandshake = Callable[[bool, bool], None]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's certificate chain and key (PEM files: ``--tls-cert``, ``--tls-key``)."""
+
+    cert: Path
+    key: Path
+    min_version: str = "1.3"  # --tls-min-version
+
+    def __post_init__(self) -> None:
+        if self.min_version not in MIN_VERSIONS:
+            raise ConfigError(f"--tls-min-version: {self.min_version!r} is not one of {sorted(MIN_VERSIONS)}")
+
+
+def _read(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _checked_pair(files: TlsFiles) -> x509.Certificate:
+    """The leaf certificate of ``files``, once the chain and the key parse and match."""
+    try:
+        chain = x509.load_pem_x509_certificates(_read("--tls-cert", files.cert))
+    except ValueError as exc:
+        raise ConfigError(f"--tls-cert: {files.cert} holds no PEM certificate: {exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(_read("--tls-key", files.key), password=None)
+    except (ValueError, TypeError) as exc:  # TypeError: an encrypted key (no password is taken)
+        raise ConfigError(f"--tls-key: {files.key} holds no unencrypted PEM private key: {exc}") from exc
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise ConfigError(
+            f"--tls-key: {files.key} is not the key of the certificate in --tls-cert {files.cert}"
+            " (the first certificate of the file must be the server's own)"
+        )
+    return chain[0]
+
+
+def describe(cert: x509.Certificate) -> str:
+    return (
+        f"serial {cert.serial_number:x}, {cert.subject.rfc4514_string()},"
+        f" valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}"
+    )
+
+
+def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """A server context holding ``files``' pair, and its leaf certificate."""
+    cert = _checked_pair(files)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = MIN_VERSIONS[files.min_version]
+    ctx.set_alpn_protocols(ALPN)
+    ctx.set_ciphers(TLS12_CIPHERS)
+    _load(ctx, files)
+    return ctx, cert
+
+
+def _load(ctx: ssl.SSLContext, files: TlsFiles) -> None:
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:  # the files changed since they were checked
+        raise ConfigError(f"--tls-cert/--tls-key: {files.cert}, {files.key}: {exc}") from exc
+
+
+class ServerTls:
+    """A listener's TLS: the context every new handshake uses, reloaded from the same files
+    by ``reload`` (SIGHUP)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.context, cert = server_context(files)
+        self.serving = describe(cert)
+        log.info("TLS certificate %s (%s)", files.cert, self.serving)
+
+    def reload(self) -> bool:
+        """Load the pair again: True if new handshakes now use the files' pair; False, with
+        one error line, if it was refused (the pair in use goes on serving)."""
+        try:
+            checked, cert = server_context(self.files)
+        except ConfigError as exc:
+            log.error("TLS reload refused, still serving %s: %s", self.serving, exc.message)
+            return False
+        try:
+            _load(self.context, self.files)
+        except ConfigError as exc:
+            self.context = checked
+            log.warning("TLS pair changed while it was reloaded (%s): serving the checked one", exc.message)
+        self.serving = describe(cert)
+        log.info("TLS certificate reloaded from %s (%s)", self.files.cert, self.serving)
+        return True
+
+    def accepting(
+        self, factory: Callable[[], asyncio.BaseProtocol], handshake_timeout: float, on_handshake: OnHandshake
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """A protocol factory for a plain TCP listener that runs TLS in front of what
+        ``factory`` makes: the loop's own TLS protocol (uvloop's when the loop is uvloop's),
+        as ``create_server(ssl=...)`` would make, but told each handshake's outcome, and
+        always with the context in force at accept time."""
+        loop = asyncio.get_running_loop()
+        tls_protocol = _tls_protocol_class(loop)
+
+        def accept() -> asyncio.BaseProtocol:
+            app = factory()
+            waiter = loop.create_future()
+            waiter.add_done_callback(functools.partial(_handshaken, app, on_handshake))
+            protocol: asyncio.BaseProtocol = tls_protocol(
+                loop, app, self.context, waiter, server_side=True, ssl_handshake_timeout=handshake_timeout
+            )
+            return protocol
+
+        return accept
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop
+
+        return getattr(uvloop.loop, "SSLProtocol")  # noqa: B009  (not in its stubs); uvloop's streams read into it without a copy
+    from asyncio import sslproto
+
+    return sslproto.SSLProtocol
+
+
+def _handshaken(app: asyncio.BaseProtocol, on_handshake: OnHandshake, waiter: asyncio.Future[None]) -> None:
+    if waiter.cancelled() or waiter.exception() is not None:  # (retrieved: nothing is logged)
+        on_handshake(False, False)
+        return
+    # The TLS protocol gave its transport to the app protocol's connection_made before it
+    # woke the waiter; both the data plane's connections and aiohttp's handlers keep it.
+    transport = getattr(app, "transport", None)
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    on_handshake(True, bool(sslobj is not None and sslobj.session_reused))
+
+
+def client_context(ca: Path | None = None, flag: str = "--tls-ca") -> ssl.SSLContext:
+    """A client context that verifies certificates and host names against the system's
+    trust store, and also ``ca`` (PEM) when given: a private CA."""
+    ctx = ssl.create_default_context()
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"{flag}: cannot load CA certificates from {ca}: {message}") from exc
+    return ctx
