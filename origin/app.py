@@ -204,7 +204,7 @@ async def get_qr(request: web.Request) -> web.Response:
     channel, version = _target(request)
     origin = request.app[ORIGIN]
     app = request.match_info["app"]
-    _link, picture = await origin.qr(app, fmt, channel=channel, version=version)
+    picture = await origin.qr_code(app, fmt, channel=channel, version=version)
     name = f"{app}-{channel or version}.{fmt}"
     headers = {
         "Cache-Control": "public, max-age=60",

@@ -370,16 +370,19 @@ class Origin:
                 _remember(self._digests, key, found, 16)
         return found
 
-    async def qr(self, app: str, fmt: str, *, channel: str | None, version: str | None) -> tuple[str, bytes]:
-        """The deep link to ``app``'s channel or version (which must exist) and its QR code."""
+    async def qr_code(self, app: str, fmt: str, *, channel: str | None, version: str | None) -> bytes:
+        """The QR code (``fmt``: svg or png) of the deep link to ``app``'s channel or version,
+        which must exist; drawn once per link (bounded LRU: the links are as many as the
+        channels and versions, since each must exist)."""
         link = await self.link(app, channel=channel, version=version)
         picture = self._pictures.get((link, fmt))
         if picture is None:
             picture = await self._run(qr.draw, link, fmt)
             _remember(self._pictures, (link, fmt), picture)
-        return link, picture
+        return picture
 
     async def link(self, app: str, *, channel: str | None, version: str | None) -> str:
+        """The deep link to ``app``'s channel or version (``--qr-url``); NotFound unless it exists."""
         check_app(app)
         if channel is not None:
             if await self._run(self.channels.current, app, check_channel(channel)) is None:

@@ -19,6 +19,7 @@ import pytest
 __all__ = ["BROWSER", "CHROMIUM", "FONT", "ZBAR", "Need", "require"]
 
 INSTALL_TIMEOUT = 900.0  # seconds: a fresh machine downloads chromium (~100 MB) first
+_updated: list[bool] = []  # not empty once apt-get update has run in this process
 
 
 @dataclass(frozen=True)
@@ -62,19 +63,23 @@ def install(*needs: Need) -> list[str]:
             raise Unavailable(f"needs Debian's {', '.join(missing)} (not root here: run sudo {hint})")
         if shutil.which("apt-get") is None:
             raise Unavailable(f"needs {', '.join(missing)} and this system has no apt-get")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        ):
-            try:
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-            except subprocess.TimeoutExpired as exc:
-                raise Unavailable(f"{' '.join(cmd)} took over {INSTALL_TIMEOUT:.0f} s") from exc
-            if done.returncode != 0:
-                raise Unavailable(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-800:]}")
+        if not _updated:  # once a run: the package lists stay fresh for minutes
+            _apt("update", "-qq")
+            _updated.append(True)
+        _apt("install", "-y", "-qq", "--no-install-recommends", *missing)
     paths = [n.found() for n in needs]
     lost = [n.package for n, p in zip(needs, paths, strict=True) if p is None]
     if lost:
         raise Unavailable(f"installed {', '.join(lost)} but {[n.path for n in needs]} is still missing")
     return [p for p in paths if p is not None]
+
+
+def _apt(*args: str) -> None:
+    cmd = ["apt-get", *args]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise Unavailable(f"{' '.join(cmd)} took over {INSTALL_TIMEOUT:.0f} s") from exc
+    if done.returncode != 0:
+        raise Unavailable(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-800:]}")

@@ -331,6 +331,10 @@ def test_the_console_works_by_keyboard_at_a_phones_width(
     tab_to("e.textContent === 'demo'")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="demo", exact=True)).to_be_focused()
+    # (until the app's answer is in, its forms have no version to offer, and a required
+    # select that is empty keeps Promote from submitting)
+    expect(page.get_by_label("Version to promote").locator("option")).to_have_count(3)
+    expect(page.get_by_role("heading", name="demo", exact=True)).to_be_focused()
     tab_to("e.textContent === 'Promote'")
     page.keyboard.press("Enter")
     expect(page.get_by_role("dialog")).to_be_visible()

@@ -241,7 +241,7 @@ function onSearch() {
 
 // ---- one app -------------------------------------------------------------------------------
 
-async function openApp(name, keepFocus) {
+async function openApp(name) {
   state.app = name;
   state.allVersions = false;
   for (const b of $("app-list").querySelectorAll("button")) {
@@ -255,7 +255,13 @@ async function openApp(name, keepFocus) {
   clear($("compare-result"));
   $("history").hidden = true;
   $("history-hint").hidden = false;
-  if (!keepFocus) $("app-title").focus();
+  // Nothing of the app shown before may stay until this one's answer: an action must never
+  // pair this app with another's version.
+  state.info = null;
+  clear($("channels"));
+  clear($("versions").tBodies[0]);
+  for (const id of ["promote-version", "rollout-channel", "rollout-version", "compare-from", "compare-to"]) clear($(id));
+  $("app-title").focus();
   await refreshApp();
 }
 
