@@ -16,7 +16,7 @@ GONE = Need("/nonexistent/minicdn-test-tool", "minicdn-no-such-package")
 def test_a_need_it_cannot_meet_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: apt-get is out of reach
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="minicdn-no-such-package.*sudo apt-get install"):
+    with pytest.raises(pytest.skip.Exception, match=r"minicdn-no-such-package.*sudo apt-get install"):
         require(GONE)
 
 
