@@ -33,7 +33,9 @@ from common.http import (
     strict_middleware,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
+from origin import console, qr
 from origin.channels import Channels, RolloutSpec
+from origin.listing import parse_page
 from origin.service import ChannelMove, Origin, new_upload_path
 
 __all__ = ["ORIGIN", "PACE", "make_app"]
@@ -141,7 +143,16 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
 
 
 async def list_apps(request: web.Request) -> web.Response:
-    return web.json_response({"apps": await request.app[ORIGIN].apps()})
+    origin = request.app[ORIGIN]
+    want = parse_page(request.query, _counts(request))
+    if want is None:  # the bare listing: every app, as before paging (and as edges relay it)
+        return web.json_response({"apps": await origin.apps(), "next": None})
+    apps, after = await origin.apps_page(want)
+    return web.json_response({"apps": apps, "next": after})
+
+
+def _counts(request: web.Request) -> dict[str, int]:
+    return {k: len(request.query.getall(k)) for k in request.query}
 
 
 async def get_app(request: web.Request) -> web.Response:
@@ -162,6 +173,72 @@ async def get_changes(request: web.Request) -> web.Response:
         # Not in the error tree's table: the only 503 with a Retry-After the origin sends.
         return error_response(503, exc.code, exc.message, {"Retry-After": "5"})
     return web.json_response(answer.to_json(), headers={"Cache-Control": "no-store"})
+
+
+# -- the operator's views (the console, docs/operations.md) ----------------------------------
+
+
+async def get_token(request: web.Request) -> web.Response:
+    """Whether the bearer token is right: how the console signs in before it shows anything."""
+    require_token(request)
+    return web.json_response({"ok": True}, headers={"Cache-Control": "no-store"})
+
+
+async def get_version(request: web.Request) -> web.Response:
+    require_token(request)
+    info = await request.app[ORIGIN].version_info(request.match_info["app"], request.match_info["version"])
+    return web.json_response(info, headers={"Cache-Control": "no-store"})
+
+
+async def get_compare(request: web.Request) -> web.Response:
+    require_token(request)
+    old, new = _one(request, "from"), _one(request, "to")
+    if old is None or new is None:
+        raise BadRequest("compare needs from=VERSION and to=VERSION")
+    body = await request.app[ORIGIN].compare(request.match_info["app"], old, new)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def get_qr(request: web.Request) -> web.Response:
+    fmt = request.match_info["fmt"]
+    channel, version = _target(request)
+    origin = request.app[ORIGIN]
+    app = request.match_info["app"]
+    picture = await origin.qr_code(app, fmt, channel=channel, version=version)
+    name = f"{app}-{channel or version}.{fmt}"
+    headers = {
+        "Cache-Control": "public, max-age=60",
+        "Content-Disposition": f'inline; filename="{name}"',
+        "Content-Security-Policy": "default-src 'none'",  # an SVG opened on its own runs nothing
+        "X-Content-Type-Options": "nosniff",
+    }
+    return web.Response(body=picture, content_type=qr.FORMATS[fmt], headers=headers)
+
+
+async def get_link(request: web.Request) -> web.Response:
+    channel, version = _target(request)
+    app = request.match_info["app"]
+    link = await request.app[ORIGIN].link(app, channel=channel, version=version)
+    body = {"app": app, "channel": channel, "version": version, "link": link}
+    return web.json_response(body, headers={"Cache-Control": "public, max-age=60"})
+
+
+def _target(request: web.Request) -> tuple[str | None, str | None]:
+    """``?channel=NAME`` or ``?version=V``: exactly one, each a valid name."""
+    channel, version = _one(request, "channel"), _one(request, "version")
+    if (channel is None) == (version is None):
+        raise BadRequest("give exactly one of channel=NAME and version=V")
+    return (
+        None if channel is None else check_channel(channel),
+        None if version is None else check_version(version),
+    )
+
+
+def _one(request: web.Request, key: str) -> str | None:
+    values = request.query.getall(key, [])
+    if len(values) > 1:
+        raise BadRequest(f"{key} given more than once")
+    return values[0] if values else None
 
 
 # -- write API -------------------------------------------------------------------------------
@@ -295,6 +372,12 @@ def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
     r.add_post("/v1/apps/{app}/channels/{channel}/rollback", post_rollback, name="channel_rollback")
     r.add_get("/v1/changes", get_changes, name="changes")
     r.add_post("/v1/apps/{app}/versions/{version}", post_version, name="publish")
+    r.add_get("/v1/apps/{app}/versions/{version}", get_version, name="version")
+    r.add_get("/v1/apps/{app}/compare", get_compare, name="compare")
+    r.add_get("/v1/apps/{app}/qr.{fmt:svg|png}", get_qr, name="qr")
+    r.add_get("/v1/apps/{app}/link", get_link, name="link")
+    r.add_get("/v1/token", get_token, name="token")
+    console.add_routes(r)
     r.add_get("/metrics", metrics, name="metrics")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/readyz", healthz, name="readyz")

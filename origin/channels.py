@@ -324,7 +324,9 @@ class Channels:
         return out
 
     def apps(self) -> list[str]:
-        return sorted({k.split("/")[1] for k in self.storage.list(paths.APPS)})
+        """Every app id, sorted: one level of the tree, not every key under it (10,000 apps
+        hold tens of thousands of keys)."""
+        return self.storage.names(paths.APPS)
 
     def channel_names(self, app: str) -> list[str]:
         prefix = paths.channels_prefix(app)

@@ -38,6 +38,7 @@ from common.signing import SigningKey
 from origin.app import make_app
 from origin.ingest import Limits
 from origin.opscli import apps, channel
+from origin.qr import DEFAULT_QR_URL
 from origin.remote import Live, Remote, check, headers_for
 from origin.service import Origin, OriginSettings
 from origin.storage import FileStorage
@@ -90,6 +91,11 @@ __all__ = ["apps", "channel", "origin", "publish"]
 )
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
+@option(
+    "--qr-url",
+    default=DEFAULT_QR_URL,
+    help="Deep link the QR codes draw ({app}, {channel}, {version}; docs/design.md).",
+)
 def origin(
     data_dir: str,
     listen: tuple[str, int],
@@ -111,6 +117,7 @@ def origin(
     delta_window: float,
     body_timeout: float,
     body_min_rate: int,
+    qr_url: str,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -131,6 +138,7 @@ def origin(
         resign_interval=min(3600.0, ref_ttl / 8),
         delta_bases=delta_bases,
         delta_window=delta_window,
+        qr_url=qr_url,
     )
     if not settings.token:
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")

@@ -7,6 +7,7 @@ Calls block; the origin runs them in an executor, never on the event loop.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import stat
@@ -36,6 +37,12 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> Iterator[str]:
         """Every key that starts with ``prefix`` (ending in "/"), in sorted order."""
+
+    def names(self, prefix: str) -> builtins.list[str]:
+        """The names one level under ``prefix`` (ending in "/"), sorted, each once: the part
+        of every key under it up to the next "/" (S3's ListObjectsV2 with a "/" delimiter).
+        Costs what is one level down, not the whole tree: the origin's app listing.  A name
+        may outlive its keys where the backend keeps folders (a folder left empty)."""
 
     def delete(self, key: str) -> bool:
         """Remove the object; True if it existed."""
@@ -96,6 +103,15 @@ class FileStorage:
                 if not name.startswith(TEMP_PREFIX):
                     out.append(f"{rel}/{name}".replace(os.sep, "/"))
         yield from sorted(out)
+
+    def names(self, prefix: str) -> builtins.list[str]:
+        if not prefix.endswith("/"):
+            raise ValueError("names() takes a prefix that ends in '/'")
+        try:
+            with os.scandir(self._path(prefix.rstrip("/"))) as entries:
+                return sorted(e.name for e in entries if not e.name.startswith(TEMP_PREFIX))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def delete(self, key: str) -> bool:
         try:

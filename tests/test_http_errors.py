@@ -32,7 +32,15 @@ COMMON = {
 ORIGIN_ROUTES = {
     **COMMON,
     "/v1/apps/errs/channels/release": {*READS, "PUT"},
-    "/v1/apps/errs/versions/1.0.0": {"POST"},
+    "/v1/apps/errs/versions/1.0.0": {*READS, "POST"},
+    "/v1/apps/errs/compare": READS,
+    "/v1/apps/errs/qr.svg": READS,
+    "/v1/apps/errs/qr.png": READS,
+    "/v1/apps/errs/link": READS,
+    "/v1/token": READS,
+    "/console": READS,
+    "/console/": READS,
+    "/console/console.js": READS,
 }
 EDGE_ROUTES = {
     **COMMON,

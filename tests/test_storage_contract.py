@@ -48,6 +48,18 @@ def test_list_is_sorted_and_scoped(storage: Storage) -> None:
     assert list(storage.list("nothing/")) == []
 
 
+def test_names_are_one_level_sorted_and_scoped(storage: Storage) -> None:
+    for k in ["apps/b/versions/2", "apps/a/versions/1", "apps/a/channels/x", "apps/c", "objects/m/1"]:
+        storage.put(k, b"")
+    assert storage.names("apps/") == ["a", "b", "c"]
+    assert storage.names("apps/a/") == ["channels", "versions"]
+    assert storage.names("apps/a/versions/") == ["1"]
+    assert storage.names("nothing/") == []
+    assert storage.names("apps/c/") == []  # an object is no folder
+    with pytest.raises(ValueError):
+        storage.names("apps")
+
+
 def test_delete(storage: Storage) -> None:
     storage.put("objects/x", b"1")
     assert storage.delete("objects/x") is True
