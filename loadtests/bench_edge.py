@@ -187,7 +187,10 @@ def edge(cache: Path, work: Path, fast_path: bool = True, tls: Tls | None = None
         yield Running("edge" if fast_path else "edge-aiohttp", url, proc.pid)
 
 
-NGINX_CONF = """
+def nginx_conf(work: Path, server: str) -> str:
+    """A one-worker nginx (foreground, its files under ``work``) around ``server``: one
+    ``server { ... }`` block, already formatted."""
+    return f"""
 user root;
 worker_processes 1;
 daemon off;
@@ -205,6 +208,12 @@ http {{
     fastcgi_temp_path {work}/nginx-tmp;
     uwsgi_temp_path {work}/nginx-tmp;
     scgi_temp_path {work}/nginx-tmp;
+{server}
+}}
+"""
+
+
+CHUNKS_SERVER = """
     server {{
         listen 127.0.0.1:{port}{tls};
         location ~ "^/v1/chunks/([0-9a-f]{{2}})([0-9a-f]{{62}})$" {{
@@ -213,9 +222,7 @@ http {{
             add_header Cache-Control "public, max-age=31536000, immutable";
             add_header Content-Encoding zstd;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 # What the edge does by default: TLS 1.3 only, session tickets and a session cache for
@@ -234,7 +241,7 @@ def nginx(cache: Path, work: Path, tls: Tls | None = None) -> Iterator[Running]:
     (work / "nginx-tmp").mkdir(exist_ok=True)
     conf = work / "nginx.conf"
     ssl_conf = NGINX_TLS.format(cert=tls.certs.cert, key=tls.certs.key) if tls else ""
-    conf.write_text(NGINX_CONF.format(work=work, port=port, cache=cache, tls=ssl_conf))
+    conf.write_text(nginx_conf(work, CHUNKS_SERVER.format(port=port, cache=cache, tls=ssl_conf)))
     with process(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.log") as proc:
         url = f"{_scheme(tls)}://127.0.0.1:{port}"
         deadline = time.monotonic() + 15

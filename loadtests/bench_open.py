@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench_delivery import deterministic_tar, ensure_zstd
-from loadtests.bench_edge import process
+from loadtests.bench_edge import nginx_conf, process
 from loadtests.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,27 +249,11 @@ def on_phone(ns: str, *args: str) -> dict[str, Any]:
 
 # -- the run ----------------------------------------------------------------------------------
 
-NGINX_CONF = """
-user root;
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {work}/nginx-tmp;
-    proxy_temp_path {work}/nginx-tmp;
-    fastcgi_temp_path {work}/nginx-tmp;
-    uwsgi_temp_path {work}/nginx-tmp;
-    scgi_temp_path {work}/nginx-tmp;
+FILES_SERVER = """
     server {{
         listen 127.0.0.1:{port};
         root {files};
-    }}
-}}
-"""
+    }}"""
 
 
 def zstd_of(*args: str) -> bytes:
@@ -383,7 +367,7 @@ def main() -> int:
         (work / "nginx-tmp").mkdir()
         port = free_port()
         conf = work / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(work=work, port=port, files=work / "files"))
+        conf.write_text(nginx_conf(work, FILES_SERVER.format(port=port, files=work / "files")))
         with process(["nginx", "-c", str(conf), "-p", str(work)], work / "nginx.log", cpu=None):
             wait_http(f"http://127.0.0.1:{port}/", 15, ok=(200, 403, 404))
             old, new, times = measure(a, work, port)
