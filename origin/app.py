@@ -186,7 +186,8 @@ async def get_token(request: web.Request) -> web.Response:
 
 async def get_version(request: web.Request) -> web.Response:
     require_token(request)
-    info = await request.app[ORIGIN].version_info(request.match_info["app"], request.match_info["version"])
+    views = request.app[ORIGIN].views
+    info = await views.version_info(request.match_info["app"], request.match_info["version"])
     return web.json_response(info, headers={"Cache-Control": "no-store"})
 
 
@@ -195,7 +196,7 @@ async def get_compare(request: web.Request) -> web.Response:
     old, new = _one(request, "from"), _one(request, "to")
     if old is None or new is None:
         raise BadRequest("compare needs from=VERSION and to=VERSION")
-    body = await request.app[ORIGIN].compare(request.match_info["app"], old, new)
+    body = await request.app[ORIGIN].views.compare(request.match_info["app"], old, new)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -204,7 +205,7 @@ async def get_qr(request: web.Request) -> web.Response:
     channel, version = _target(request)
     origin = request.app[ORIGIN]
     app = request.match_info["app"]
-    picture = await origin.qr_code(app, fmt, channel=channel, version=version)
+    picture = await origin.views.qr_code(app, fmt, channel=channel, version=version)
     name = f"{app}-{channel or version}.{fmt}"
     headers = {
         "Cache-Control": "public, max-age=60",
@@ -218,7 +219,7 @@ async def get_qr(request: web.Request) -> web.Response:
 async def get_link(request: web.Request) -> web.Response:
     channel, version = _target(request)
     app = request.match_info["app"]
-    link = await request.app[ORIGIN].link(app, channel=channel, version=version)
+    link = await request.app[ORIGIN].views.link(app, channel=channel, version=version)
     body = {"app": app, "channel": channel, "version": version, "link": link}
     return web.json_response(body, headers={"Cache-Control": "public, max-age=60"})
 

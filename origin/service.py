@@ -29,9 +29,9 @@ from common.changes import Change, ChangeLog
 from common.chunking import ChunkParams
 from common.errors import ConfigError, Conflict, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
-from common.manifest import Manifest, PackageEntry, app_of, open_manifest
+from common.manifest import app_of
 from common.signing import SigningKey
-from origin import compare, paths, qr
+from origin import paths, qr
 from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
 from origin.history import rollback_target
@@ -40,6 +40,7 @@ from origin.listing import Page, page
 from origin.metrics import OriginMetrics
 from origin.publish import Publisher, PublishResult, VersionRecord
 from origin.storage import Storage
+from origin.views import Views, remember
 
 __all__ = ["ChannelMove", "Origin", "OriginSettings"]
 
@@ -130,11 +131,8 @@ class Origin:
         self._publish_lock = asyncio.Lock()
         self._zstd_manifests: OrderedDict[bytes, bytes] = OrderedDict()
         self._dcz_manifests: OrderedDict[tuple[bytes, bytes], bytes | None] = OrderedDict()
-        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()  # decoded, for the console
-        self._digests: OrderedDict[tuple[bytes, str], dict[str, bytes]] = OrderedDict()
-        self._views_lock = threading.Lock()  # the two above are filled from executor threads
-        self._pictures: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self.links = qr.LinkTemplate(settings.qr_url)
+        # The operator's views (the console): a version's sizes, update costs, deep links.
+        self.views = Views(storage, key, self.channels, qr.LinkTemplate(settings.qr_url), self._run)
         self.enricher = Enricher(
             storage,
             key,
@@ -211,7 +209,7 @@ class Origin:
         if frame is None:
             envelope = await self.manifest(mid)
             frame = await self._run(codec.compress, envelope, 19)
-            _remember(self._zstd_manifests, mid, frame)
+            remember(self._zstd_manifests, mid, frame)
         else:
             self._zstd_manifests.move_to_end(mid)
         return frame
@@ -226,7 +224,7 @@ class Origin:
             return self._dcz_manifests[pair]
         envelope = await self.manifest(mid)
         body = await self._run(self._encode_dcz, envelope, dictionary)
-        _remember(self._dcz_manifests, pair, body)
+        remember(self._dcz_manifests, pair, body)
         return body
 
     def _encode_dcz(self, envelope: bytes, dictionary: bytes) -> bytes | None:
@@ -292,104 +290,6 @@ class Origin:
             }
         pending = {name: p.to_json() for name, p in self.channels.pending(app).items()}
         return {"app": app, "versions": versions, "channels": channels, "pending": pending}
-
-    # -- the operator's views (the console) ---------------------------------------------------
-
-    async def version_info(self, app: str, version: str) -> dict[str, Any]:
-        """A version's record and sizes, per package (origin/compare.py's ``summary``)."""
-        return await self._run(self._version_info, check_app(app), check_version(version))
-
-    def _version_info(self, app: str, version: str) -> dict[str, Any]:
-        rec = self._record(app, version)
-        manifest = self._manifest_body(rec.manifest)
-        return {
-            "app": app,
-            "version": version,
-            "manifest": rec.manifest.hex(),
-            "manifests": [m.hex() for m in rec.all_manifests],
-            "enriched": rec.enriched,
-            "created": rec.created,
-            **compare.summary(manifest, self._versions_by_manifest(app)),
-        }
-
-    async def compare(self, app: str, old: str, new: str) -> dict[str, Any]:
-        """What updating ``app`` from version ``old`` to ``new`` costs, per package and plan,
-        and which files changed (origin/compare.py)."""
-        return await self._run(self._compare, check_app(app), check_version(old), check_version(new))
-
-    def _compare(self, app: str, old: str, new: str) -> dict[str, Any]:
-        a, b = self._record(app, old), self._record(app, new)
-        body = compare.compare(
-            self._manifest_body(a.manifest),
-            a.all_manifests,
-            self._manifest_body(b.manifest),
-            self._file_digests,
-        )
-        ends = {
-            "from": {"version": old, "manifest": a.manifest.hex()},
-            "to": {"version": new, "manifest": b.manifest.hex()},
-        }
-        return {"app": app, **ends, **body}
-
-    def _record(self, app: str, version: str) -> VersionRecord:
-        key = paths.version_key(app, version)
-        if self.storage.stat(key) is None:
-            raise NotFound(f"app {app} has no version {version}")
-        return VersionRecord.unpack(self.storage.get(key))
-
-    def _versions_by_manifest(self, app: str) -> dict[bytes, str]:
-        prefix = paths.versions_prefix(app)
-        out = {}
-        for key in self.storage.list(prefix):
-            for mid in VersionRecord.unpack(self.storage.get(key)).all_manifests:
-                out[mid] = key[len(prefix) :]
-        return out
-
-    def _manifest_body(self, mid: bytes) -> Manifest:
-        """A stored manifest, verified with our own key and decoded (once per id: bounded LRU)."""
-        with self._views_lock:
-            found = self._manifests.get(mid)
-        if found is None:
-            found = open_manifest(self.storage.get(paths.manifest_key(mid.hex())), [self.key.public], mid)
-            with self._views_lock:
-                _remember(self._manifests, mid, found, 16)
-        return found
-
-    def _file_digests(self, pkg: PackageEntry) -> dict[str, bytes]:
-        """SHA-256 of each file of ``pkg``, from its chunks (each checked against its id as it
-        is decoded); remembered per package stream, which the chunk ids name."""
-        key = (sha256(b"".join(c.id for c in pkg.chunks)), pkg.name)
-        with self._views_lock:
-            found = self._digests.get(key)
-        if found is None:
-            frames = (
-                codec.decode_chunk(c.id, self.storage.get(paths.chunk_key(c.id.hex()))) for c in pkg.chunks
-            )
-            found = compare.file_digests(pkg.files, frames)
-            with self._views_lock:
-                _remember(self._digests, key, found, 16)
-        return found
-
-    async def qr_code(self, app: str, fmt: str, *, channel: str | None, version: str | None) -> bytes:
-        """The QR code (``fmt``: svg or png) of the deep link to ``app``'s channel or version,
-        which must exist; drawn once per link (bounded LRU: the links are as many as the
-        channels and versions, since each must exist)."""
-        link = await self.link(app, channel=channel, version=version)
-        picture = self._pictures.get((link, fmt))
-        if picture is None:
-            picture = await self._run(qr.draw, link, fmt)
-            _remember(self._pictures, (link, fmt), picture)
-        return picture
-
-    async def link(self, app: str, *, channel: str | None, version: str | None) -> str:
-        """The deep link to ``app``'s channel or version (``--qr-url``); NotFound unless it exists."""
-        check_app(app)
-        if channel is not None:
-            if await self._run(self.channels.current, app, check_channel(channel)) is None:
-                raise NotFound(f"app {app} has no channel {channel}")
-        elif version is not None:
-            await self._run(self._record, app, check_version(version))
-        return self.links.link(app, channel=channel, version=version)
 
     async def history(self, app: str, channel: str) -> dict[str, Any]:
         return await self._run(self._history, check_app(app), check_channel(channel))
@@ -586,12 +486,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="minicdn-die-with-parent", daemon=True).start()
-
-
-def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256) -> None:
-    cache[key] = value
-    if len(cache) > size:
-        cache.popitem(last=False)
 
 
 def new_upload_path(tmp_dir: Path) -> Path:
