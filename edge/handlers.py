@@ -28,6 +28,7 @@ from common.http import (
     stream_batch,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id, sha256
+from common.listing import parse_page, query_of
 from common.manifest import app_of
 from edge import hops
 from edge.changes import OutOfSync
@@ -202,7 +203,12 @@ async def _stream_batch(request: web.Request, ids: list[str]) -> web.StreamRespo
 
 
 async def list_apps(request: web.Request) -> web.Response:
-    return _json_passthrough(await request.app[EDGE].passthrough("/v1/apps"))
+    """The upstream's app list; a page of it (``prefix``, ``limit``, ``cursor``: checked
+    here as the origin checks them, and only they are forwarded)."""
+    counts = {k: len(request.query.getall(k)) for k in request.query}
+    want = parse_page(request.query, counts)
+    path = "/v1/apps" if want is None else f"/v1/apps?{query_of(want)}"
+    return _json_passthrough(await request.app[EDGE].passthrough(path))
 
 
 async def get_app(request: web.Request) -> web.Response:

@@ -33,9 +33,9 @@ from common.http import (
     strict_middleware,
 )
 from common.ids import check_app, check_channel, check_version, parse_hex_id
+from common.listing import parse_page
 from origin import console, qr
 from origin.channels import Channels, RolloutSpec
-from origin.listing import parse_page
 from origin.service import ChannelMove, Origin, new_upload_path
 
 __all__ = ["ORIGIN", "PACE", "make_app"]

@@ -29,6 +29,7 @@ from common.changes import Change, ChangeLog
 from common.chunking import ChunkParams
 from common.errors import ConfigError, Conflict, NotFound
 from common.ids import check_app, check_channel, check_version, sha256
+from common.listing import Page, page
 from common.manifest import app_of
 from common.signing import SigningKey
 from origin import paths, qr
@@ -36,7 +37,6 @@ from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
 from origin.history import rollback_target
 from origin.ingest import Limits, extract
-from origin.listing import Page, page
 from origin.metrics import OriginMetrics
 from origin.publish import Publisher, PublishResult, VersionRecord
 from origin.storage import Storage

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from client.plan import CHUNK_OVERHEAD as CLIENT_CHUNK_OVERHEAD
 from client.plan import choose, options
 from common.errors import BadRequest, ConfigError
+from common.listing import MAX_LIMIT, Page, page, parse_page
 from common.manifest import Manifest, open_manifest
 from common.signing import PublicKey
 from origin import paths
 from origin.compare import CHUNK_OVERHEAD, file_digests
 from origin.console import CSP, FILES
-from origin.listing import MAX_LIMIT, Page, page, parse_page
 from origin.qr import DEFAULT_QR_URL, LinkTemplate, draw
 from tests.conftest import REPO, TOKEN, auth, http, publish, set_channel, tar_gz_of
 from tests.console_support import ADDED, CHANGED, REMOVED, Demo, decode_qr, publish_demo

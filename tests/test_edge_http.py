@@ -323,3 +323,28 @@ def test_the_edge_raises_its_open_files_limit_to_the_hard_one(origin: Service, t
         assert f"open-files limit raised from 256 to {hard}" in svc.output()
     finally:
         svc.stop()
+
+
+def test_the_app_list_pages_through_an_edge_as_at_the_origin(apps: dict[str, App], node: Service) -> None:
+    """The edge forwards a page request (checked as the origin checks it), not the bare
+    list: before, ``?limit=1`` through an edge gave every app and ``next: null``."""
+    whole = json.loads(http("GET", node.url + "/v1/apps").body)["apps"]
+    assert {"big", "demo"} <= set(whole)
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        r = http("GET", node.url + f"/v1/apps?limit=1{cursor}")
+        assert r.status == 200
+        body = json.loads(r.body)
+        assert len(body["apps"]) == 1
+        seen += body["apps"]
+        if body["next"] is None:
+            break
+        cursor = f"&cursor={body['next']}"
+    assert seen == sorted(whole)
+    r = http("GET", node.url + "/v1/apps?prefix=de&limit=5")
+    assert json.loads(r.body)["apps"] == [a for a in sorted(whole) if a.startswith("de")]
+    for bad in ("limit=0", "limit=x", "limit=1&limit=2", "cursor=..%2F", "prefix=%0A"):
+        r = http("GET", node.url + f"/v1/apps?{bad}")
+        assert r.status == 400, (bad, r.status, r.body)
+        assert json.loads(r.body)["error"] == "bad_request"

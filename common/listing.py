@@ -1,4 +1,5 @@
-"""Paging through the app list (``GET /v1/apps?prefix=&limit=&cursor=``).  Pure.
+"""Paging through the app list (``GET /v1/apps?prefix=&limit=&cursor=``), as the origin
+answers it and an edge checks and forwards it.  Pure.
 
 App ids sort as strings, so a page is a slice of the sorted list: the ids that start with
 ``prefix`` and come after ``cursor`` (the last id of the page before), at most ``limit`` of
@@ -11,11 +12,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from common.errors import BadRequest
 from common.ids import APP_RE
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Page", "page", "parse_page"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Page", "page", "parse_page", "query_of"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -46,6 +48,15 @@ def parse_page(query: Mapping[str, str], counts: Mapping[str, int]) -> Page | No
     if cursor is not None and not APP_RE.fullmatch(cursor):
         raise BadRequest(f"cursor {cursor[:80]!r} is not one this origin gave: it must be an app id")
     return Page(prefix, int(raw), cursor)
+
+
+def query_of(want: Page) -> str:
+    """The query string that asks for ``want`` (what an edge forwards upstream): only what
+    ``parse_page`` accepted, so nothing else a client sent goes on."""
+    fields = {"prefix": want.prefix, "limit": str(want.limit)}
+    if want.cursor is not None:
+        fields["cursor"] = want.cursor
+    return urlencode(fields)
 
 
 def page(names: Sequence[str], want: Page) -> tuple[list[str], str | None]:
