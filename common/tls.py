@@ -46,6 +46,7 @@ __all__ = [
     "ServerTls",
     "TlsFiles",
     "client_context",
+    "from_flags",
     "server_context",
 ]
 
@@ -170,6 +171,16 @@ class ServerTls:
             return protocol
 
         return accept
+
+
+def from_flags(cert: str | None, key: str | None, min_version: str) -> ServerTls | None:
+    """A server's TLS from ``--tls-cert``, ``--tls-key`` and ``--tls-min-version`` (None:
+    plain HTTP); ConfigError naming the flags when only one of the pair is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("--tls-cert and --tls-key: give both or neither")
+    return ServerTls(TlsFiles(Path(cert), Path(key), min_version))
 
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:

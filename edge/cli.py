@@ -15,10 +15,9 @@ from pathlib import Path
 import click
 
 from common.cli import DURATION, LISTEN, SIZE, option
-from common.errors import ConfigError
 from common.http import BodyPace
 from common.malloc import fix_mmap_threshold
-from common.tls import ServerTls, TlsFiles
+from common.tls import from_flags
 from edge.cluster import ClusterSettings
 from edge.metrics import EdgeMetrics
 from edge.plane.plane import Limits
@@ -146,7 +145,7 @@ def edge(
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
-    tls = server_tls(tls_cert, tls_key, tls_min_version)  # before any worker is forked: common.tls
+    tls = from_flags(tls_cert, tls_key, tls_min_version)  # before any worker is forked: common.tls
     scheme = "http" if tls is None else "https"
     settings = EdgeSettings(
         upstreams=[u.rstrip("/") for u in upstreams],
@@ -177,14 +176,6 @@ def edge(
         return Edge(share, EdgeMetrics.create(registry))
 
     raise SystemExit(run(make_node, options))
-
-
-def server_tls(cert: str | None, key: str | None, min_version: str) -> ServerTls | None:
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise ConfigError("--tls-cert and --tls-key: give both or neither")
-    return ServerTls(TlsFiles(Path(cert), Path(key), min_version))
 
 
 def cluster_settings(

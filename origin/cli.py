@@ -10,7 +10,7 @@ import os
 import signal
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -35,6 +35,7 @@ from common.http import BodyPace, json_handlers
 from common.ids import check_app, check_channel, check_version
 from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
+from common.tls import OnHandshake, ServerTls, from_flags
 from origin.app import make_app
 from origin.ingest import Limits
 from origin.opscli import apps, channel
@@ -92,6 +93,13 @@ __all__ = ["apps", "channel", "origin", "publish"]
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 @option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain: serve HTTPS (with --tls-key)."
+)
+@option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert (unencrypted).")
+@option(
+    "--tls-min-version", type=click.Choice(["1.2", "1.3"]), default="1.3", help="Oldest TLS version served."
+)
+@option(
     "--qr-url",
     default=DEFAULT_QR_URL,
     help="Deep link the QR codes draw ({app}, {channel}, {version}; docs/design.md).",
@@ -117,6 +125,9 @@ def origin(
     delta_window: float,
     body_timeout: float,
     body_min_rate: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_min_version: str,
     qr_url: str,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
@@ -127,6 +138,7 @@ def origin(
     if not key_path.exists():
         raise ConfigError(f"--signing-key: {key_path} does not exist (run: minicdn keygen --out {data})")
     pace = BodyPace(body_timeout, body_min_rate)
+    tls = from_flags(tls_cert, tls_key, tls_min_version)  # common.tls: SIGHUP reloads the pair
     settings = OriginSettings(
         token=token or None,
         level=level,
@@ -144,18 +156,30 @@ def origin(
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")
     service = Origin(FileStorage(data / "store"), SigningKey.load(key_path), data / "tmp", settings)
     _install_uvloop()
-    asyncio.run(serve(make_app(service, pace), *listen))
+    asyncio.run(serve(make_app(service, pace), *listen, tls=tls, on_handshake=service.metrics.tls_handshake))
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    tls: ServerTls | None = None,
+    on_handshake: OnHandshake = lambda ok, resumed: None,
+) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then give requests in flight 10 s: web.run_app,
-    with connection handlers that answer aiohttp's own errors as JSON (common.http)."""
+    with connection handlers that answer aiohttp's own errors as JSON (common.http).  With
+    ``tls``, HTTPS: each handshake bounded by HANDSHAKE_TIMEOUT and told to
+    ``on_handshake``; SIGHUP loads the pair again (a refused one leaves the old serving)."""
     handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": 75.0}
     runner = web.AppRunner(app, shutdown_timeout=10, **handler_args)
     await runner.setup()
     assert runner.server is not None
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(json_handlers(runner.server, **handler_args), host, port)
+    factory: Callable[[], asyncio.BaseProtocol] = json_handlers(runner.server, **handler_args)
+    if tls is not None:
+        factory = tls.accepting(factory, HANDSHAKE_TIMEOUT, on_handshake)
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    server = await loop.create_server(factory, host, port)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -172,6 +196,9 @@ def _install_uvloop() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return
     uvloop.install()
+
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take (an edge's --header-timeout default)
 
 
 # -- publisher side --------------------------------------------------------------------------

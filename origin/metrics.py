@@ -27,6 +27,7 @@ class OriginMetrics:
     channel_moves: Counter  # channel moves by kind (origin/history.py KINDS); not re-signings
     change_waiters: Gauge  # long-polls of GET /v1/changes waiting now
     unenriched_moves: Counter  # publish moves made with the plain manifest: enrichment failed
+    tls_handshakes: Counter  # TLS handshakes by outcome and resumption (with --tls-cert)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OriginMetrics:
@@ -69,7 +70,26 @@ class OriginMetrics:
                 "Publish moves made with the plain manifest because enrichment failed",
                 registry=r,
             ),
+            tls_handshakes=_every_outcome(
+                Counter(
+                    "minicdn_origin_tls_handshakes",
+                    "TLS handshakes by outcome and resumption",
+                    ["outcome", "resumed"],
+                    registry=r,
+                )
+            ),
         )
+
+    def tls_handshake(self, ok: bool, resumed: bool) -> None:
+        """common.tls's OnHandshake."""
+        self.tls_handshakes.labels("ok" if ok else "failed", "true" if resumed else "false").inc()
+
+
+def _every_outcome(counter: Counter) -> Counter:
+    for outcome in ("ok", "failed"):
+        for resumed in ("true", "false"):
+            counter.labels(outcome, resumed)
+    return counter
 
 
 def _by_kind(counter: Counter) -> Counter:
