@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run: a local origin on :8080 (plus edges on :8081, :8082) with the sample app published as `demo`
+## make run: a local origin on :8080 (plus edges on :8081, :8082) with the sample app published as `demo`;
+## make run TLS=1: all of it on HTTPS, with a local CA made under var/tls
 run: $(STAMP)
-	$(PY) deploy/run_local.py
+	MINICDN_RUN_TLS=$(TLS) $(PY) deploy/run_local.py
 
 ## make test: the whole suite (bounded versions of the slow runs: a 60 s soak among them);
 ## it fails if any process it started is still running after its last test

@@ -3,6 +3,11 @@ app published as ``demo`` on channel ``release``.  Ctrl-C stops everything it st
 
 State lives under ``var/``: the signing key (``var/keys``, made on first start), the
 publish token (``var/token``), the origin's storage and each edge's cache.
+
+``make run TLS=1`` (``MINICDN_RUN_TLS=1``): every server on HTTPS with a certificate from a
+local CA made under ``var/tls`` on first start (common.devca: ``ca.pem``, ``server.pem``,
+``server.key``); the edges trust it for their upstream with ``--tls-ca``, and so must any
+client (``minicdn fetch --ca var/tls/ca.pem``, ``curl --cacert var/tls/ca.pem``).
 """
 
 from __future__ import annotations
@@ -11,21 +16,37 @@ import importlib.util
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from common import devca
 from common.manifest import open_manifest, open_ref
 from common.signing import PublicKey, generate_keypair
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("MINICDN_RUN_VAR", ROOT / "var"))  # tests run it elsewhere
 HOST = "127.0.0.1"
 ORIGIN_PORT = int(os.environ.get("MINICDN_RUN_ORIGIN_PORT", "8080"))
 EDGE_PORTS = [int(p) for p in os.environ.get("MINICDN_RUN_EDGE_PORTS", "8081,8082").split(",") if p]
 CLI = [sys.executable, "-m", "common"]
+TLS = os.environ.get("MINICDN_RUN_TLS", "") not in ("", "0")
+CONTEXT: ssl.SSLContext | None = None  # with TLS: trusts the local CA
+
+
+def _tls() -> list[str]:
+    """The TLS flags of every server (the local CA and its certificate made on first use)."""
+    global CONTEXT
+    folder = VAR / "tls"
+    certs = devca.Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    if not all(p.exists() for p in (certs.ca, certs.cert, certs.key)):
+        certs = devca.make(folder, days=365)
+        print(f"made a local CA and a certificate for 127.0.0.1 in {folder}")
+    CONTEXT = ssl.create_default_context(cafile=str(certs.ca))
+    return ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -34,7 +55,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: the process exited with {proc.returncode}; see its log under var/")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=CONTEXT):
                 return
         except OSError:
             time.sleep(0.1)
@@ -62,6 +83,10 @@ def main() -> int:
         key = generate_keypair(keys)
         print(f"generated signing key {key.key_id} in {keys}")
     env = {**os.environ, "MINICDN_TOKEN": _token()}
+    tls = _tls() if TLS else []
+    scheme = "https" if TLS else "http"
+    if TLS:  # the publish command below talks to the origin over HTTPS: it must trust the CA
+        env["SSL_CERT_FILE"] = str(VAR / "tls" / "ca.pem")
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, args: list[str], port: int) -> None:
@@ -72,8 +97,8 @@ def main() -> int:
             [*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         procs.append(proc)
-        _wait(f"http://{HOST}:{port}/healthz", proc)
-        print(f"{name:8} http://{HOST}:{port}  (pid {proc.pid}, log var/{name}.log)")
+        _wait(f"{scheme}://{HOST}:{port}/healthz", proc)
+        print(f"{name:8} {scheme}://{HOST}:{port}  (pid {proc.pid}, log var/{name}.log)")
 
     def stop(*_: object) -> None:
         for p in procs:
@@ -89,7 +114,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    origin = f"http://{HOST}:{ORIGIN_PORT}"
+    origin = f"{scheme}://{HOST}:{ORIGIN_PORT}"
     try:
         start(
             "origin",
@@ -101,6 +126,7 @@ def main() -> int:
                 f"{HOST}:{ORIGIN_PORT}",
                 "--signing-key",
                 str(keys / "signing.key"),
+                *tls,
             ],
             ORIGIN_PORT,
         )
@@ -136,16 +162,19 @@ def main() -> int:
                         str(VAR / f"edge{i}"),
                         "--listen",
                         f"{HOST}:{port}",
+                        *tls,
+                        *(["--tls-ca", str(VAR / "tls" / "ca.pem")] if TLS else []),
                     ],
                     port,
                 )
-                edges.append(f"http://{HOST}:{port}")
+                edges.append(f"{scheme}://{HOST}:{port}")
         print(f"\npublic key: {keys / 'public.key'}   token: var/token (MINICDN_TOKEN)")
-        print(f"try: curl -s {origin}/v1/apps/demo")
+        ca = f" --cacert {VAR / 'tls' / 'ca.pem'}" if TLS else ""
+        print(f"try: curl -s{ca} {origin}/v1/apps/demo")
         if edges:
             print(
                 f"     minicdn fetch demo --edge {edges[0]} --public-key {keys / 'public.key'} "
-                "--out /tmp/demo"
+                "--out /tmp/demo" + (f" --ca {VAR / 'tls' / 'ca.pem'}" if TLS else "")
             )
         print("Ctrl-C stops everything.", flush=True)
         while all(p.poll() is None for p in procs):
@@ -164,9 +193,9 @@ def _interrupt(*_: object) -> None:
 
 def _verify(origin: str, key: PublicKey) -> None:
     """The demo's ref and manifest, as served, verify with the key under var/keys."""
-    with urllib.request.urlopen(f"{origin}/v1/apps/demo/channels/release") as r:
+    with urllib.request.urlopen(f"{origin}/v1/apps/demo/channels/release", context=CONTEXT) as r:
         ref = open_ref(r.read(), [key])
-    with urllib.request.urlopen(f"{origin}/v1/manifests/{ref.manifest.hex()}") as r:
+    with urllib.request.urlopen(f"{origin}/v1/manifests/{ref.manifest.hex()}", context=CONTEXT) as r:
         manifest = open_manifest(r.read(), [key], ref.manifest)
     files = sum(len(p.files) for p in manifest.packages)
     print(

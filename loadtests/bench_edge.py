@@ -59,7 +59,7 @@ from common import codec
 from common.chunking import cut
 from common.fsutil import atomic_write
 from common.ids import sha256
-from loadtests import certs
+from common import devca as certs
 from loadtests.data import _library_files, ensure_data, packages
 from loadtests.net import free_port, wait_http
 from loadtests.procmem import PeakRss

@@ -1,5 +1,7 @@
-"""A private CA and a server certificate for loopback benches and demos (ECDSA P-256, as
-the issue's TLS rows ask: the same certificate for the edge and for nginx).
+"""A private CA and a server certificate for loopback benches and demos (ECDSA P-256:
+``make bench-edge``'s TLS rows give the same one to the edge and to nginx; ``make run
+TLS=1`` serves the demo with one).  Not for production: the CA's key is thrown away and
+the names are loopback's.
 
 ``make(folder)`` writes ``ca.pem``, ``server.pem`` (the leaf, then the CA: a chain) and
 ``server.key`` (PKCS#8, unencrypted, mode 0600), for the names ``localhost`` and
