@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import codec
+from common import devca as certs
 from common.chunking import cut
 from common.fsutil import atomic_write
 from common.ids import sha256
-from common import devca as certs
 from loadtests.data import _library_files, ensure_data, packages
 from loadtests.net import free_port, wait_http
 from loadtests.procmem import PeakRss
