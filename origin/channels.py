@@ -203,6 +203,15 @@ class Channels:
                     moved.append(channel)
         return moved
 
+    def view(self, app: str) -> tuple[dict[str, Ref], dict[str, Pending]]:
+        """Every channel's current ref and every pending move of ``app``, read at one moment:
+        under the lock each move holds until its pending record is dropped, so a reader never
+        sees a channel moved with its pending move still listed (app_info did, for the
+        instant between the two: CI caught it)."""
+        with self._lock:
+            refs = {name: self.current(app, name) for name in self.channel_names(app)}
+            return {name: ref for name, ref in refs.items() if ref is not None}, self.pending(app)
+
     def pending(self, app: str) -> dict[str, Pending]:
         prefix = paths.pending_prefix(app)
         return {k[len(prefix) :]: Pending.unpack(self.storage.get(k)) for k in self.storage.list(prefix)}

@@ -271,10 +271,8 @@ class Origin:
             raise NotFound(f"no app {app}")
         versions.sort(key=lambda v: int(v["created"]))  # type: ignore[call-overload]
         channels = {}
-        for name in self.channels.channel_names(app):
-            ref = self.channels.current(app, name)
-            if ref is None:
-                continue
+        refs, pending_moves = self.channels.view(app)
+        for name, ref in refs.items():
             channels[name] = {
                 "version": ref.version,
                 "manifest": ref.manifest.hex(),
@@ -288,7 +286,7 @@ class Origin:
                     "percent": ref.rollout.percent,
                 },
             }
-        pending = {name: p.to_json() for name, p in self.channels.pending(app).items()}
+        pending = {name: p.to_json() for name, p in pending_moves.items()}
         return {"app": app, "versions": versions, "channels": channels, "pending": pending}
 
     async def history(self, app: str, channel: str) -> dict[str, Any]:

@@ -9,10 +9,10 @@ import pytest
 from common import wire
 from common.errors import BadRequest, Conflict, NotFound
 from common.ids import sha256
-from common.manifest import open_ref
+from common.manifest import Ref, open_ref
 from common.signing import SigningKey, generate_keypair
 from origin import paths
-from origin.channels import Channels, RolloutSpec
+from origin.channels import Channels, Pending, RolloutSpec
 from origin.publish import VersionRecord
 from origin.storage import FileStorage
 
@@ -119,3 +119,32 @@ def test_a_pending_move_waits_for_enrichment_and_an_explicit_move_cancels_it(
     enriched = VersionRecord(sha256(b"2"), b"d", 0, enriched=True)
     storage.put(paths.version_key("demo", "2.0.0"), enriched.pack())
     assert ch.plan("demo", "release", "2.0.0", None) == 4
+
+
+def test_a_view_never_shows_a_channel_moved_with_its_pending_move_still_listed(
+    setup: tuple[Channels, FileStorage, SigningKey, Clock],
+) -> None:
+    """apply_pending writes the ref, then drops the pending record; a reader between the two
+    saw both (the origin's app_info did, once, in CI).  ``view`` waits for the lock."""
+    import threading
+
+    ch, storage, _key, _clock = setup
+    assert ch.plan("demo", "release", "1.1.0", None) is None  # not enriched: pending
+    seen: list[tuple[dict[str, Ref], dict[str, Pending]]] = []
+    readers: list[threading.Thread] = []
+    real_delete = storage.delete
+
+    def delete(key: str) -> bool:  # between the ref's write and the pending record's drop
+        if key == paths.pending_key("demo", "release"):
+            reader = threading.Thread(target=lambda: seen.append(ch.view("demo")))
+            readers.append(reader)
+            reader.start()
+            reader.join(0.3)
+            assert reader.is_alive()  # it waits for the move to end, not reads half of it
+        return real_delete(key)
+
+    storage.delete = delete  # type: ignore[method-assign]
+    assert ch.apply_pending("demo", "1.1.0") == ["release"]
+    readers[0].join(10)
+    refs, pending = seen[0]
+    assert refs["release"].version == "1.1.0" and pending == {}
