@@ -195,6 +195,7 @@ def cluster_settings(
         urls,
         self_url.rstrip("/") if self_url else None,
         peers_dns,
+        scheme,
         peer_timeout,
         check_interval,
         dns_interval,

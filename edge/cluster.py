@@ -66,7 +66,8 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 class ClusterSettings:
     peers: tuple[str, ...] = ()  # base URLs of every member (this node's may be among them)
     self_url: str | None = None  # this node's URL as the others name it
-    dns: tuple[str, int] | None = None  # NAME, PORT: members are http://ADDRESS:PORT
+    dns: tuple[str, int] | None = None  # NAME, PORT: members are SCHEME://ADDRESS:PORT
+    dns_scheme: str = "http"  # https when this edge serves TLS: a ring's members are alike
     peer_timeout: float = 10.0  # bound on one request to an owner peer
     check_interval: float = 2.0  # active health checks (and how soon a peer rejoins)
     dns_interval: float = 10.0  # re-resolution of ``dns``
@@ -74,6 +75,8 @@ class ClusterSettings:
     def __post_init__(self) -> None:
         if self.peers and self.dns:
             raise ConfigError("--peer, --peers-dns: give one way to find the ring's members, not both")
+        if self.dns_scheme not in ("http", "https"):
+            raise ConfigError(f"--peers-dns: members are http or https, not {self.dns_scheme!r}")
         http_urls("--peer", self.peers)
         http_urls("--self", [self.self_url] if self.self_url else [])
         if self.self_url and not self.enabled:
@@ -305,7 +308,8 @@ class Cluster:
         except OSError as exc:  # socket.gaierror included: keep the members we have
             log.warning("resolving %s failed (%s): keeping %d known peers", name, exc, len(self._up))
             return
-        self._set_members(urls)
+        scheme = self.settings.dns_scheme
+        self._set_members([f"{scheme}://{u.partition('://')[2]}" for u in urls])
 
     @staticmethod
     async def _every(interval: float, job: Callable[[], Awaitable[None]], first: float) -> None:
