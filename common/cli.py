@@ -82,6 +82,33 @@ def option(*decls: str, **kw: Any) -> Callable[[F], F]:
     return click.option(*decls, **kw)
 
 
+def server_tls_options(command: F) -> F:
+    """``--tls-cert``, ``--tls-key`` and ``--tls-min-version``: a server's HTTPS (both the
+    origin and the edge; common.tls.from_flags makes them a ServerTls)."""
+    for decorate in reversed(
+        [
+            option(
+                "--tls-cert",
+                type=click.Path(dir_okay=False),
+                help="PEM certificate chain: serve HTTPS (with --tls-key).",
+            ),
+            option(
+                "--tls-key",
+                type=click.Path(dir_okay=False),
+                help="PEM private key of --tls-cert (unencrypted).",
+            ),
+            option(
+                "--tls-min-version",
+                type=click.Choice(["1.2", "1.3"]),
+                default="1.3",
+                help="Oldest TLS version served.",
+            ),
+        ]
+    ):
+        command = decorate(command)
+    return command
+
+
 def _load_config(path: str, group: click.Group) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:

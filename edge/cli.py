@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import DURATION, LISTEN, SIZE, option
+from common.cli import DURATION, LISTEN, SIZE, option, server_tls_options
 from common.http import BodyPace
 from common.malloc import fix_mmap_threshold
 from common.tls import from_flags
@@ -92,13 +92,7 @@ log = logging.getLogger("minicdn.edge")
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 @option("--fast-path/--no-fast-path", default=True, help="Object GETs by the data plane, not aiohttp.")
-@option(
-    "--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain: serve HTTPS (with --tls-key)."
-)
-@option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert (unencrypted).")
-@option(
-    "--tls-min-version", type=click.Choice(["1.2", "1.3"]), default="1.3", help="Oldest TLS version served."
-)
+@server_tls_options
 @option(
     "--tls-ca",
     type=click.Path(dir_okay=False),

@@ -116,11 +116,14 @@ def big_chunks(cache: Path, count: int = 256) -> list[str]:
 
 
 @contextmanager
-def process(args: list[str], log: Path, cpu: str | None = SERVER_CPU) -> Iterator[subprocess.Popen[bytes]]:
-    """``args`` running (pinned to ``cpu``; None: unpinned), stopped by SIGTERM, then SIGKILL."""
+def process(
+    args: list[str], log: Path, cpu: str | None = SERVER_CPU, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``args`` running (pinned to ``cpu``; None: unpinned; in ``cwd``), stopped by SIGTERM,
+    then SIGKILL."""
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*pin, *args], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*pin, *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         yield proc
     finally:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from loadtests.bench_edge import process
 from loadtests.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +59,9 @@ def seconds_to_ready(src: Path, cache: Path, log: Path) -> float:
         "--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9", "--disk-size", "64GiB",
     ]  # fmt: skip
     began = time.perf_counter()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=src)
-    try:
+    with process(args, log, cpu=None, cwd=src) as proc:
         wait_http(f"http://127.0.0.1:{port}/readyz", 300, proc)
         return time.perf_counter() - began
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from common.chunking import ChunkParams
-from common.cli import DURATION, LISTEN, SIZE, option
+from common.cli import DURATION, LISTEN, SIZE, option, server_tls_options
 from common.errors import ConfigError
 from common.http import BodyPace, json_handlers
 from common.ids import check_app, check_channel, check_version
@@ -92,13 +92,7 @@ __all__ = ["apps", "channel", "origin", "publish"]
 )
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
-@option(
-    "--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain: serve HTTPS (with --tls-key)."
-)
-@option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert (unencrypted).")
-@option(
-    "--tls-min-version", type=click.Choice(["1.2", "1.3"]), default="1.3", help="Oldest TLS version served."
-)
+@server_tls_options
 @option(
     "--qr-url",
     default=DEFAULT_QR_URL,
