@@ -21,6 +21,7 @@
     ├── UpstreamError                 upstream        502
     │   └── LoopDetected              loop_detected   508 (a request came back to an edge)
     ├── ConfigError                   config          (names the offending key)
+    ├── StorageUnavailable            storage_unavailable 503 (the origin's object store failed)
     └── StoreError                    store           (a client's local store or state is unusable)
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -44,6 +45,7 @@ __all__ = [
     "RequestTimeout",
     "RollbackRef",
     "SignatureError",
+    "StorageUnavailable",
     "StoreError",
     "TooLarge",
     "Unauthorized",
@@ -141,3 +143,10 @@ class StoreError(MinicdnError):
     it, or writing to it or to the install directory failed."""
 
     code = "store"
+
+
+class StorageUnavailable(MinicdnError):
+    """The origin's storage backend failed (I/O error, S3 unreachable or 5xx): answered 503
+    with Retry-After, since the same request may succeed once the store is back."""
+
+    code = "storage_unavailable"

@@ -94,6 +94,7 @@ STATUS: list[tuple[type[errors.MinicdnError], int]] = [
     (errors.LoopDetected, 508),  # RFC 5842 §7.2
     (errors.UpstreamError, 502),
     (errors.ConfigError, 500),
+    (errors.StorageUnavailable, 503),
 ]
 
 
@@ -151,6 +152,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}  # the store (or whatever was unavailable) may be back
         resp = error_response(status, exc.code, exc.message, headers)
         if status == 408:
             resp.force_close()  # the body's end was never seen: the connection is unusable

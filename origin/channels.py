@@ -34,7 +34,7 @@ from common.manifest import Ref, Rollout, open_ref
 from common.signing import SigningKey
 from origin import paths
 from origin.history import KEEP, Entry, rollback_target
-from origin.storage import Storage
+from origin.storage import Store
 
 __all__ = ["Channels", "MoveHook", "Pending", "Resigned", "RolloutSpec", "check_percent"]
 
@@ -91,7 +91,7 @@ class Pending:
 class Channels:
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         key: SigningKey,
         *,
         ttl: float = 7 * DAY,
@@ -110,10 +110,10 @@ class Channels:
         self._settled: set[tuple[str, str]] = set()
 
     def envelope(self, app: str, channel: str) -> bytes:
-        key = paths.channel_key(app, channel)
-        if self.storage.stat(key) is None:
+        blob = self.storage.read(paths.channel_key(app, channel))
+        if blob is None:
             raise NotFound(f"app {app} has no channel {channel}")
-        return self.storage.get(key)
+        return blob.data
 
     def current(self, app: str, channel: str) -> Ref | None:
         try:
@@ -227,8 +227,7 @@ class Channels:
         return open_ref(envelope, [self.key.public]).serial
 
     def _drop_pending(self, app: str, channel: str) -> None:
-        if self.storage.delete(paths.pending_key(app, channel)):
-            log.info("pending move of %s channel %s cancelled by a later move", app, channel)
+        self.storage.delete(paths.pending_key(app, channel))
 
     def resign_due(self) -> Resigned:
         """Re-sign every ref with less than half its lifetime left; returns how many, and
@@ -287,10 +286,10 @@ class Channels:
         return moved
 
     def _record(self, app: str, version: str) -> dict[str, Any]:
-        key = paths.version_key(app, version)
-        if self.storage.stat(key) is None:
+        blob = self.storage.read(paths.version_key(app, version))
+        if blob is None:
             raise NotFound(f"app {app} has no version {version}")
-        rec: dict[str, Any] = wire.unpack(self.storage.get(key), what="version record")
+        rec: dict[str, Any] = wire.unpack(blob.data, what="version record")
         return rec
 
     def enriched(self, app: str, version: str) -> bool:
@@ -302,8 +301,8 @@ class Channels:
 
     def history(self, app: str, channel: str) -> list[Entry]:
         """The channel's moves, oldest first (at most history.KEEP)."""
-        key = paths.history_key(app, channel)
-        raw = wire.unpack(self.storage.get(key), what="history") if self.storage.stat(key) else []
+        blob = self.storage.read(paths.history_key(app, channel))
+        raw = wire.unpack(blob.data, what="history") if blob is not None else []
         return [Entry.unpack(e) for e in raw]
 
     def _remember(self, app: str, channel: str, entry: Entry) -> None:

@@ -41,7 +41,7 @@ from common.signing import SigningKey
 from origin import paths
 from origin.channels import DAY, Channels
 from origin.publish import VersionRecord
-from origin.storage import Storage
+from origin.storage import Store
 
 __all__ = ["MAX_DELTA_BASES", "MAX_LEVEL", "EnrichSettings", "Enricher"]
 
@@ -75,7 +75,7 @@ class EnrichSettings:
 class Enricher:
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         key: SigningKey,
         channels: Channels,
         settings: EnrichSettings | None = None,

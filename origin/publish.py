@@ -27,13 +27,14 @@ from common.package import Layout, PackageSpec, layout
 from common.signing import SigningKey
 from origin import paths
 from origin.ingest import read_app_json
-from origin.storage import Storage
+from origin.storage import Store
 
 __all__ = ["PublishResult", "Publisher", "VersionRecord", "compress_many"]
 
 MIN_BATCH_RAW = 64 << 10  # raw bytes per pool task: big enough to amortise pickling,
 MAX_BATCH_RAW = 1 << 20  # small enough that a small app still keeps every worker busy
 STORE_THREADS = 8  # concurrent chunk writes (each ends in fsync, which releases the GIL)
+PROBE = 256  # chunks per existence check (one stat_many: concurrent requests on S3)
 
 
 def compress_many(chunks: list[bytes], level: int) -> list[bytes]:
@@ -116,7 +117,7 @@ class VersionRecord:
 class Publisher:
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         key: SigningKey,
         pool: Executor,
         *,
@@ -144,6 +145,7 @@ class Publisher:
             work.io = io
             try:
                 cut_packages = [self._cut(spec, files, work) for spec in lay.packages]
+                self._probe(work)
                 work.flush(self)
                 while work.pending:
                     self._drain(work)
@@ -189,17 +191,31 @@ class Publisher:
     def _queue(self, cid: bytes, piece: bytes, work: _Work) -> None:
         if cid in work.stored or cid in work.queued:
             return
-        size = self.storage.stat(paths.chunk_key(cid.hex()))
-        if size is not None:
-            work.stored[cid] = size
-            return
         work.queued.add(cid)
-        work.batch.append((cid, piece))
-        work.batch_raw += len(piece)
-        if work.batch_raw >= work.batch_target:
-            work.flush(self)
-            while len(work.pending) > 2 * self.workers:
-                self._drain(work)
+        work.probe.append((cid, piece))
+        work.probe_raw += len(piece)
+        if len(work.probe) >= PROBE or work.probe_raw >= work.batch_target:
+            self._probe(work)
+
+    def _probe(self, work: _Work) -> None:
+        """Which of the chunks cut so far the store has: one ``stat_many`` for the lot
+        (concurrent requests on S3, never one HEAD after another); the rest go to be
+        compressed and stored."""
+        if not work.probe:
+            return
+        found = self.storage.stat_many(paths.chunk_key(cid.hex()) for cid, _ in work.probe)
+        for cid, piece in work.probe:
+            st = found[paths.chunk_key(cid.hex())]
+            if st is not None:
+                work.stored[cid] = st.size
+                continue
+            work.batch.append((cid, piece))
+            work.batch_raw += len(piece)
+            if work.batch_raw >= work.batch_target:
+                work.flush(self)
+                while len(work.pending) > 2 * self.workers:
+                    self._drain(work)
+        work.probe, work.probe_raw = [], 0
 
     def _drain(self, work: _Work) -> None:
         """Take the oldest compression task's frames and hand each to a store thread
@@ -231,9 +247,10 @@ class Publisher:
         return self._result(manifest, mid, stats, created=True)
 
     def _existing(self, vkey: str, digest: bytes) -> VersionRecord | None:
-        if self.storage.stat(vkey) is None:
+        blob = self.storage.read(vkey)
+        if blob is None:
             return None
-        rec = VersionRecord.unpack(self.storage.get(vkey))
+        rec = VersionRecord.unpack(blob.data)
         if rec.digest != digest:
             raise Conflict(f"version {vkey.rsplit('/', 1)[-1]} exists with other content")
         return rec
@@ -259,7 +276,9 @@ class _Work:
     def __init__(self, batch_target: int) -> None:
         self.batch_target = batch_target
         self.stored: dict[bytes, int] = {}
-        self.queued: set[bytes] = set()
+        self.queued: set[bytes] = set()  # probed or to be
+        self.probe: list[tuple[bytes, bytes]] = []  # cut, not yet asked whether stored
+        self.probe_raw = 0
         self.batch: list[tuple[bytes, bytes]] = []
         self.batch_raw = 0
         self.pending: deque[tuple[list[bytes], Future[list[bytes]]]] = deque()

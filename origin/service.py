@@ -39,7 +39,7 @@ from origin.history import rollback_target
 from origin.ingest import Limits, extract
 from origin.metrics import OriginMetrics
 from origin.publish import Publisher, PublishResult, VersionRecord
-from origin.storage import Storage
+from origin.storage import Store
 from origin.views import Views, remember
 
 __all__ = ["ChannelMove", "Origin", "OriginSettings"]
@@ -109,7 +109,7 @@ class _Stopped(Exception):
 class Origin:
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         key: SigningKey,
         tmp_dir: Path,
         settings: OriginSettings,
@@ -228,10 +228,12 @@ class Origin:
         return body
 
     def _encode_dcz(self, envelope: bytes, dictionary: bytes) -> bytes | None:
-        key = paths.manifest_key(dictionary.hex())
-        if dictionary == sha256(envelope) or self.storage.stat(key) is None:
+        if dictionary == sha256(envelope):
             return None
-        base = self.storage.get(key)
+        blob = self.storage.read(paths.manifest_key(dictionary.hex()))
+        if blob is None:
+            return None
+        base = blob.data
         # Only an earlier manifest of the same app is a useful dictionary; anything else
         # would only let a client make the origin compress against arbitrary objects.
         if app_of(base) != app_of(envelope):

@@ -23,7 +23,7 @@ from common.signing import SigningKey
 from origin import compare, paths, qr
 from origin.channels import Channels
 from origin.publish import VersionRecord
-from origin.storage import Storage
+from origin.storage import Store
 
 __all__ = ["Views", "remember"]
 
@@ -46,7 +46,7 @@ def remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256
 class Views:
     def __init__(
         self,
-        storage: Storage,
+        storage: Store,
         key: SigningKey,
         channels: Channels,
         links: qr.LinkTemplate,
@@ -99,10 +99,10 @@ class Views:
         return {"app": app, **ends, **body}
 
     def _record(self, app: str, version: str) -> VersionRecord:
-        key = paths.version_key(app, version)
-        if self.storage.stat(key) is None:
+        blob = self.storage.read(paths.version_key(app, version))
+        if blob is None:
             raise NotFound(f"app {app} has no version {version}")
-        return VersionRecord.unpack(self.storage.get(key))
+        return VersionRecord.unpack(blob.data)
 
     def _versions_by_manifest(self, app: str) -> dict[bytes, str]:
         prefix = paths.versions_prefix(app)

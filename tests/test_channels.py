@@ -134,7 +134,7 @@ def test_a_view_never_shows_a_channel_moved_with_its_pending_move_still_listed(
     readers: list[threading.Thread] = []
     real_delete = storage.delete
 
-    def delete(key: str) -> bool:  # between the ref's write and the pending record's drop
+    def delete(key: str) -> None:  # between the ref's write and the pending record's drop
         if key == paths.pending_key("demo", "release"):
             reader = threading.Thread(target=lambda: seen.append(ch.view("demo")))
             readers.append(reader)

@@ -233,4 +233,5 @@ def _drop_a_chunk_only(storage: FileStorage, key: PublicKey, app: str, version: 
     others = set().union(*(chunks(k.rsplit("/", 1)[1]) for k in storage.list(paths.versions_prefix(app))
                            if not k.endswith("/" + version)))  # fmt: skip
     victim = sorted(chunks(version) - others)[0]
-    assert storage.delete(paths.chunk_key(victim.hex()))
+    assert storage.exists(paths.chunk_key(victim.hex()))
+    storage.delete(paths.chunk_key(victim.hex()))
