@@ -17,7 +17,14 @@ the storage root; the filesystem backend maps it 1:1, an object store uses it as
                                      and delta bases
       pending/<channel>              msgpack {version, percent, since}: a publish's move
                                      waiting for the version's enriched manifest
-    tmp/                             uploads and extraction in progress (swept at start)
+    changes/<seq>                    one channel move each (20 digits): the replicas' shared
+                                     change feed (origin/feed.py)
+    leases/enrich/<app>/<version>    a replica enriching that version (origin/leases.py)
+    locks/gc                         a gc sweep in progress (origin/gc.py)
+    locks/publish/<owner>            a publish in progress (origin/gc.py)
+
+(the origin's working directory ``--data`` holds tmp/: uploads and extraction in progress,
+swept at start; it is not part of the store.)
 
 Two-level fan-out keeps directories small (65,536 leaves) for millions of chunks.
 """
@@ -28,20 +35,29 @@ from common.ids import check_app, check_channel, check_version
 
 __all__ = [
     "APPS",
+    "CHANGES",
+    "GC_LOCK",
+    "PUBLISH_LOCKS",
     "app_prefix",
     "bundle_key",
     "channel_key",
     "channels_prefix",
+    "change_key",
     "chunk_key",
+    "enrich_lease_key",
     "history_key",
     "manifest_key",
     "pending_key",
     "pending_prefix",
+    "publish_lock_key",
     "version_key",
     "versions_prefix",
 ]
 
 APPS = "apps/"
+CHANGES = "changes/"
+GC_LOCK = "locks/gc"
+PUBLISH_LOCKS = "locks/publish/"
 
 
 def chunk_key(hexid: str) -> str:
@@ -86,3 +102,15 @@ def pending_prefix(app: str) -> str:
 
 def pending_key(app: str, channel: str) -> str:
     return pending_prefix(app) + check_channel(channel)
+
+
+def change_key(seq: int) -> str:
+    return f"{CHANGES}{seq:020d}"
+
+
+def enrich_lease_key(app: str, version: str) -> str:
+    return f"leases/enrich/{check_app(app)}/{check_version(version)}"
+
+
+def publish_lock_key(owner: str) -> str:
+    return PUBLISH_LOCKS + owner
