@@ -189,6 +189,15 @@ class ChangeLog:
         self._wake()
         return self.cursor
 
+    def rebase(self, epoch: str, seq: int) -> Cursor:
+        """Forget every change and go on from ``epoch``.``seq`` (an origin replica joining
+        the feed its store keeps: its cursors then mean the same on every replica).  A
+        subscriber whose cursor is elsewhere gets a reset."""
+        self.epoch, self.seq = epoch, seq
+        self._log.clear()
+        self._wake()
+        return self.cursor
+
     def close(self) -> None:
         """Shutting down: every long-poll answers now with what there is, and later polls
         at once (a server draining does not hold its clients for a whole ``wait``)."""

@@ -337,8 +337,11 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     origin = app[ORIGIN]
-    origin.start()
-    tasks = [asyncio.create_task(origin.resign_loop()), asyncio.create_task(origin.enrich_loop())]
+    tasks = [
+        asyncio.create_task(origin.shared_feed.run()),
+        asyncio.create_task(origin.resign_loop()),
+        asyncio.create_task(origin.enrich_loop()),
+    ]
     yield
     origin.stop_background()  # an enrichment in its thread stops at its next pause
     for task in tasks:

@@ -14,12 +14,29 @@ A publish with a channel does not move the channel at once: it leaves a **pendin
 enriched manifest exists — or, if enrichment failed, with the plain manifest.  An explicit
 move of the channel (set, rollback) cancels its pending move: the operator spoke last.
 
-The origin is a single writer per storage (DESIGN.md: one origin, many edges); several
-origin processes on one storage would need conditional writes in the storage backend.
+Several origin replicas may share one store (issue 18).  Every write of a ref is a
+compare-and-swap from the etag read (``Store.update``): a move computes the new ref from
+the one it read, and if another replica moved the channel in between, it reads again and
+recomputes — so no move is lost and serials rise strictly.  The in-process lock only
+orders this process's own moves.  The history and the pending records are written the
+same way.  A pending record is never deleted, only emptied by a swap (a tombstone: RGW
+ignores conditional DELETEs), so "apply this pending move" and "an operator's move cancels
+it" can be decided by compare-and-swap:
+
+- an explicit move empties the pending record *before* it writes the ref;
+- applying a pending move re-reads the pending record inside the ref's swap loop and moves
+  only while it is still there, then empties it by a swap from the etag it read;
+- applying one is idempotent: a ref already where the move would put it is left alone, so
+  two replicas applying one pending move make one move.
+
+Enrichment rewrites a version record and then moves the refs naming the old manifest.  A
+move on another replica may read the record just before: so every move reads the record
+again after its write and repoints its ref if the manifest changed meanwhile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -49,6 +66,7 @@ class Resigned(NamedTuple):
 
 
 DAY = 86400
+ROLLBACK_TRIES = 20  # rounds of a move that depends on what the channel is (another replica moves it)
 
 
 @dataclass(frozen=True)
@@ -129,45 +147,86 @@ class Channels:
         "set".  Cancels the channel's pending move."""
         check_channel(channel)
         with self._lock:
-            envelope = self._move(app, channel, version, rollout, kind)
+            self._manifest_of(app, version)  # NotFound before anything is written
             self._drop_pending(app, channel)
-        return envelope
+            made = self._move(app, channel, version, rollout, kind)
+            assert made is not None
+        return made
 
     def rollback(self, app: str, channel: str) -> tuple[Ref, Ref]:
         """Move ``channel`` back to the version before (origin/history.py), without rollout;
         returns the refs before and after.  Conflict when the history has no such version."""
         check_channel(channel)
         with self._lock:
-            old = self.current(app, channel)
-            if old is None:
-                raise NotFound(f"app {app} has no channel {channel}")
-            target = rollback_target(self.history(app, channel))
-            if target is None:
-                raise Conflict(f"channel {channel} of {app} has no earlier version to roll back to")
-            envelope = self._move(app, channel, target, None, "rollback")
-            self._drop_pending(app, channel)
-        return old, open_ref(envelope, [self.key.public])
+            for _ in range(ROLLBACK_TRIES):
+                old = self.current(app, channel)
+                if old is None:
+                    raise NotFound(f"app {app} has no channel {channel}")
+                hist = self.history(app, channel)
+                if hist and hist[-1].serial is not None and hist[-1].serial < old.serial:
+                    time.sleep(0.05)  # the move's history entry is on its way (another replica)
+                    continue
+                target = rollback_target(hist)
+                if target is None:
+                    raise Conflict(f"channel {channel} of {app} has no earlier version to roll back to")
+                self._drop_pending(app, channel)
+                envelope = self._move(app, channel, target, None, "rollback", expect=old.serial)
+                if envelope is not None:
+                    return old, open_ref(envelope, [self.key.public])
+            raise Conflict(f"channel {channel} of {app} keeps moving; try the rollback again")
 
     def _move(
-        self, app: str, channel: str, version: str, rollout: RolloutSpec | None, kind: str | None
-    ) -> bytes:
-        # Under the lock.  The records are read here: enrichment rewrites a record and then
-        # moves the refs naming the old manifest under this lock, so no move can slip between.
+        self,
+        app: str,
+        channel: str,
+        version: str,
+        rollout: RolloutSpec | None,
+        kind: str | None,
+        *,
+        expect: int | None = None,
+        still: Callable[[], bool] | None = None,
+    ) -> bytes | None:
+        """Write the moved ref by compare-and-swap; None when nothing was written: the ref is
+        no longer at serial ``expect``, ``still()`` turned false, or (with ``still``: a
+        pending move) the ref is already where the move puts it."""
         manifest = self._manifest_of(app, version)
         roll = None
         if rollout is not None:
             roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
-        old = self.current(app, channel)
-        if kind is None:
-            same = old is not None and old.version == version and old.rollout != roll
-            kind = "rollout" if same else "set"
-        now = int(self.clock())
-        ref = Ref(app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll)
-        envelope = ref.seal(self.key)
-        self.storage.put(paths.channel_key(app, channel), envelope)
+        made: list[tuple[Ref, str]] = []
+
+        def change(data: bytes | None) -> bytes | None:
+            made.clear()
+            old = None if data is None else open_ref(data, [self.key.public])
+            if expect is not None and (old is None or old.serial != expect):
+                return None
+            if still is not None:
+                if old is not None and old.version == version and old.rollout == roll:
+                    return None  # applied already (another replica): one move, not two
+                if not still():
+                    return None
+            how = kind
+            if how is None:
+                same = old is not None and old.version == version and old.rollout != roll
+                how = "rollout" if same else "set"
+            now = int(self.clock())
+            serial = (old.serial if old else 0) + 1
+            ref = Ref(app, channel, serial, now, now + self.ttl, version, manifest, roll)
+            made.append((ref, how))
+            return ref.seal(self.key)
+
+        envelope = self.storage.update(paths.channel_key(app, channel), change)
+        if envelope is None:
+            return None
+        ref, how = made[0]
         spec = (rollout.version, rollout.percent) if rollout else None
-        self._remember(app, channel, Entry(now, version, ref.serial, kind, spec))
-        self.on_move(app, channel, ref.serial, kind)
+        self._remember(app, channel, Entry(ref.issued, version, ref.serial, how, spec))
+        self.on_move(app, channel, ref.serial, how)
+        # Enrichment on another replica may have rewritten the record since it was read.
+        if self._manifest_of(app, version) != manifest or (
+            roll is not None and self._manifest_of(app, roll.version) != roll.manifest
+        ):
+            self._repoint_after(app, version, roll.version if roll else None)
         return envelope
 
     # -- pending moves (publish with a channel) ----------------------------------------------
@@ -184,11 +243,18 @@ class Channels:
                     f"channel {channel} of {app} has no version yet; publish without a rollout first"
                 )
             pending = Pending(version, percent, int(self.clock()))
-            if not (self.enriched(app, version) or (app, version) in self._settled):
+            if not self._over(app, version):
                 self.storage.put(paths.pending_key(app, channel), pending.pack())
-                return None
+                # The replica enriching it may have finished (and applied the pending moves
+                # it saw) between the check and the write: then this one is ours to make.
+                if not self._over(app, version):
+                    return None
+                return self._apply(app, channel, pending)
             self._drop_pending(app, channel)
-            return self._apply(app, channel, pending)
+            return self._apply(app, channel, pending, still=False)
+
+    def _over(self, app: str, version: str) -> bool:
+        return self.enriched(app, version) or (app, version) in self._settled
 
     def apply_pending(self, app: str, version: str) -> list[str]:
         """Make every pending move of ``app`` to ``version`` (its enrichment is over: done,
@@ -197,9 +263,7 @@ class Channels:
         with self._lock:
             self._settled.add((app, version))
             for channel, pending in self.pending(app).items():
-                if pending.version == version:
-                    self._apply(app, channel, pending)
-                    self._drop_pending(app, channel)
+                if pending.version == version and self._apply(app, channel, pending) is not None:
                     moved.append(channel)
         return moved
 
@@ -214,47 +278,85 @@ class Channels:
 
     def pending(self, app: str) -> dict[str, Pending]:
         prefix = paths.pending_prefix(app)
-        return {k[len(prefix) :]: Pending.unpack(self.storage.get(k)) for k in self.storage.list(prefix)}
+        out = {}
+        for key in self.storage.list(prefix):
+            blob = self.storage.read(key)
+            if blob is not None and blob.data:  # empty: a tombstone (moved or cancelled)
+                out[key[len(prefix) :]] = Pending.unpack(blob.data)
+        return out
 
-    def _apply(self, app: str, channel: str, pending: Pending) -> int:
-        if pending.percent is None:
-            envelope = self._move(app, channel, pending.version, None, "publish")
-        else:
-            base = self.current(app, channel)
-            main = base.version if base is not None else pending.version
-            spec = RolloutSpec(pending.version, pending.percent)
-            envelope = self._move(app, channel, main, spec, "publish")
-        return open_ref(envelope, [self.key.public]).serial
+    def _apply(self, app: str, channel: str, pending: Pending, *, still: bool = True) -> int | None:
+        """Make ``pending``'s move (while its record still holds it, unless ``still`` is
+        False: a move made at once), then empty the record; the new serial, or None when
+        nothing moved (cancelled, or made already by another replica)."""
+        key = paths.pending_key(app, channel)
+        packed = pending.pack()
+
+        def holds() -> bool:
+            blob = self.storage.read(key)
+            return blob is not None and blob.data == packed
+
+        for _ in range(ROLLBACK_TRIES):
+            if pending.percent is None:
+                check = holds if still else None
+                envelope = self._move(app, channel, pending.version, None, "publish", still=check)
+            else:
+                base = self.current(app, channel)
+                main = base.version if base is not None else pending.version
+                spec = RolloutSpec(pending.version, pending.percent)
+                envelope = self._move(
+                    app,
+                    channel,
+                    main,
+                    spec,
+                    "publish",
+                    expect=base.serial if base is not None else None,
+                    still=holds if still else None,
+                )
+                if envelope is None and (not still or holds()) and self.current(app, channel) != base:
+                    continue  # the channel moved under the rollout's base: compute it again
+            if still:
+                self.storage.update(key, lambda data: b"" if data == packed else None)
+            return None if envelope is None else open_ref(envelope, [self.key.public]).serial
+        raise Conflict(f"channel {channel} of {app} keeps moving; the publish's move was not made")
 
     def _drop_pending(self, app: str, channel: str) -> None:
-        self.storage.delete(paths.pending_key(app, channel))
+        """Cancel the channel's pending move (an explicit move): empty its record."""
+        self.storage.update(paths.pending_key(app, channel), lambda data: b"" if data else None)
 
     def resign_due(self) -> Resigned:
         """Re-sign every ref with less than half its lifetime left; returns how many, and
-        the soonest ``expires`` of all live refs afterwards (+inf when there are none)."""
+        the soonest ``expires`` of all live refs afterwards (+inf when there are none).
+        Each re-signing is a swap from the ref read: of replicas doing this at once, one
+        writes and the others find the ref fresh."""
         count, soonest = 0, float("inf")
         for app in self.apps():
             for channel in self.channel_names(app):
                 with self._lock:
-                    ref = self.current(app, channel)
-                    if ref is None:
-                        continue
-                    now = int(self.clock())
-                    if ref.expires - now <= self.ttl // 2:
-                        ref = Ref(
-                            ref.app,
-                            ref.channel,
-                            ref.serial,
-                            now,
-                            now + self.ttl,
-                            ref.version,
-                            ref.manifest,
-                            ref.rollout,
-                        )
-                        self.storage.put(paths.channel_key(app, channel), ref.seal(self.key))
-                        count += 1
+                    resigned, ref = self._resign(app, channel)
+                count += resigned
+                if ref is not None:
                     soonest = min(soonest, ref.expires)
         return Resigned(count, soonest)
+
+    def _resign(self, app: str, channel: str) -> tuple[bool, Ref | None]:
+        seen: list[Ref] = []
+
+        def change(data: bytes | None) -> bytes | None:
+            seen.clear()
+            if data is None:
+                return None
+            ref = open_ref(data, [self.key.public])
+            now = int(self.clock())
+            if ref.expires - now > self.ttl // 2:
+                seen.append(ref)
+                return None
+            ref = dataclasses.replace(ref, issued=now, expires=now + self.ttl)
+            seen.append(ref)
+            return ref.seal(self.key)
+
+        done = self.storage.update(paths.channel_key(app, channel), change) is not None
+        return done, seen[0] if seen else None
 
     def repoint(self, app: str, version: str, old: set[bytes], new: bytes) -> int:
         """Move every ref of ``app`` that names ``version`` by one of the ``old`` manifests
@@ -267,23 +369,45 @@ class Channels:
         moved = 0
         for channel in self.channel_names(app):
             with self._lock:
-                ref = self.current(app, channel)
-                if ref is None:
-                    continue
-                main = ref.manifest
-                if ref.version == version and main in old:
-                    main = new
-                roll = ref.rollout
-                if roll is not None and roll.version == version and roll.manifest in old:
-                    roll = Rollout(roll.version, new, roll.percent)
-                if main == ref.manifest and roll == ref.rollout:
-                    continue
-                now = int(self.clock())
-                fresh = Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
-                self.storage.put(paths.channel_key(app, channel), fresh.seal(self.key))
-                self.on_move(app, channel, fresh.serial, "enriched")
+                serial = self._repoint_one(app, channel, version, old, new)
+            if serial is not None:
+                self.on_move(app, channel, serial, "enriched")
                 moved += 1
         return moved
+
+    def _repoint_one(self, app: str, channel: str, version: str, old: set[bytes], new: bytes) -> int | None:
+        serials: list[int] = []
+
+        def change(data: bytes | None) -> bytes | None:
+            serials.clear()
+            if data is None:
+                return None
+            ref = open_ref(data, [self.key.public])
+            main = ref.manifest
+            if ref.version == version and main in old:
+                main = new
+            roll = ref.rollout
+            if roll is not None and roll.version == version and roll.manifest in old:
+                roll = Rollout(roll.version, new, roll.percent)
+            if main == ref.manifest and roll == ref.rollout:
+                return None
+            now = int(self.clock())
+            fresh = Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
+            serials.append(fresh.serial)
+            return fresh.seal(self.key)
+
+        if self.storage.update(paths.channel_key(app, channel), change) is None:
+            return None
+        return serials[0]
+
+    def _repoint_after(self, app: str, version: str, rolled: str | None) -> None:
+        """A move named a manifest its version record no longer names (enrichment rewrote
+        the record meanwhile, on another replica): point it at the record's manifest."""
+        for name in {version, rolled} - {None}:
+            assert name is not None
+            rec = self._record(app, name)
+            mids = {bytes(m) for m in rec.get("manifests") or ()} - {rec["manifest"]}
+            self.repoint(app, name, mids, rec["manifest"])
 
     def _record(self, app: str, version: str) -> dict[str, Any]:
         blob = self.storage.read(paths.version_key(app, version))
@@ -306,9 +430,15 @@ class Channels:
         return [Entry.unpack(e) for e in raw]
 
     def _remember(self, app: str, channel: str, entry: Entry) -> None:
-        """Append to the channel's history (rollback; delta bases: versions it pointed at)."""
-        hist = [e.pack() for e in self.history(app, channel)] + [entry.pack()]
-        self.storage.put(paths.history_key(app, channel), wire.pack(hist[-KEEP:]))
+        """Append to the channel's history (rollback; delta bases: versions it pointed at),
+        in serial order: moves through two replicas may append in either order."""
+
+        def change(data: bytes | None) -> bytes:
+            hist = wire.unpack(data, what="history") if data is not None else []
+            entries = sorted([*(Entry.unpack(e) for e in hist), entry], key=lambda e: e.serial or 0)
+            return wire.pack([e.pack() for e in entries[-KEEP:]])
+
+        self.storage.update(paths.history_key(app, channel), change)
 
     def versions_since(self, app: str, since: float) -> set[str]:
         """Every version a channel of ``app`` has pointed at since ``since`` (unix time):

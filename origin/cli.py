@@ -42,13 +42,32 @@ from origin.opscli import apps, channel
 from origin.qr import DEFAULT_QR_URL
 from origin.remote import Live, Remote, check, headers_for
 from origin.service import Origin, OriginSettings
-from origin.storage import FileStorage
+from origin.storage import open_storage
 
 __all__ = ["apps", "channel", "origin", "publish"]
 
 
 @click.command()
-@option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Storage directory.")
+@option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Working directory (uploads in progress; the signing key; the store unless --storage).",
+)
+@option(
+    "--storage",
+    "storage_url",
+    metavar="URL",
+    help="Where objects live: file:///path or s3://BUCKET/PREFIX (AWS_* variables and profiles "
+    "give the endpoint and credentials) [default: file://DATA/store].",
+)
+@option(
+    "--feed-poll",
+    type=DURATION,
+    default="500ms",
+    help="How often this replica reads the store's change log (moves made through other replicas).",
+)
 @option("--listen", type=LISTEN, default="127.0.0.1:8080", help="HOST:PORT to serve on.")
 @option(
     "--signing-key",
@@ -100,6 +119,8 @@ __all__ = ["apps", "channel", "origin", "publish"]
 )
 def origin(
     data_dir: str,
+    storage_url: str | None,
+    feed_poll: float,
     listen: tuple[str, int],
     signing_key: str | None,
     token: str | None,
@@ -145,10 +166,12 @@ def origin(
         delta_bases=delta_bases,
         delta_window=delta_window,
         qr_url=qr_url,
+        feed_poll=feed_poll,
     )
     if not settings.token:
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")
-    service = Origin(FileStorage(data / "store"), SigningKey.load(key_path), data / "tmp", settings)
+    store = open_storage(storage_url, data)
+    service = Origin(store, SigningKey.load(key_path), data / "tmp", settings)
     _install_uvloop()
     asyncio.run(serve(make_app(service, pace), *listen, tls=tls, on_handshake=service.metrics.tls_handshake))
 

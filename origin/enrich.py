@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import codec
-from common.errors import ConfigError, IntegrityError
+from common.errors import ConfigError, Conflict, IntegrityError, NotFound
 from common.ids import sha256
 from common.manifest import Manifest, PackageEntry, open_manifest
 from common.signing import SigningKey
@@ -119,24 +119,33 @@ class Enricher:
 
     # -- doing it -----------------------------------------------------------------------------
 
+    def _rewrite(self, vkey: str, rec: VersionRecord, etag: str) -> None:
+        """Step 4, by compare-and-swap from the record read at the start: a record deleted
+        meanwhile (gc dropped the version) is not brought back."""
+        if self.storage.swap(vkey, rec.pack(), etag) is None:
+            raise Conflict(f"{vkey} changed while it was being enriched")
+
     def enrich(self, app: str, version: str, pause: Callable[[], None] = lambda: None) -> bytes | None:
         """Enrich one version (steps 1-5); returns the new manifest id, or None when the
         version was enriched already or nothing could be added."""
         vkey = paths.version_key(app, version)
-        rec = VersionRecord.unpack(self.storage.get(vkey))
+        blob = self.storage.read(vkey)
+        if blob is None:
+            raise NotFound(f"no version record {vkey}")
+        rec = VersionRecord.unpack(blob.data)
         if rec.enriched:
             return None
         plain = self._manifest(rec.all_manifests[0])
         bases = self._bases(app, version, rec)
         packages = tuple(self._package(pkg, bases, pause) for pkg in plain.packages)
         if packages == plain.packages:
-            self.storage.put(vkey, dataclasses.replace(rec, enriched=True).pack())
+            self._rewrite(vkey, dataclasses.replace(rec, enriched=True), blob.etag)
             return None
         envelope = dataclasses.replace(plain, packages=packages).seal(self.key)
         mid = sha256(envelope)
         self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope)
         done = dataclasses.replace(rec, manifest=mid, manifests=(*rec.all_manifests, mid), enriched=True)
-        self.storage.put(vkey, done.pack())
+        self._rewrite(vkey, done, blob.etag)
         moved = self.channels.repoint(app, version, set(rec.all_manifests), mid)
         log.info("enriched %s@%s: manifest %s, %d refs moved", app, version, mid.hex()[:16], moved)
         return mid

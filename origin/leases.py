@@ -25,14 +25,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.ids import sha256
 from origin.storage import Store
 
 __all__ = ["Lease", "Leases", "owner_id"]
 
 
-def owner_id() -> str:
-    """This process, as a lease names its holder: host, pid and a random tag."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+def owner_id(workdir: str | os.PathLike[str] | None = None) -> str:
+    """A lease's holder: with ``workdir``, this replica (host and working directory), the
+    same after a restart, so a replica restarted after SIGKILL takes its own leases back at
+    once; without, this process (host, pid, a random tag)."""
+    host = socket.gethostname()[:64]
+    if workdir is not None:
+        return f"{host}:{sha256(os.fsencode(os.path.abspath(workdir))).hex()[:12]}"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)

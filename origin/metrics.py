@@ -12,6 +12,7 @@ __all__ = ["OriginMetrics"]
 
 # Publishing and enriching one version: from a small app on a fast disk to a large one.
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STORAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
 @dataclass
@@ -28,6 +29,8 @@ class OriginMetrics:
     change_waiters: Gauge  # long-polls of GET /v1/changes waiting now
     unenriched_moves: Counter  # publish moves made with the plain manifest: enrichment failed
     tls_handshakes: Counter  # TLS handshakes by outcome and resumption (with --tls-cert)
+    storage_ops: Counter  # storage operations by driver, operation and outcome (origin/storage)
+    storage_seconds: Histogram  # their latency by driver and operation
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OriginMetrics:
@@ -78,7 +81,25 @@ class OriginMetrics:
                     registry=r,
                 )
             ),
+            storage_ops=Counter(
+                "minicdn_origin_storage_operations",
+                "Storage operations, by driver, operation and outcome (ok, absent, exists, conflict, error)",
+                ["driver", "op", "outcome"],
+                registry=r,
+            ),
+            storage_seconds=Histogram(
+                "minicdn_origin_storage_seconds",
+                "Latency of storage operations, by driver and operation",
+                ["driver", "op"],
+                buckets=STORAGE_BUCKETS,
+                registry=r,
+            ),
         )
+
+    def storage_op(self, driver: str, op: str, outcome: str, seconds: float) -> None:
+        """origin.storage's Observe."""
+        self.storage_ops.labels(driver, op, outcome).inc()
+        self.storage_seconds.labels(driver, op).observe(seconds)
 
     def tls_handshake(self, ok: bool, resumed: bool) -> None:
         """common.tls's OnHandshake."""

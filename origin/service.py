@@ -9,6 +9,7 @@ thread, and holds off while a publish is running so that publish latency is unch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -35,10 +36,11 @@ from common.signing import SigningKey
 from origin import paths, qr
 from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
-from origin.history import rollback_target
+from origin.feed import SharedFeed
 from origin.ingest import Limits, extract
+from origin.leases import Lease, Leases, owner_id
 from origin.metrics import OriginMetrics
-from origin.publish import Publisher, PublishResult, VersionRecord
+from origin.publish import Publisher, PublishResult
 from origin.storage import Store
 from origin.views import Views, remember
 
@@ -46,6 +48,7 @@ __all__ = ["ChannelMove", "Origin", "OriginSettings"]
 
 log = logging.getLogger("minicdn.origin")
 
+ENRICH_LEASE = 300.0  # seconds a replica's claim on enriching a version lasts unless renewed
 MIN_REF_TTL = 3600.0  # a ref must outlive the re-signing check that renews it
 T = TypeVar("T")
 
@@ -65,6 +68,7 @@ class OriginSettings:
     chunking: ChunkParams = field(default_factory=ChunkParams)
     ref_ttl: float = 7 * 86400
     ref_max_age: int = 30
+    feed_poll: float = 0.5  # --feed-poll: how often a replica lists the store's change log
     resign_interval: float = 3600.0  # no flag: --ref-ttl / 8, at most an hour (origin/cli.py)
     delta_bases: int = 3
     delta_window: float = 30 * DAY
@@ -78,6 +82,8 @@ class OriginSettings:
             raise ConfigError("--ref-ttl must be at least 1h")
         if self.ref_max_age < 0:
             raise ConfigError("--ref-max-age must not be negative")
+        if not 0.05 <= self.feed_poll <= 60:
+            raise ConfigError("--feed-poll must be between 50ms and 60s")
         # Refs are re-signed once less than half their lifetime is left: a check must come
         # round within that half, or a ref could expire between two checks.
         if not 0 < self.resign_interval < self.ref_ttl / 2:
@@ -119,13 +125,15 @@ class Origin:
         self.key = key
         self.settings = settings
         self.metrics = metrics or OriginMetrics.create()
+        storage.observe = self.metrics.storage_op
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in tmp_dir.iterdir():  # uploads a crash interrupted
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         self.feed = ChangeLog(max_waiters=FEED_WAITERS)
         self.metrics.change_waiters.set_function(lambda: self.feed.waiting)
-        self._loop: asyncio.AbstractEventLoop | None = None  # the feed's, set by start()
+        # The feed's log is the store's (origin/feed.py): shared by every replica.
+        self.shared_feed = SharedFeed(storage, self.feed, poll=settings.feed_poll)
         self.channels = Channels(storage, key, ttl=settings.ref_ttl, on_move=self._moved)
         self._pool: ProcessPoolExecutor | None = None
         self._publish_lock = asyncio.Lock()
@@ -145,6 +153,8 @@ class Origin:
         self._quiet.set()
         self._publishing = 0
         self._stopping = threading.Event()
+        self.leases = Leases(storage, owner_id(tmp_dir))
+        self._lease: Lease | None = None  # the enrichment lease held now
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,16 +167,14 @@ class Origin:
             )
         return self._pool
 
-    def start(self) -> None:
-        """Called on the serving loop before any request: moves reach the feed through it."""
-        self._loop = asyncio.get_running_loop()
-
     def _moved(self, app: str, channel: str, serial: int, kind: str) -> None:
-        """Channels' move hook, called in a worker thread under the channels lock (so in
-        move order; call_soon_threadsafe keeps that order on the loop)."""
+        """Channels' move hook, called in a worker thread after the ref was written: the
+        notice goes to the store's log, which every replica's feed tails."""
         self.metrics.channel_moves.labels(kind).inc()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.feed.append, Change(app, channel, serial))
+        try:
+            self.shared_feed.append(Change(app, channel, serial))
+        except Exception:  # the move stands; edges see it at the ref's max-age
+            log.exception("writing the change notice of %s/%s (serial %d) failed", app, channel, serial)
 
     def stop_background(self) -> None:
         """Make a running enrichment stop at its next pause (the owner then cancels the loop)."""
@@ -253,60 +261,10 @@ class Origin:
         return page(await self.apps(), want)
 
     async def app_info(self, app: str) -> dict[str, Any]:
-        return await self._run(self._app_info, check_app(app))
-
-    def _app_info(self, app: str) -> dict[str, Any]:
-        vprefix = paths.versions_prefix(app)
-        versions = []
-        for key in self.storage.list(vprefix):
-            rec = VersionRecord.unpack(self.storage.get(key))
-            versions.append(
-                {
-                    "version": key[len(vprefix) :],
-                    "manifest": rec.manifest.hex(),
-                    "manifests": [m.hex() for m in rec.all_manifests],
-                    "enriched": rec.enriched,
-                    "created": rec.created,
-                }
-            )
-        if not versions:
-            raise NotFound(f"no app {app}")
-        versions.sort(key=lambda v: int(v["created"]))  # type: ignore[call-overload]
-        channels = {}
-        refs, pending_moves = self.channels.view(app)
-        for name, ref in refs.items():
-            channels[name] = {
-                "version": ref.version,
-                "manifest": ref.manifest.hex(),
-                "serial": ref.serial,
-                "expires": ref.expires,
-                "rollout": None
-                if ref.rollout is None
-                else {
-                    "version": ref.rollout.version,
-                    "manifest": ref.rollout.manifest.hex(),
-                    "percent": ref.rollout.percent,
-                },
-            }
-        pending = {name: p.to_json() for name, p in pending_moves.items()}
-        return {"app": app, "versions": versions, "channels": channels, "pending": pending}
+        return await self.views.app_info(app)
 
     async def history(self, app: str, channel: str) -> dict[str, Any]:
-        return await self._run(self._history, check_app(app), check_channel(channel))
-
-    def _history(self, app: str, channel: str) -> dict[str, Any]:
-        ref = self.channels.current(app, channel)
-        if ref is None:
-            raise NotFound(f"app {app} has no channel {channel}")
-        entries = self.channels.history(app, channel)
-        return {
-            "app": app,
-            "channel": channel,
-            "serial": ref.serial,
-            "version": ref.version,
-            "rollback_to": rollback_target(entries),
-            "entries": [e.to_json() for e in entries],
-        }
+        return await self.views.history(app, channel)
 
     # -- write API ----------------------------------------------------------------------------
 
@@ -362,10 +320,17 @@ class Origin:
         self.metrics.enrich_pending.set(self._enrich_queue.qsize())
 
     def _pause(self) -> None:
-        """Called by the enricher thread before each compression: wait while a publish runs."""
+        """Called by the enricher thread before each compression: wait while a publish runs;
+        renew the enrichment lease when a third of it is gone (Stopped if it was lost)."""
         self._quiet.wait()
         if self._stopping.is_set():
             raise _Stopped
+        lease = self._lease
+        if lease is not None and lease.expires - time.time() < ENRICH_LEASE * 2 / 3:
+            renewed = self.leases.renew(lease, ENRICH_LEASE)
+            if renewed is None:
+                raise RuntimeError(f"the enrichment lease {lease.key} was lost")
+            self._lease = renewed
 
     async def enrich_loop(self) -> None:
         """Resume what a restart interrupted, then enrich each published version in turn
@@ -386,7 +351,17 @@ class Origin:
         while True:
             app, version = await self._enrich_queue.get()
             t0 = time.perf_counter()
+            lease = None
             try:
+                # One replica enriches a version (origin/leases.py); the others look again
+                # once its lease could have run out, and then find the version enriched.
+                lease = await self._run(self.leases.take, paths.enrich_lease_key(app, version), ENRICH_LEASE)
+                if lease is None:
+                    log.info("%s@%s is being enriched by another replica", app, version)
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(ENRICH_LEASE / 2, self._enqueue, app, version)
+                    continue
+                self._lease = lease
                 await self._run(self.enricher.enrich, app, version, self._pause)
                 self.metrics.enrich_seconds.observe(time.perf_counter() - t0)
                 await self._settle(app, version, enriched=True)
@@ -397,6 +372,10 @@ class Origin:
                 log.exception("enriching %s@%s failed", app, version)
                 await self._settle(app, version, enriched=False)
             finally:
+                if self._lease is not None:
+                    held, self._lease = self._lease, None
+                    with contextlib.suppress(Exception):
+                        await self._run(self.leases.release, held)
                 self.metrics.enrich_pending.set(self._enrich_queue.qsize())
 
     async def _settle(self, app: str, version: str, *, enriched: bool) -> None:

@@ -22,6 +22,7 @@ from common.manifest import Manifest, PackageEntry, open_manifest
 from common.signing import SigningKey
 from origin import compare, paths, qr
 from origin.channels import Channels
+from origin.history import rollback_target
 from origin.publish import VersionRecord
 from origin.storage import Store
 
@@ -61,6 +62,64 @@ class Views:
         self._digests: OrderedDict[tuple[bytes, str], dict[str, bytes]] = OrderedDict()
         self._views_lock = threading.Lock()  # the two above are filled from executor threads
         self._pictures: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    async def app_info(self, app: str) -> dict[str, Any]:
+        """The app's versions, channels and pending moves (GET /v1/apps/{app})."""
+        return await self._run(self._app_info, check_app(app))
+
+    def _app_info(self, app: str) -> dict[str, Any]:
+        vprefix = paths.versions_prefix(app)
+        versions = []
+        for key in self.storage.list(vprefix):
+            rec = VersionRecord.unpack(self.storage.get(key))
+            versions.append(
+                {
+                    "version": key[len(vprefix) :],
+                    "manifest": rec.manifest.hex(),
+                    "manifests": [m.hex() for m in rec.all_manifests],
+                    "enriched": rec.enriched,
+                    "created": rec.created,
+                }
+            )
+        if not versions:
+            raise NotFound(f"no app {app}")
+        versions.sort(key=lambda v: int(v["created"]))  # type: ignore[call-overload]
+        channels = {}
+        refs, pending_moves = self.channels.view(app)
+        for name, ref in refs.items():
+            channels[name] = {
+                "version": ref.version,
+                "manifest": ref.manifest.hex(),
+                "serial": ref.serial,
+                "expires": ref.expires,
+                "rollout": None
+                if ref.rollout is None
+                else {
+                    "version": ref.rollout.version,
+                    "manifest": ref.rollout.manifest.hex(),
+                    "percent": ref.rollout.percent,
+                },
+            }
+        pending = {name: p.to_json() for name, p in pending_moves.items()}
+        return {"app": app, "versions": versions, "channels": channels, "pending": pending}
+
+    async def history(self, app: str, channel: str) -> dict[str, Any]:
+        """A channel's moves and its rollback target (GET .../history)."""
+        return await self._run(self._history, check_app(app), check_channel(channel))
+
+    def _history(self, app: str, channel: str) -> dict[str, Any]:
+        ref = self.channels.current(app, channel)
+        if ref is None:
+            raise NotFound(f"app {app} has no channel {channel}")
+        entries = self.channels.history(app, channel)
+        return {
+            "app": app,
+            "channel": channel,
+            "serial": ref.serial,
+            "version": ref.version,
+            "rollback_to": rollback_target(entries),
+            "entries": [e.to_json() for e in entries],
+        }
 
     async def version_info(self, app: str, version: str) -> dict[str, Any]:
         """A version's record and sizes, per package (origin/compare.py's ``summary``)."""

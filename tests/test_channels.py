@@ -124,7 +124,7 @@ def test_a_pending_move_waits_for_enrichment_and_an_explicit_move_cancels_it(
 def test_a_view_never_shows_a_channel_moved_with_its_pending_move_still_listed(
     setup: tuple[Channels, FileStorage, SigningKey, Clock],
 ) -> None:
-    """apply_pending writes the ref, then drops the pending record; a reader between the two
+    """apply_pending writes the ref, then empties the pending record; a reader between the two
     saw both (the origin's app_info did, once, in CI).  ``view`` waits for the lock."""
     import threading
 
@@ -132,18 +132,18 @@ def test_a_view_never_shows_a_channel_moved_with_its_pending_move_still_listed(
     assert ch.plan("demo", "release", "1.1.0", None) is None  # not enriched: pending
     seen: list[tuple[dict[str, Ref], dict[str, Pending]]] = []
     readers: list[threading.Thread] = []
-    real_delete = storage.delete
+    real_swap = storage.swap
 
-    def delete(key: str) -> None:  # between the ref's write and the pending record's drop
-        if key == paths.pending_key("demo", "release"):
+    def swap(key: str, data: bytes, etag: str) -> str | None:  # the pending record's drop
+        if key == paths.pending_key("demo", "release") and not readers:
             reader = threading.Thread(target=lambda: seen.append(ch.view("demo")))
             readers.append(reader)
             reader.start()
             reader.join(0.3)
             assert reader.is_alive()  # it waits for the move to end, not reads half of it
-        return real_delete(key)
+        return real_swap(key, data, etag)
 
-    storage.delete = delete  # type: ignore[method-assign]
+    storage.swap = swap  # type: ignore[method-assign]
     assert ch.apply_pending("demo", "1.1.0") == ["release"]
     readers[0].join(10)
     refs, pending = seen[0]

@@ -174,14 +174,14 @@ def test_a_crash_between_record_and_refs_is_repaired_at_restart(world: World, mo
 def test_a_crash_before_the_record_redoes_the_same_work(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     world.publish("1.0.0", 1)
     vkey = paths.version_key("demo", "1.0.0")
-    put = world.storage.put
+    swap = world.storage.swap
 
-    def crash_on_record(key: str, data: bytes) -> None:
+    def crash_on_record(key: str, data: bytes, etag: str) -> str | None:
         if key == vkey:
             raise OSError("power cut")
-        put(key, data)
+        return swap(key, data, etag)
 
-    monkeypatch.setattr(world.storage, "put", crash_on_record)
+    monkeypatch.setattr(world.storage, "swap", crash_on_record)
     with pytest.raises(OSError):
         world.enricher().enrich("demo", "1.0.0")
     monkeypatch.undo()
