@@ -1,0 +1,236 @@
+"""Issue 18 item 4: several origin replicas on one store, with edges in front of them.
+
+Real processes on loopback: two origins (``--storage`` the same URL, each its own
+``--data``), on the file driver and on an S3 server (moto's server mode; the storage
+contract itself also runs on Ceph RGW: tests/test_storage_contract.py), and edges that list
+both with ``--upstream``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+# STUB from tests.s3_servers import moto_server  # noqa: F401 (a fixture)
+
+from common.manifest import open_manifest, open_ref
+from common.signing import PublicKey, generate_keypair
+from tests.conftest import DEMO, TOKEN, app_info, http, publish, set_channel, tar_gz_of, wait_enriched
+from tests.procs import Service, edge_service, free_port, metric, start_all
+from tests.test_propagation import DEADLINE, ref_serial, served_serial, warm
+from tests.waiting import eventually
+
+APP, CHANNEL = "prop", "release"  # tests.test_propagation's helpers read these
+
+
+@dataclass
+class Shared:
+    url: str  # --storage
+    env: dict[str, str]  # what the origins need to reach it (AWS_* for S3)
+
+
+@pytest.fixture(params=["file", "moto"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Shared:
+    if request.param == "file":
+        return Shared((tmp_path / "store").resolve().as_uri(), {})
+    server = request.getfixturevalue("moto_server")
+    return Shared(server.new_bucket(), server.env())
+
+
+def replica(tmp: Path, shared: Shared, name: str, *extra: str) -> Service:
+    keys = tmp / "keys"
+    if not (keys / "signing.key").exists():
+        generate_keypair(keys)
+    port = free_port()
+    args = ["origin", "--data", str(tmp / name), "--storage", shared.url, "--listen", f"127.0.0.1:{port}",
+            "--signing-key", str(keys / "signing.key"), "--workers", "1", "--feed-poll", "200ms", *extra]
+    return Service(args, port, tmp / f"{name}.log", env={"MINICDN_TOKEN": TOKEN, **shared.env})
+
+
+@pytest.fixture
+def pair(tmp_path: Path, shared: Shared) -> Iterator[list[Service]]:
+    nodes = start_all(replica(tmp_path, shared, "a"), replica(tmp_path, shared, "b"))
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def public(tmp: Path) -> PublicKey:
+    return PublicKey.load(tmp / "keys" / "public.key")
+
+
+def move(url: str, version: str, channel: str = CHANNEL) -> int:
+    """``channel set`` through one replica: the new serial."""
+    r = set_channel(url, APP, channel, {"version": version})
+    assert r.status == 200, r.body
+    return ref_serial(r.body)
+
+
+def published(url: str, version: str, folder: Path = DEMO) -> None:
+    r = publish(url, APP, version, tar_gz_of(folder))
+    assert r.status in (200, 201), r.body
+    wait_enriched(url, APP, version)
+
+
+def test_published_through_one_replica_served_signed_by_the_other(
+    tmp_path: Path, pair: list[Service]
+) -> None:
+    a, b = pair
+    published(a.url, "1.0.0")
+    move(a.url, "1.0.0")
+    key = public(tmp_path)
+    ref = open_ref(http("GET", f"{b.url}/v1/apps/{APP}/channels/{CHANNEL}").body, [key])
+    assert ref.version == "1.0.0"
+    m = open_manifest(http("GET", f"{b.url}/v1/manifests/{ref.manifest.hex()}").body, [key], ref.manifest)
+    for chunk in (c for p in m.packages for c in p.chunks):
+        assert http("GET", f"{b.url}/v1/chunks/{chunk.id.hex()}").status == 200
+    assert [v["version"] for v in app_info(b.url, APP)["versions"]] == ["1.0.0"]
+
+
+def test_concurrent_moves_through_two_replicas_lose_no_update(pair: list[Service]) -> None:
+    a, b = pair
+    published(a.url, "1.0.0")
+    published(b.url, "1.1.0", _changed(pair[0].log.parent, "1.1.0"))
+    start = move(a.url, "1.0.0")
+    serials: list[int] = []
+    lock = threading.Lock()
+
+    def mover(url: str, version: str) -> None:
+        for _ in range(MOVES):
+            got = move(url, version)
+            with lock:
+                serials.append(got)
+
+    threads = [threading.Thread(target=mover, args=(n.url, v)) for n in pair for v in ("1.0.0", "1.1.0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    total = MOVES * len(threads)
+    assert sorted(serials) == list(range(start + 1, start + total + 1))  # each move its own serial
+    r = http("GET", f"{b.url}/v1/apps/{APP}/channels/{CHANNEL}/history")
+    entries = r.json()["entries"]  # type: ignore[index]
+    moved = [e["serial"] for e in entries if e["serial"] > start]
+    assert moved == list(range(start + 1, start + total + 1))  # every move in the history, in order
+
+
+MOVES = 5  # per thread: 4 threads, two per replica
+
+
+def _changed(tmp: Path, version: str) -> Path:
+    """The demo app with one file changed (another version's content)."""
+    folder = tmp / f"app-{version}"
+    if not folder.exists():
+        shutil.copytree(DEMO, folder)
+        (folder / "app.js").write_bytes((folder / "app.js").read_bytes() + f"\n// {version}\n".encode())
+    return folder
+
+
+def test_enrichment_happens_once_per_version_across_replicas(tmp_path: Path, shared: Shared, pair: list[Service]) -> None:
+    """A replica starting while another enriches a version leaves it to that one (the
+    lease), and the version is enriched once, its publish move made once."""
+    a, b = pair
+    r = publish(a.url, APP, "4.0.0", tar_gz_of(_big(tmp_path, "4.0.0", 32)), )
+    assert r.status == 201, r.body  # enrichment starts in the background
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)  # frozen mid-enrichment, its lease held
+    try:
+        c = replica(tmp_path, shared, "c").start()  # scans for versions not yet enriched
+        try:
+            eventually(lambda: "being enriched by another replica" in c.output(), 20, "c leaving 4.0.0 to a")
+        finally:
+            c.stop()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_enriched(b.url, APP, "4.0.0")
+    assert metric(a.url, "minicdn_origin_enrich_seconds_count") == 1
+    assert metric(b.url, "minicdn_origin_enrich_seconds_count") == 0
+
+
+def _big(tmp: Path, version: str, blobs: int) -> Path:
+    """The demo app and ``blobs`` x 256 KiB that do not compress: slow to publish and enrich."""
+    folder = tmp / f"big-{version}"
+    shutil.copytree(DEMO, folder)
+    (folder / "assets").mkdir(exist_ok=True)
+    for i in range(blobs):
+        (folder / "assets" / f"blob{i}.bin").write_bytes(os.urandom(256 << 10))
+    return folder
+
+
+def test_a_replica_killed_mid_publish_leaves_nothing_the_other_trips_over(
+    tmp_path: Path, pair: list[Service]
+) -> None:
+    a, b = pair
+    archive = tar_gz_of(_big(tmp_path, "3.0.0", 24))
+    done = threading.Event()
+    first: list[int] = []
+
+    def upload() -> None:
+        try:
+            first.append(publish(a.url, APP, "3.0.0", archive).status)
+        except OSError:  # cut short by the SIGKILL: the connection reset
+            first.append(-1)
+        finally:
+            done.set()
+
+    threading.Thread(target=upload, daemon=True).start()
+    eventually(lambda: metric(a.url, "minicdn_origin_storage_operations_total", 'op="create",outcome="ok"') > 20,
+               60, "the publish under way (chunks stored)")
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    a.proc = None
+    assert done.wait(10) and first != [201]  # killed mid-publish, not after it
+    r = publish(b.url, APP, "3.0.0", archive)
+    assert r.status == 201, r.body  # the version did not exist: nothing half-made in the way
+    move(b.url, "3.0.0")
+    a.start()  # the killed replica comes back and serves it too
+    key = public(tmp_path)
+    ref = open_ref(http("GET", f"{a.url}/v1/apps/{APP}/channels/{CHANNEL}").body, [key])
+    m = open_manifest(http("GET", f"{a.url}/v1/manifests/{ref.manifest.hex()}").body, [key], ref.manifest)
+    assert ref.version == "3.0.0"
+    assert all(http("GET", f"{a.url}/v1/chunks/{c.id.hex()}").status == 200 for p in m.packages for c in p.chunks)
+
+
+def test_edges_fail_over_and_a_move_through_either_replica_reaches_every_edge(
+    tmp_path: Path, pair: list[Service]
+) -> None:
+    a, b = pair
+    published(a.url, "1.0.0")
+    published(a.url, "1.1.0", _changed(tmp_path, "1.1.0"))
+    move(a.url, "1.0.0")
+    edges = start_all(edge_service(tmp_path, a.url, b.url, name="ea"), edge_service(tmp_path, b.url, a.url, name="eb"))
+    try:
+        warm(*edges)
+        for origin, version in ((a, "1.1.0"), (b, "1.0.0")):  # each edge hears the other replica's move
+            serial = move(origin.url, version)
+            reach(edges, serial, DEADLINE)
+        a.kill()  # the first upstream of one edge dies: it goes on through the other
+        serial = move(b.url, "1.1.0")
+        reach(edges, serial, 30)
+        key = public(tmp_path)
+        for e in edges:
+            ref = open_ref(http("GET", f"{e.url}/v1/apps/{APP}/channels/{CHANNEL}").body, [key])
+            body = http("GET", f"{e.url}/v1/manifests/{ref.manifest.hex()}").body
+            m = open_manifest(body, [key], ref.manifest)
+            chunk = m.packages[0].chunks[0].id.hex()
+            assert http("GET", f"{e.url}/v1/chunks/{chunk}").status == 200
+    finally:
+        for e in edges:
+            e.stop()
+
+
+def reach(edges: list[Service], serial: int, timeout: float) -> None:
+    eventually(
+        lambda: all(served_serial(e) == serial for e in edges),
+        timeout,
+        lambda: f"serial {serial} on every edge (now {[served_serial(e) for e in edges]})",
+    )
