@@ -1,9 +1,8 @@
-"""Issue 18 item 4: several origin replicas on one store, with edges in front of them.
+"""Issue 18 item 4: several origin replicas on one bucket, with edges in front of them.
 
-Real processes on loopback: two origins (``--storage`` the same URL, each its own
-``--data``), on the file driver and on an S3 server (moto's server mode; the storage
-contract itself also runs on Ceph RGW: tests/test_storage_contract.py), and edges that list
-both with ``--upstream``.
+Real processes on loopback: two origins (``--storage`` the same s3:// URL on moto's server
+mode, each its own ``--data``; the storage contract itself also runs on Ceph RGW:
+tests/test_storage_contract.py), and edges that list both with ``--upstream``.
 """
 
 from __future__ import annotations
@@ -12,17 +11,17 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-# STUB from tests.s3_servers import moto_server  # noqa: F401 (a fixture)
 
 from common.manifest import open_manifest, open_ref
 from common.signing import PublicKey, generate_keypair
 from tests.conftest import DEMO, TOKEN, app_info, http, publish, set_channel, tar_gz_of, wait_enriched
 from tests.procs import Service, edge_service, free_port, metric, start_all
+from tests.s3_servers import S3Server, moto_server  # noqa: F401 (a fixture)
 from tests.test_propagation import DEADLINE, ref_serial, served_serial, warm
 from tests.waiting import eventually
 
@@ -35,11 +34,12 @@ class Shared:
     env: dict[str, str]  # what the origins need to reach it (AWS_* for S3)
 
 
-@pytest.fixture(params=["file", "moto"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Shared:
-    if request.param == "file":
-        return Shared((tmp_path / "store").resolve().as_uri(), {})
-    server = request.getfixturevalue("moto_server")
+@pytest.fixture
+def shared(request: pytest.FixtureRequest) -> Shared:
+    """A fresh bucket on the S3 server.  (The file driver passes the same storage contract,
+    tests/test_storage_contract.py, and every other origin test runs on it; moto is the
+    slow one, ~10 ms a request, hence small apps here.)"""
+    server: S3Server = request.getfixturevalue("moto_server")
     return Shared(server.new_bucket(), server.env())
 
 
@@ -138,7 +138,7 @@ def test_enrichment_happens_once_per_version_across_replicas(tmp_path: Path, sha
     """A replica starting while another enriches a version leaves it to that one (the
     lease), and the version is enriched once, its publish move made once."""
     a, b = pair
-    r = publish(a.url, APP, "4.0.0", tar_gz_of(_big(tmp_path, "4.0.0", 32)), )
+    r = publish(a.url, APP, "4.0.0", tar_gz_of(_big(tmp_path, "4.0.0", 8)), )
     assert r.status == 201, r.body  # enrichment starts in the background
     assert a.proc is not None
     a.proc.send_signal(signal.SIGSTOP)  # frozen mid-enrichment, its lease held
@@ -169,7 +169,7 @@ def test_a_replica_killed_mid_publish_leaves_nothing_the_other_trips_over(
     tmp_path: Path, pair: list[Service]
 ) -> None:
     a, b = pair
-    archive = tar_gz_of(_big(tmp_path, "3.0.0", 24))
+    archive = tar_gz_of(_big(tmp_path, "3.0.0", 8))
     done = threading.Event()
     first: list[int] = []
 
@@ -234,3 +234,58 @@ def reach(edges: list[Service], serial: int, timeout: float) -> None:
         timeout,
         lambda: f"serial {serial} on every edge (now {[served_serial(e) for e in edges]})",
     )
+
+
+# -- the same, in one process: two Channels (two replicas' worth of locks) on one bucket --
+
+
+def test_refs_are_resigned_once_per_ref_and_pending_moves_made_once_across_replicas(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from common.ids import sha256
+    from origin import paths
+    from origin.channels import Channels
+    from origin.publish import VersionRecord
+
+    server: S3Server = request.getfixturevalue("moto_server")
+    store = server.store(server.new_bucket())
+    key = generate_keypair(tmp_path / "k")
+    now = [1_800_000_000.0]
+    moves: list[tuple[str, int, str]] = []
+    replicas = [
+        Channels(store, key, ttl=7 * 86400, clock=lambda: now[0], on_move=lambda a, c, s, k: moves.append((c, s, k)))
+        for _ in range(2)
+    ]
+    for v in ("1.0.0", "1.1.0"):
+        store.put(paths.version_key(APP, v), VersionRecord(sha256(v.encode()), b"d", 0, enriched=True).pack())
+    channels = [f"c{i}" for i in range(6)]
+    for c in channels:
+        replicas[0].move(APP, c, "1.0.0", None)
+    now[0] += 4 * 86400  # past half the refs' lifetime: both replicas find every ref due
+
+    def both(fn: Callable[[Channels], object]) -> list[object]:
+        out: list[object] = [None, None]
+        barrier = threading.Barrier(2)
+
+        def run(i: int) -> None:
+            barrier.wait()
+            out[i] = fn(replicas[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return out
+
+    done = both(lambda ch: ch.resign_due().resigned)
+    assert sum(done) == len(channels)  # type: ignore[arg-type]  # each ref once, by one replica or the other
+    refs = [open_ref(store.get(paths.channel_key(APP, c)), [key.public]) for c in channels]
+    assert all(r.serial == 1 and r.expires == int(now[0]) + 7 * 86400 for r in refs)
+
+    # a publish's pending move, applied by both replicas at once: one move
+    from origin.channels import Pending
+
+    store.put(paths.pending_key(APP, "c0"), Pending("1.1.0", None, 0).pack())
+    moves.clear()
+    both(lambda ch: ch.apply_pending(APP, "1.1.0"))
+    assert moves == [("c0", 2, "publish")]
+    assert replicas[1].pending(APP) == {} and replicas[0].current(APP, "c0").version == "1.1.0"  # type: ignore[union-attr]
