@@ -289,3 +289,22 @@ def test_refs_are_resigned_once_per_ref_and_pending_moves_made_once_across_repli
     both(lambda ch: ch.apply_pending(APP, "1.1.0"))
     assert moves == [("c0", 2, "publish")]
     assert replicas[1].pending(APP) == {} and replicas[0].current(APP, "c0").version == "1.1.0"  # type: ignore[union-attr]
+
+
+def test_an_origin_whose_store_is_out_of_reach_answers_503_json_and_stays_up(tmp_path: Path) -> None:
+    """Every request that needs the store is a 503 ``storage_unavailable`` with Retry-After
+    (never a 500, never a dropped connection); the process stays up and healthy."""
+    dead = free_port()  # nothing listens there
+    shared = Shared("s3://nowhere/p", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead}", "AWS_ACCESS_KEY_ID": "k",
+                                       "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"})
+    svc = replica(tmp_path, shared, "lost").start()
+    try:
+        for method, path, body in (("GET", "/v1/apps", None), ("GET", f"/v1/apps/{APP}/channels/{CHANNEL}", None),
+                                   ("POST", f"/v1/apps/{APP}/versions/1.0.0", tar_gz_of(DEMO))):
+            r = http(method, svc.url + path, body, {"Authorization": f"Bearer {TOKEN}"})
+            assert r.status == 503 and r.json()["error"] == "storage_unavailable", (path, r.body)  # type: ignore[index]
+            assert r.headers["retry-after"] == "1"
+        assert http("GET", svc.url + "/healthz").status == 200
+        assert metric(svc.url, "minicdn_origin_storage_operations_total", 'outcome="error"') >= 3
+    finally:
+        svc.stop()
