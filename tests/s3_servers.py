@@ -46,7 +46,7 @@ from origin.storage import Store
 from origin.storage.s3 import S3Driver, ensure_bucket
 from tests.sysdeps import CEPH, require
 
-__all__ = ["S3Server", "moto_server", "rgw_server", "start_moto"]
+__all__ = ["S3Server", "moto_server", "rgw_server", "start_moto", "stop_process"]
 
 REGION = "us-east-1"
 
@@ -103,13 +103,13 @@ def start_moto(log: Path, timeout: float = 30.0) -> tuple[S3Server, subprocess.P
                 raise RuntimeError(f"moto server did not start; its log:\n{log.read_text()[-2000:]}") from None
             continue
         except BaseException:
-            _stop(proc)
+            stop_process(proc)
             raise
         return S3Server(f"http://127.0.0.1:{port}", "testing", "testing"), proc
     raise AssertionError("unreachable")
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
@@ -125,7 +125,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
