@@ -1,6 +1,7 @@
-"""Debian packages some tests need (a real browser, a QR decoder), installed by the tests
-themselves so that ``make test`` on a clean clone runs them: ``apt-get install`` of what is
-missing, as root (loadtests/bench_edge.py does the same for nginx and wrk).
+"""Debian packages some tests need (a real browser, a QR decoder, Ceph's S3 gateway),
+installed by the tests themselves so that ``make test`` on a clean clone runs them:
+``apt-get install`` of what is missing, as root (loadtests/bench_edge.py does the same for
+nginx and wrk).
 
 Where that cannot be done (not root, no apt-get, the install fails) the test is skipped
 with the reason; under ``CI=true`` it fails instead, since CI must run every test.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["BROWSER", "CHROMIUM", "FONT", "ZBAR", "Need", "require"]
+__all__ = ["BROWSER", "CEPH", "CHROMIUM", "FONT", "ZBAR", "Need", "require"]
 
 INSTALL_TIMEOUT = 900.0  # seconds: a fresh machine downloads chromium (~100 MB) first
 _updated: list[bool] = []  # not empty once apt-get update has run in this process
@@ -39,6 +40,17 @@ CHROMIUM = Need("/usr/bin/chromium", "chromium")
 FONT = Need("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core")  # or text is boxes
 ZBAR = Need("zbarimg", "zbar-tools")
 BROWSER = (CHROMIUM, FONT)
+# A one-node Ceph RGW (deploy/rgw.py): monitor, OSD, S3 gateway, and the tools that set them up
+# (ceph, ceph-authtool and radosgw-admin come with ceph-common, monmaptool with ceph-base).
+CEPH = (
+    Need("ceph-mon", "ceph-mon"),
+    Need("ceph-osd", "ceph-osd"),
+    Need("radosgw", "radosgw"),
+    Need("radosgw-admin", "ceph-common"),
+    Need("ceph", "ceph-common"),
+    Need("ceph-authtool", "ceph-common"),
+    Need("monmaptool", "ceph-base"),
+)
 
 
 def require(*needs: Need) -> list[str]:
