@@ -317,8 +317,10 @@ def test_dry_run_deletes_nothing_and_predicts_the_real_run(world: World) -> None
     for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
         w.publish(v)
     w.channels.move("demo", "release", "1.1.0", None)
-    stale = paths.enrich_lease_key("demo", "1.0.0")
-    Leases(w.store, clock=lambda: w.clock() - 3 * DAY).take(stale, 60)  # left by a replica killed days ago
+    stale = [paths.enrich_lease_key("demo", "1.0.0"), paths.publish_lock_key("gone:1:ab")]
+    for key in stale:  # left by replicas killed days ago (by the clock set below)
+        assert Leases(w.store, clock=lambda: w.clock() - 3 * DAY).take(key, 60) is not None
+    live = Leases(w.store).take(paths.enrich_lease_key("demo", "1.1.0"), 10 * DAY)  # old, not expired
     w.clock.now = time.time() + 2 * DAY  # the lease file's mtime is two days old by our clock
 
     def snapshot() -> dict[str, int]:
@@ -332,14 +334,16 @@ def test_dry_run_deletes_nothing_and_predicts_the_real_run(world: World) -> None
     after = snapshot()
     assert real.to_json()["deleted"] == dry.to_json()["deleted"] and real.dropped == dry.dropped
     gone = {k: s for k, s in before.items() if k not in after}
-    kinds = {"versions": "records", "manifests": "manifests", "chunks": "chunks", "bundles": "bundles", "enrich": "leases"}
+    kinds = {"versions": "records", "manifests": "manifests", "chunks": "chunks", "bundles": "bundles",
+             "enrich": "leases", "publish": "leases"}
     by_kind: dict[str, list[int]] = {}
     for k, s in gone.items():
         by_kind.setdefault(kinds[k.split("/")[-2] if k.startswith("apps/") else k.split("/")[1]], []).append(s)
     assert {k: [len(v), sum(v)] for k, v in by_kind.items()} == {
         k: [t.count, t.bytes] for k, t in real.deleted.items() if t.count
     }
-    assert real.deleted["leases"].count == 1 and not w.store.exists(stale)
+    assert real.deleted["leases"].count == 2 and not any(map(w.store.exists, stale))
+    assert live is not None and w.store.exists(live.key)
     assert set(after) >= set(before) - set(gone) and w.collect().total.count == 0
     whole(w)
 
