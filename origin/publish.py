@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from common.manifest import ChunkEntry, Manifest, PackageEntry
 from common.package import Layout, PackageSpec, layout
 from common.signing import SigningKey
 from origin import paths
+from origin.gclock import publish_guard
 from origin.ingest import read_app_json
 from origin.storage import Store
 
@@ -137,6 +139,14 @@ class Publisher:
     def publish(self, app: str, version: str, files: dict[str, Path]) -> PublishResult:
         check_app(app)
         check_version(version)
+        # From the first check of which chunks exist until the record is written, a gc sweep
+        # must not delete a chunk this publish found stored and so did not upload (origin/gc.py).
+        with publish_guard(self.storage) as guard:
+            return self._publish(app, version, files, guard.check)
+
+    def _publish(
+        self, app: str, version: str, files: dict[str, Path], still_guarded: Callable[[], None]
+    ) -> PublishResult:
         lay: Layout = layout(list(files), read_app_json(files))
         total = sum(f.stat().st_size for f in files.values())
         # Enough tasks to keep every worker busy, each big enough to amortise pickling.
@@ -163,6 +173,7 @@ class Publisher:
             for spec, sizes, ids in cut_packages
         )
         manifest = Manifest(app, version, int(time.time()), packages, dict(lay.preload))
+        work.still_guarded = still_guarded
         return self._commit(manifest, work)
 
     # -- stream → chunks → frames, for every package, pipelined through the pool -------------
@@ -239,6 +250,7 @@ class Publisher:
         if self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope):
             stats.new_bytes += len(envelope)
         record = VersionRecord(mid, digest, manifest.created, (mid,), published=time.time())
+        stats.still_guarded()  # LeaseLost if a sweep may have run meanwhile: no record then
         if not self.storage.put_if_absent(vkey, record.pack()):
             # Lost a race with a concurrent publish of the same version: same rules apply.
             existing = self._existing(vkey, digest)
@@ -286,6 +298,7 @@ class _Work:
         self.io: ThreadPoolExecutor | None = None
         self.new_chunks = 0
         self.new_bytes = 0
+        self.still_guarded: Callable[[], None] = lambda: None
 
     def flush(self, pub: Publisher) -> None:
         if self.batch:

@@ -1,0 +1,68 @@
+"""``minicdn gc``: one mark and sweep of an origin's store (the policy: origin/gc.py).
+
+Exit status: 0 done; 2 the command was wrong or the store cannot be reached (a bad URL
+or number, no such directory, the object store unreachable or refusing us); 1 gc could
+not run now (another sweep, publishes still running, a lease lost: run it again) or the
+store is damaged (the message names the key)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import click
+
+from common.cli import DURATION, option
+from common.errors import ConfigError, StorageUnavailable
+from origin.gc import Policy, collect
+from origin.storage import FileDriver, Store, open_storage
+
+__all__ = ["gc", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """The store ``url`` names, as ``minicdn origin --storage`` does, except that a file
+    store must already exist (a typo must not look like an empty store) and is opened
+    without sweeping temp files (an origin may be writing them)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return open_storage(url, ".")  # the data directory only matters when url is empty
+    path = unquote(parts.path)
+    if parts.netloc not in {"", "localhost"} or not path.startswith("/"):
+        raise ConfigError(f"--storage {url}: a file URL is file:///absolute/path")
+    if not Path(path).is_dir():
+        raise ConfigError(f"--storage {url}: no store there ({path} is not a directory)")
+    return Store(FileDriver(path, sweep=False))
+
+
+@click.command()
+@option("--storage", "url", required=True, help="The origin's store: file:///path or s3://bucket/prefix.")
+@option("--dry-run", is_flag=True, help="Delete nothing; print what would go.")
+@option("--keep", type=click.IntRange(1), default=10, help="Keep the last N versions of each app.")
+@option(
+    "--keep-days",
+    type=click.FloatRange(0),
+    default=30.0,
+    help="Keep every version a channel pointed at within this many days.",
+)
+@option("--grace", type=DURATION, default="1d", help="Never delete what was written more recently.")
+@option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(url: str, dry_run: bool, keep: int, keep_days: float, grace: float, as_json: bool) -> None:
+    """Delete versions the retention policy drops and every object nothing kept references."""
+    policy = Policy(keep=keep, keep_days=keep_days, grace=grace)
+    store = open_store(url)
+    try:
+        report = collect(store, policy, dry_run=dry_run)
+    except StorageUnavailable as exc:
+        if type(exc) is not StorageUnavailable:
+            raise  # busy, lease lost, damaged: exit 1 with the message (common.cli)
+        click.echo(f"minicdn: {exc.code}: {url}: {exc.message}", err=True)
+        sys.exit(2)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"storage": url, **report.to_json()}, indent=2))
+    else:
+        click.echo(f"gc of {url}\n{report.text()}")

@@ -1,0 +1,190 @@
+"""gc's mark phase: which versions the policy keeps, and every object they reference
+(the policy itself: origin/gc.py's docstring).  Reads only; blocking, run in a thread.
+
+gc holds no signing key, so refs and manifests are decoded without checking signatures:
+the store is the origin's own, and a manifest's bytes are checked against its id (the
+SHA-256 its key names).  Manifests are immutable, so what each references is cached by id
+for the whole run (``Marker.refs``): a sweep marks twice, once before taking ``locks/gc``
+and again under it, and the second pass reads only what is new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from common import wire
+from common.errors import ConfigError, MinicdnError, StorageUnavailable
+from common.ids import sha256
+from common.manifest import Ref, decode_manifest, decode_ref
+from origin import paths
+from origin.channels import DAY, Pending
+from origin.history import Entry
+from origin.publish import VersionRecord
+from origin.storage import Store
+
+__all__ = ["Damaged", "Marked", "Marker", "Policy", "Version"]
+
+T = TypeVar("T")
+
+
+class Damaged(StorageUnavailable):
+    """The store holds something gc cannot read (a kept version's manifest is absent or
+    corrupt): it sweeps nothing rather than guess what that thing references."""
+
+    code = "store_damaged"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a sweep keeps (flags of ``minicdn gc`` of the same names)."""
+
+    keep: int = 10  # --keep: the last N versions of each app, in publish order
+    keep_days: float = 30.0  # --keep-days: every version a channel pointed at this recently
+    grace: float = DAY  # --grace, seconds: nothing written more recently is swept
+
+    def __post_init__(self) -> None:
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ConfigError(f"--keep must be a whole number of at least 1, not {self.keep!r}")
+        for flag, value in (("--keep-days", self.keep_days), ("--grace", self.grace)):
+            if not 0 <= value < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{flag} must be a finite number, not negative: {value!r}")
+
+
+@dataclass(frozen=True)
+class Version:
+    app: str
+    name: str
+    key: str  # its record's key
+    size: int  # its record's bytes
+    mtime: float  # when its record was last written
+    record: VersionRecord
+
+
+@dataclass
+class Marked:
+    kept: list[Version] = field(default_factory=list)
+    dropped: list[Version] = field(default_factory=list)  # in publish order within an app
+    objects: set[str] = field(default_factory=set)  # keys under objects/ that stay
+
+
+class Marker:
+    """One gc run's marking, with its cache of what each manifest references."""
+
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+        self.refs: dict[bytes, frozenset[str]] = {}  # manifest id → object keys it names
+
+    def mark(self, now: float) -> Marked:
+        out = Marked()
+        for app in self.store.names(paths.APPS):
+            self._mark_app(app, now, out)
+        return out
+
+    def _mark_app(self, app: str, now: float, out: Marked) -> None:
+        versions = self._versions(app)
+        newest = {v.name for v in versions[-self.policy.keep :]}
+        refs = self._refs(app)
+        named = self._channel_versions(app, now - self.policy.keep_days * DAY, refs)
+        named |= {p.version for p in self._pending(app)}
+        young = now - self.policy.grace  # a record written since: a publish or enrichment just made
+        for v in versions:
+            keep = v.name in newest or v.name in named or v.mtime > young
+            (out.kept if keep else out.dropped).append(v)
+            if keep:
+                for mid in v.record.all_manifests:
+                    out.objects |= self._names(mid, v.key)
+        for ref in refs:  # what a ref names stays even if its record is gone (never deleted here)
+            for mid in (ref.manifest, *((ref.rollout.manifest,) if ref.rollout else ())):
+                out.objects |= self._names(mid, paths.channel_key(app, ref.channel), absent_ok=True)
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def _versions(self, app: str) -> list[Version]:
+        """Every version of ``app``, in publish order (VersionRecord.order, then name)."""
+        prefix = paths.versions_prefix(app)
+        out = []
+        for item in self.store.items(prefix):
+            blob = self.store.read(item.key)
+            if blob is None:  # deleted since the listing (by another sweep): nothing to keep
+                continue
+            try:
+                record = VersionRecord.unpack(blob.data)
+            except (MinicdnError, KeyError, TypeError, ValueError) as exc:
+                raise Damaged(f"{item.key} is not a version record ({exc}): gc sweeps nothing") from exc
+            name = item.key[len(prefix) :]
+            out.append(Version(app, name, item.key, len(blob.data), item.stat.mtime, record))
+        return sorted(out, key=lambda v: (v.record.order, v.name))
+
+    # -- channels: Channels.versions_since, without the key to verify refs ------------------------
+
+    def _refs(self, app: str) -> list[Ref]:
+        out = []
+        for key in self.store.list(paths.channels_prefix(app)):
+            blob = self.store.read(key)
+            if blob is not None:
+                out.append(_decode(decode_ref, blob.data, key))
+        return out
+
+    def _channel_versions(self, app: str, since: float, refs: Iterable[Ref]) -> set[str]:
+        """Every version a channel pointed at since ``since``: its moves in the window, its
+        target when the window opened, and what its ref names now, rollout included."""
+        out: set[str] = set()
+        for ref in refs:
+            out.add(ref.version)
+            if ref.rollout is not None:
+                out.add(ref.rollout.version)
+        for channel in self.store.names(paths.app_prefix(app) + "history/"):
+            blob = self.store.read(paths.history_key(app, channel))
+            raw = wire.unpack(blob.data, what="history") if blob is not None else []
+            at_start = None
+            for e in map(Entry.unpack, raw):  # time order
+                if e.time >= since:
+                    out.add(e.version)
+                else:
+                    at_start = e.version
+            if at_start is not None:
+                out.add(at_start)
+        return out
+
+    def _pending(self, app: str) -> list[Pending]:
+        out = []
+        for key in self.store.list(paths.pending_prefix(app)):
+            blob = self.store.read(key)
+            if blob is not None:
+                out.append(Pending.unpack(blob.data))
+        return out
+
+    # -- what a manifest names --------------------------------------------------------------------
+
+    def _names(self, mid: bytes, named_by: str, *, absent_ok: bool = False) -> frozenset[str]:
+        """The manifest's key and every chunk, bundle and delta it names."""
+        if mid in self.refs:
+            return self.refs[mid]
+        key = paths.manifest_key(mid.hex())
+        blob = self.store.read(key)
+        if blob is None:
+            if absent_ok:
+                return frozenset()
+            raise Damaged(f"{named_by} names manifest {mid.hex()}, which is absent: gc sweeps nothing")
+        if sha256(blob.data) != mid:
+            raise Damaged(f"{key} does not hash to its id: gc sweeps nothing")
+        m = _decode(decode_manifest, blob.data, key)
+        keys = {key}
+        for p in m.packages:
+            keys.update(paths.chunk_key(c.id.hex()) for c in p.chunks)
+            if p.bundle is not None:
+                keys.add(paths.bundle_key(p.bundle[0].hex()))
+            keys.update(paths.bundle_key(delta.hex()) for _, delta, _ in p.deltas)
+        self.refs[mid] = frozenset(keys)
+        return self.refs[mid]
+
+
+def _decode(decode: Callable[[Any], T], envelope: bytes, key: str) -> T:
+    """The signed body of an envelope (common.signing.seal's layout), unverified, decoded."""
+    try:
+        return decode(wire.unpack(wire.unpack(envelope, what=key)["payload"], what=key))
+    except (MinicdnError, KeyError, TypeError) as exc:
+        raise Damaged(f"{key} cannot be read ({exc}): gc sweeps nothing") from exc
