@@ -36,6 +36,7 @@ from common.ids import check_app, check_channel, check_version, parse_hex_id
 from common.listing import parse_page
 from origin import console, qr
 from origin.channels import Channels, RolloutSpec
+from origin.gcloop import gc_forever
 from origin.service import ChannelMove, Origin, new_upload_path
 
 __all__ = ["ORIGIN", "PACE", "make_app"]
@@ -342,6 +343,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(origin.resign_loop()),
         asyncio.create_task(origin.enrich_loop()),
     ]
+    if origin.settings.gc_every:
+        gc = gc_forever(origin.storage, origin.settings.gc, origin.settings.gc_every, origin.metrics)
+        tasks.append(asyncio.create_task(gc))
     yield
     origin.stop_background()  # an enrichment in its thread stops at its next pause
     for task in tasks:

@@ -37,6 +37,7 @@ from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
 from common.tls import OnHandshake, ServerTls, from_flags
 from origin.app import make_app
+from origin.gcmark import Policy
 from origin.ingest import Limits
 from origin.opscli import apps, channel
 from origin.qr import DEFAULT_QR_URL
@@ -61,6 +62,30 @@ __all__ = ["apps", "channel", "origin", "publish"]
     metavar="URL",
     help="Where objects live: file:///path or s3://BUCKET/PREFIX (AWS_* variables and profiles "
     "give the endpoint and credentials) [default: file://DATA/store].",
+)
+@option(
+    "--gc-every",
+    type=DURATION,
+    default="0",
+    help="Run retention (as minicdn gc) in the background this often; 0: never (run minicdn gc).",
+)
+@option(
+    "--gc-keep",
+    type=click.IntRange(1),
+    default=10,
+    help="Background gc: keep the last N versions of each app.",
+)
+@option(
+    "--gc-keep-days",
+    type=click.FloatRange(0),
+    default=30.0,
+    help="Background gc: keep every version a channel pointed at within this many days.",
+)
+@option(
+    "--gc-grace",
+    type=DURATION,
+    default="1d",
+    help="Background gc: never delete what was written more recently.",
 )
 @option(
     "--feed-poll",
@@ -120,6 +145,10 @@ __all__ = ["apps", "channel", "origin", "publish"]
 def origin(
     data_dir: str,
     storage_url: str | None,
+    gc_every: float,
+    gc_keep: int,
+    gc_keep_days: float,
+    gc_grace: float,
     feed_poll: float,
     listen: tuple[str, int],
     signing_key: str | None,
@@ -167,6 +196,8 @@ def origin(
         delta_window=delta_window,
         qr_url=qr_url,
         feed_poll=feed_poll,
+        gc_every=gc_every,
+        gc=Policy(keep=gc_keep, keep_days=gc_keep_days, grace=gc_grace),
     )
     if not settings.token:
         logging.getLogger("minicdn.origin").warning("MINICDN_TOKEN is not set: publishing is disabled")

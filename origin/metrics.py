@@ -31,6 +31,8 @@ class OriginMetrics:
     tls_handshakes: Counter  # TLS handshakes by outcome and resumption (with --tls-cert)
     storage_ops: Counter  # storage operations by driver, operation and outcome (origin/storage)
     storage_seconds: Histogram  # their latency by driver and operation
+    gc_runs: Counter  # background gc rounds (--gc-every) by outcome: ok, busy, error
+    gc_deleted_bytes: Counter  # bytes those rounds deleted
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> OriginMetrics:
@@ -94,6 +96,15 @@ class OriginMetrics:
                 buckets=STORAGE_BUCKETS,
                 registry=r,
             ),
+            gc_runs=_every_label(
+                Counter(
+                    "minicdn_origin_gc_runs", "Background gc rounds, by outcome", ["outcome"], registry=r
+                ),
+                ("ok", "busy", "error"),
+            ),
+            gc_deleted_bytes=Counter(
+                "minicdn_origin_gc_deleted_bytes", "Bytes deleted by background gc rounds", registry=r
+            ),
         )
 
     def storage_op(self, driver: str, op: str, outcome: str, seconds: float) -> None:
@@ -116,4 +127,10 @@ def _every_outcome(counter: Counter) -> Counter:
 def _by_kind(counter: Counter) -> Counter:
     for kind in KINDS:  # every kind shows from the start, at zero
         counter.labels(kind)
+    return counter
+
+
+def _every_label(counter: Counter, values: tuple[str, ...]) -> Counter:
+    for value in values:
+        counter.labels(value)
     return counter

@@ -37,6 +37,8 @@ from origin import paths, qr
 from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
 from origin.feed import SharedFeed
+from origin.gclock import publish_guard
+from origin.gcmark import Policy
 from origin.ingest import Limits, extract
 from origin.leases import Lease, Leases, owner_id
 from origin.metrics import OriginMetrics
@@ -69,6 +71,8 @@ class OriginSettings:
     ref_ttl: float = 7 * 86400
     ref_max_age: int = 30
     feed_poll: float = 0.5  # --feed-poll: how often a replica lists the store's change log
+    gc_every: float = 0.0  # --gc-every: background retention rounds (0: off; origin/gcloop.py)
+    gc: Policy = field(default_factory=Policy)  # --gc-keep, --gc-keep-days, --gc-grace
     resign_interval: float = 3600.0  # no flag: --ref-ttl / 8, at most an hour (origin/cli.py)
     delta_bases: int = 3
     delta_window: float = 30 * DAY
@@ -84,6 +88,8 @@ class OriginSettings:
             raise ConfigError("--ref-max-age must not be negative")
         if not 0.05 <= self.feed_poll <= 60:
             raise ConfigError("--feed-poll must be between 50ms and 60s")
+        if not (self.gc_every == 0 or 1 <= self.gc_every < float("inf")):
+            raise ConfigError("--gc-every must be 0 (off) or at least 1s")
         # Refs are re-signed once less than half their lifetime is left: a check must come
         # round within that half, or a ref could expire between two checks.
         if not 0 < self.resign_interval < self.ref_ttl / 2:
@@ -419,10 +425,19 @@ class Origin:
         check_app(app)
         check_channel(channel)
         check_version(version)
-        return await self._run(self.channels.move, app, channel, version, rollout)
+        return await self._run(self._guarded, self.channels.move, app, channel, version, rollout)
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """An operator's move under a publish lease (origin/gclock.py): a gc sweep never
+        drops a version while a move to it is being made, nor a move while it marks."""
+        with publish_guard(self.storage) as held:
+            held.check()
+            return fn(*args)
 
     async def rollback(self, app: str, channel: str) -> dict[str, Any]:
-        old, new = await self._run(self.channels.rollback, check_app(app), check_channel(channel))
+        old, new = await self._run(
+            self._guarded, self.channels.rollback, check_app(app), check_channel(channel)
+        )
         return {
             "app": app,
             "channel": channel,

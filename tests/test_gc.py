@@ -40,7 +40,7 @@ from origin.gccli import open_store
 from origin.gclock import publish_guard, sweep_lock
 from origin.leases import Leases
 from origin.publish import Publisher, VersionRecord, tree_files
-from origin.storage import Blob, Driver, DriverError, Page, Stat, Store
+from origin.storage import Blob, Driver, DriverError, FileStorage, Page, Stat, Store
 from tests.conftest import DEMO, REPO
 from tests.s3_servers import S3Server, moto_server, rgw_server
 
@@ -729,3 +729,41 @@ def test_cli_says_when_another_sweep_runs(tmp_path: Path) -> None:
     with sweep_lock(store):
         got = gc_cli("--storage", tmp_path.as_uri())
     assert got.returncode == 1 and "gc_in_progress" in got.stderr and "Traceback" not in got.stderr
+
+
+# -- the origin's background mode (--gc-every) ------------------------------------------------
+
+
+def test_an_origin_with_gc_every_sweeps_what_the_policy_drops(tmp_path: Path) -> None:
+    """A real origin with ``--gc-every 1s --gc-keep 1 --gc-keep-days 0 --gc-grace 0``: the
+    version no channel names and not the last is dropped with its own chunks, the channel's
+    version stays whole, and the rounds are counted."""
+    from tests.conftest import DEMO, app_info, publish, set_channel, tar_gz_of, wait_enriched
+    from tests.procs import metric, origin_service
+    from tests.waiting import eventually
+
+    svc = origin_service(tmp_path, "test-token", "--gc-every", "1s", "--gc-keep", "1", "--gc-keep-days", "0",
+                         "--gc-grace", "0").start()
+    try:
+        old = tmp_path / "old"
+        shutil.copytree(DEMO, old)
+        (old / "only-in-old.js").write_bytes(os.urandom(40_000))  # chunks no other version has
+        assert publish(svc.url, "bg", "1.0.0", tar_gz_of(old)).status == 201
+        wait_enriched(svc.url, "bg", "1.0.0")
+        assert publish(svc.url, "bg", "2.0.0", tar_gz_of(DEMO)).status == 201
+        wait_enriched(svc.url, "bg", "2.0.0")
+        assert set_channel(svc.url, "bg", "release", {"version": "2.0.0"}).status == 200
+
+        def swept() -> bool:
+            return [v["version"] for v in app_info(svc.url, "bg")["versions"]] == ["2.0.0"]
+
+        eventually(swept, 30, "1.0.0 dropped by a background round")
+        eventually(lambda: metric(svc.url, "minicdn_origin_gc_deleted_bytes_total") > 40_000, 30, "its bytes counted")
+        assert metric(svc.url, "minicdn_origin_gc_runs_total", 'outcome="ok"') >= 1
+        store = FileStorage(tmp_path / "origin" / "store", sweep=False)
+        info = app_info(svc.url, "bg")
+        m = open_manifest(store.get(paths.manifest_key(info["versions"][0]["manifest"])),
+                          [SigningKey.load(tmp_path / "keys" / "signing.key").public])
+        assert all(store.exists(paths.chunk_key(c.id.hex())) for p in m.packages for c in p.chunks)
+    finally:
+        svc.stop()
