@@ -552,6 +552,12 @@ def test_dashboard_panels() -> None:
     assert "minicdn_edge_cache_limit_bytes" in panel("cache fill")
     assert "minicdn_edge_evicted_bytes_total" in panel("evictions")
     assert "minicdn_edge_coalesced_total" in panel("coalesced")
+    ops = panel("storage operations")
+    assert "minicdn_origin_storage_operations_total" in ops and "by (driver, op, outcome)" in ops
+    assert (
+        "histogram_quantile(0.99, sum by (driver, op, le) (rate(minicdn_origin_storage_seconds_bucket"
+        in panel("storage latency")
+    )
     per_edge = [t for t in text if "per edge" in t]
     assert len(per_edge) >= 10 and all("by (instance" in text[t] for t in per_edge)
 
