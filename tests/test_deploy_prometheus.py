@@ -120,7 +120,7 @@ def run(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProces
 # -- 1. promtool ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml"])
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml", "prometheus-s3.yml"])
 def test_promtool_check_config(promtool: Path, config: str) -> None:
     r = run(promtool, "check", "config", config, cwd=PROM)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -233,6 +233,22 @@ def exported_names(base: str) -> set[str]:
         name, kind = m.groups()
         names |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
     return names
+
+
+_VOCABULARY = re.compile(r"\(([a-z_]+(?:, [a-z_]+)+)\)")
+
+
+def declared_values(base: str) -> dict[str, set[str]]:
+    """Label values a metric's HELP text lists, e.g. "... and outcome (ok, absent, exists,
+    conflict, error)": a healthy process need not have exported every one yet (no storage
+    error has happened), but a rule may select any of them."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, set[str]] = {}
+    for m in re.finditer(r"^# HELP (\S+) (.*)$", text, re.M):
+        for listed in _VOCABULARY.findall(m.group(2)):
+            out.setdefault(m.group(1), set()).update(listed.split(", "))
+    return out
 
 
 def counters(edge: Service) -> tuple[dict[str, float], float]:
@@ -480,8 +496,11 @@ def test_every_dashboard_query_evaluates_with_data(stack: Stack) -> None:
 def test_rules_and_dashboard_use_only_exported_metrics(stack: Stack) -> None:
     exported: set[str] = set()
     labels: dict[str, dict[str, set[str]]] = {}
+    declared: dict[str, set[str]] = {}
     for svc in (stack.origin, *stack.edges):
         exported |= exported_names(svc.url)
+        for name, values in declared_values(svc.url).items():
+            declared.setdefault(name, set()).update(values)
         for name, lbs, _ in scrape(svc.url):
             for k, v in lbs.items():
                 labels.setdefault(name, {}).setdefault(k, set()).add(v)
@@ -503,12 +522,35 @@ def test_rules_and_dashboard_use_only_exported_metrics(stack: Stack) -> None:
                     continue
                 if label not in labels[name]:
                     problems.append(f"{name}{{{label}...}}: {name} has no label {label}")
-                elif op == "=" and value not in labels[name][label]:
+                elif op == "=" and value not in labels[name][label] | _vocabulary(declared, name, labels[name][label]):
                     problems.append(f'{name}{{{label}="{value}"}}: values are {sorted(labels[name][label])}')
     assert problems == [], "\n".join(problems)
     assert DESIGN_METRICS - used == set(), "every DESIGN.md metric is on the dashboard or in a rule"
     dash_used = {n for e in dashboard_exprs() for n in metric_names(e)}
     assert DESIGN_METRICS - dash_used == set(), "every DESIGN.md metric is on the dashboard"
+
+
+def _vocabulary(declared: dict[str, set[str]], name: str, exported: set[str]) -> set[str]:
+    """The values the HELP of ``name`` lists, when that list covers what is exported for
+    the label (so that it is this label's vocabulary, not some other list)."""
+    family = re.sub(r"_(total|bucket|count|sum|created)$", "", name)
+    listed = declared.get(family, declared.get(name, set()))
+    return listed if exported <= listed else set()
+
+
+def test_storage_operations_declare_every_outcome_in_help(stack: Stack) -> None:
+    """The alert on storage errors selects outcome="error", which a healthy origin has not
+    exported yet: the metric's HELP must list it (as origin/storage/store.py's outcomes)."""
+    from origin.storage import store
+
+    declared = declared_values(stack.origin.url)
+    help_values = _vocabulary(declared, "minicdn_origin_storage_operations_total", {"error"})
+    assert {"ok", "absent", "exists", "conflict", "error"} == help_values
+    source = Path(store.__file__).read_text()
+    for outcome in help_values:
+        assert f'"{outcome}"' in source, outcome
+    exported = {lb["outcome"] for n, lb, _ in scrape(stack.origin.url) if n == "minicdn_origin_storage_operations_total"}
+    assert exported and exported <= help_values, exported
 
 
 def test_name_extraction_sees_through_strings_and_suffixes() -> None:
