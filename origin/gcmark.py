@@ -153,7 +153,7 @@ class Marker:
         out = []
         for key in self.store.list(paths.pending_prefix(app)):
             blob = self.store.read(key)
-            if blob is not None:
+            if blob is not None and blob.data:  # empty: a move made or cancelled (origin/channels.py)
                 out.append(Pending.unpack(blob.data))
         return out
 

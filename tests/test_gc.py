@@ -312,6 +312,22 @@ def test_policy_keeps_the_last_n_channel_windows_pending_moves_and_rollouts(worl
     assert w.collect(policy).total.count == 0  # a second run finds nothing
 
 
+def test_a_pending_move_made_or_cancelled_leaves_a_tombstone_gc_reads_as_none(world: World) -> None:
+    """A pending record is emptied, not deleted, once its move is made or cancelled
+    (origin/channels.py): gc must read that as no pending move, not as a damaged record."""
+    w = world
+    w.publish("1.0.0")
+    w.publish("2.0.0")
+    assert w.channels.plan("demo", "release", "1.0.0", None) is None  # not enriched: pending
+    assert w.channels.apply_pending("demo", "1.0.0") == ["release"]  # made: the record emptied
+    assert w.store.get(paths.pending_key("demo", "release")) == b""
+    report = w.collect(Policy(keep=1, keep_days=0, grace=0))
+    assert report.dropped == {} and w.versions() == {"1.0.0", "2.0.0"}  # release names 1.0.0
+    w.channels.move("demo", "release", "2.0.0", None)
+    report = w.collect(Policy(keep=1, keep_days=0, grace=0))
+    assert report.dropped == {"demo": ["1.0.0"]} and w.versions() == {"2.0.0"}
+
+
 def test_dry_run_deletes_nothing_and_predicts_the_real_run(world: World) -> None:
     w = world
     for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
