@@ -16,9 +16,11 @@ the storage root; the filesystem backend maps it 1:1, an object store uses it as
                                      ...]: every move (origin/history.py), for rollback
                                      and delta bases
       pending/<channel>              msgpack {version, percent, since}: a publish's move
-                                     waiting for the version's enriched manifest
+                                     waiting for the version's enriched manifest; empty
+                                     once made or cancelled (emptied by swap, never deleted)
+    changes/epoch                    the change feed's epoch (16 hex), made once
     changes/<seq>                    one channel move each (20 digits): the replicas' shared
-                                     change feed (origin/feed.py)
+                                     change feed (origin/feed.py), the last 8,192 kept
     leases/enrich/<app>/<version>    a replica enriching that version (origin/leases.py)
     locks/gc                         a gc sweep in progress (origin/gc.py)
     locks/publish/<owner>            a publish in progress (origin/gc.py)
