@@ -51,9 +51,9 @@ class Cdn:
     def key(self) -> PublicKey:
         return PublicKey.load(self.key_path)
 
-    def config(self, store: Path, plan: str = "auto", edge: str | None = None) -> ClientConfig:
+    def config(self, store: Path, plan: str = "auto", edge: str | None = None, retry_for: float = 10.0) -> ClientConfig:
         return ClientConfig(edges=(edge or self.edge.url,), public_keys=(self.key,), store_dir=store,
-                            timeout=10.0, plan=plan)
+                            timeout=10.0, plan=plan, retry_for=retry_for)
 
     def manifest_id(self, version: str) -> str:
         return str(next(v["manifest"] for v in app_info(self.origin.url, "demo")["versions"] if v["version"] == version))
@@ -156,13 +156,14 @@ async def test_a_bundle_or_delta_with_a_flipped_byte_is_refused(
     store, out = tmp_path / "store", tmp_path / "app"
     await install(cdn, cdn.config(store), out, "v1")
     before = tree(out)
-    with pytest.raises(IntegrityError):
-        await install(cdn, cdn.config(store, plan, edge=flipper.url), out, "v2")
+    with pytest.raises(IntegrityError):  # retried for a second, not 10 s: every copy is flipped
+        await install(cdn, cdn.config(store, plan, edge=flipper.url, retry_for=1.0), out, "v2")
     assert tree(out) == before
     assert not list(tmp_path.glob(".app.*"))  # no staging or old trees left behind
     # a cold install of a flipped bundle is refused too, and installs nothing
     with pytest.raises(IntegrityError):
-        await install(cdn, cdn.config(tmp_path / "cold", "bundle", edge=flipper.url), tmp_path / "cold-app", "v1")
+        await install(cdn, cdn.config(tmp_path / "cold", "bundle", edge=flipper.url, retry_for=1.0),
+                      tmp_path / "cold-app", "v1")
     assert not (tmp_path / "cold-app").exists()
 
 
