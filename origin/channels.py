@@ -67,6 +67,7 @@ class Resigned(NamedTuple):
 
 DAY = 86400
 ROLLBACK_TRIES = 20  # rounds of a move that depends on what the channel is (another replica moves it)
+HISTORY_LAG_TRIES = 6  # of those, rounds a rollback waits for a move's history entry (50 ms each)
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,17 @@ class Channels:
         returns the refs before and after.  Conflict when the history has no such version."""
         check_channel(channel)
         with self._lock:
-            for _ in range(ROLLBACK_TRIES):
+            for attempt in range(ROLLBACK_TRIES):
                 old = self.current(app, channel)
                 if old is None:
                     raise NotFound(f"app {app} has no channel {channel}")
                 hist = self.history(app, channel)
-                if hist and hist[-1].serial is not None and hist[-1].serial < old.serial:
-                    time.sleep(0.05)  # the move's history entry is on its way (another replica)
+                last = hist[-1].serial if hist else None
+                if last is not None and last < old.serial and attempt < HISTORY_LAG_TRIES:
+                    # A move through another replica writes its history entry just after its
+                    # ref: wait a moment for it.  (A re-pointing to an enriched manifest
+                    # raises the serial with no entry at all: then go on with what there is.)
+                    time.sleep(0.05)
                     continue
                 target = rollback_target(hist)
                 if target is None:

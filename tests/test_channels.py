@@ -148,3 +148,19 @@ def test_a_view_never_shows_a_channel_moved_with_its_pending_move_still_listed(
     readers[0].join(10)
     refs, pending = seen[0]
     assert refs["release"].version == "1.1.0" and pending == {}
+
+
+def test_a_rollback_after_enrichment_repointed_the_ref_goes_back(
+    setup: tuple[Channels, FileStorage, SigningKey, Clock],
+) -> None:
+    """Re-pointing a ref to a version's enriched manifest raises its serial with no history
+    entry; a rollback then must not wait for an entry that never comes (it answered 409
+    "keeps moving" after a second, every time: the review of issue 18 found it)."""
+    ch, _storage, key, _clock = setup
+    ch.move("demo", "release", "1.0.0", None)
+    ch.move("demo", "release", "1.1.0", None)
+    enriched = sha256(b"enriched 1.1.0")
+    assert ch.repoint("demo", "1.1.0", {sha256(b"1.1.0")}, enriched) == 1
+    assert open_ref(ch.envelope("demo", "release"), [key.public]).serial == 3
+    old, new = ch.rollback("demo", "release")
+    assert (old.version, new.version, new.serial) == ("1.1.0", "1.0.0", 4)
