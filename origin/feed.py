@@ -63,6 +63,7 @@ class SharedFeed:
         self.poll = poll
         self._hint = 0  # the highest seq this process knows exists (appenders start after it)
         self._hint_lock = threading.Lock()
+        self._known = False  # whether _hint came from the store's listing (not just 0)
         self._wake: asyncio.Event | None = None
         self._tail = 0  # the last seq in self.log
         self._tailed = threading.Condition()
@@ -75,6 +76,10 @@ class SharedFeed:
         """Write ``change`` as the next seq of the shared log; returns its seq."""
         body = json.dumps(change.to_json()).encode()
         with self._hint_lock:
+            if not self._known:  # before the tail opened the log (a move made at start):
+                # find its end first — an early seq may be free again after trimming, and
+                # a change written there would sit below every reader's cursor, unseen
+                self._hint, self._known = max(self._hint, self._last_after(0)), True
             seq = self._hint + 1
         while self.store.create(paths.change_key(seq), body) is None:
             seq = max(seq, self._last_after(seq)) + 1
@@ -119,7 +124,7 @@ class SharedFeed:
                 log.exception("opening the shared change feed failed; retrying")
                 await asyncio.sleep(min(self.poll * 4, 5.0))
         with self._hint_lock:
-            self._hint = max(self._hint, last)
+            self._hint, self._known = max(self._hint, last), True
         self.log.rebase(epoch, last)
         with self._tailed:
             self._tail = last
