@@ -40,6 +40,7 @@ from common.manifest import Manifest, PackageEntry, open_manifest
 from common.signing import SigningKey
 from origin import paths
 from origin.channels import DAY, Channels
+from origin.gclock import publish_guard
 from origin.publish import VersionRecord
 from origin.storage import Store
 
@@ -135,17 +136,24 @@ class Enricher:
         rec = VersionRecord.unpack(blob.data)
         if rec.enriched:
             return None
-        plain = self._manifest(rec.all_manifests[0])
-        bases = self._bases(app, version, rec)
-        packages = tuple(self._package(pkg, bases, pause) for pkg in plain.packages)
-        if packages == plain.packages:
-            self._rewrite(vkey, dataclasses.replace(rec, enriched=True), blob.etag)
-            return None
-        envelope = dataclasses.replace(plain, packages=packages).seal(self.key)
-        mid = sha256(envelope)
-        self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope)
-        done = dataclasses.replace(rec, manifest=mid, manifests=(*rec.all_manifests, mid), enriched=True)
-        self._rewrite(vkey, done, blob.etag)
+        # Under a publish lease (origin/gclock.py), as a publish: a bundle or delta found
+        # stored already (put_if_absent: a no-op, its mtime stays old) may be an object only
+        # a version being dropped names, and a gc sweep must not delete it between here and
+        # the record that names it again.  SweepInProgress / LeaseLost: try again later.
+        with publish_guard(self.storage) as held:
+            plain = self._manifest(rec.all_manifests[0])
+            bases = self._bases(app, version, rec)
+            packages = tuple(self._package(pkg, bases, pause) for pkg in plain.packages)
+            if packages == plain.packages:
+                held.check()
+                self._rewrite(vkey, dataclasses.replace(rec, enriched=True), blob.etag)
+                return None
+            envelope = dataclasses.replace(plain, packages=packages).seal(self.key)
+            mid = sha256(envelope)
+            self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope)
+            done = dataclasses.replace(rec, manifest=mid, manifests=(*rec.all_manifests, mid), enriched=True)
+            held.check()
+            self._rewrite(vkey, done, blob.etag)
         moved = self.channels.repoint(app, version, set(rec.all_manifests), mid)
         log.info("enriched %s@%s: manifest %s, %d refs moved", app, version, mid.hex()[:16], moved)
         return mid

@@ -37,7 +37,7 @@ from origin import paths, qr
 from origin.channels import DAY, Channels, RolloutSpec, check_percent
 from origin.enrich import Enricher, EnrichSettings
 from origin.feed import SharedFeed
-from origin.gclock import publish_guard
+from origin.gclock import LeaseLost, SweepInProgress, publish_guard
 from origin.gcmark import Policy
 from origin.ingest import Limits, extract
 from origin.leases import Lease, Leases, owner_id
@@ -50,6 +50,7 @@ __all__ = ["ChannelMove", "Origin", "OriginSettings"]
 
 log = logging.getLogger("minicdn.origin")
 
+ENRICH_RETRY = 30.0  # seconds before an enrichment put off by a gc sweep is tried again
 ENRICH_LEASE = 300.0  # seconds a replica's claim on enriching a version lasts unless renewed
 MIN_REF_TTL = 3600.0  # a ref must outlive the re-signing check that renews it
 T = TypeVar("T")
@@ -373,6 +374,9 @@ class Origin:
                 await self._settle(app, version, enriched=True)
             except _Stopped:
                 return
+            except (SweepInProgress, LeaseLost) as exc:  # a gc sweep ran: not a failure, later
+                log.info("enriching %s@%s put off: %s", app, version, exc)
+                asyncio.get_running_loop().call_later(ENRICH_RETRY, self._enqueue, app, version)
             except Exception:  # keep the loop alive (zstd, storage, a malformed record, ...)
                 # Left not enriched: tried again at the next start; clients use chunks meanwhile.
                 log.exception("enriching %s@%s failed", app, version)

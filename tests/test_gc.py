@@ -465,6 +465,35 @@ def test_a_publish_waits_for_a_sweep_that_holds_the_lock(world: World) -> None:
     _consistent(w)
 
 
+@pytest.mark.parametrize("backend", ["file"], indirect=True)
+def test_a_sweep_waits_for_an_enrichment_in_progress(world: World) -> None:
+    """Enrichment may find a bundle or delta stored already (identical bytes: a version that
+    reverts a package) that only a version being dropped names; put_if_absent leaves its
+    mtime old.  So enrichment holds a publish lease like a publish, and a sweep waits for it
+    (the review of issue 18 found enrichment with none: a sweep could delete what the
+    enriched record was about to name)."""
+    w = world
+    w.publish("1.0.0")
+    w.publish("2.0.0")
+    enricher = Enricher(w.store, w.key, w.channels, EnrichSettings(level=LEVEL, delta_bases=1), clock=w.clock)
+    inside, go = threading.Event(), threading.Event()
+
+    def pause() -> None:  # called before each compression: hold the enrichment there
+        inside.set()
+        assert go.wait(BOUND)
+
+    enriching = w.pool.submit(enricher.enrich, "demo", "2.0.0", pause)
+    assert inside.wait(BOUND)
+    with pytest.raises(PublishesRunning):
+        collect(w.store, EVERYTHING, dry_run=False, clock=w.clock, wait=0.5)
+    assert w.versions() == {"1.0.0", "2.0.0"}  # the sweep deleted nothing
+    go.set()
+    assert enriching.result(BOUND) is not None
+    report = w.collect(EVERYTHING)
+    assert report.dropped == {"demo": ["1.0.0"]}
+    _consistent(w)
+
+
 @ALSO_RGW
 def test_a_sweep_waits_for_a_publish_in_progress(world: World) -> None:
     w = world
