@@ -57,22 +57,30 @@ along with half its life left, and abandons the work otherwise (``lease_lost``);
 publish's retry then uploads what is missing.  Hosts' clocks must agree to well under
 half a lease (NTP).
 
-What the grace period still protects: whatever is written with no publish lease held —
-an enrichment's bundles and its new manifest in the minutes before the record names them;
-a publish whose lease lapsed, or that crashed, whose chunks a retry will find; an object
-store whose clock differs from ours.  Keep ``--grace`` well above the longest publish and
-enrichment (the default is a day).
+Enrichment (origin/enrich.py) and operator moves (``channel set``, rollback) hold a
+publish lease too: enrichment may find a bundle or delta stored already that only a
+dropped version names (and leave its mtime old), and a move may name a version a sweep is
+dropping.
+
+What the grace period still protects: a publish whose lease lapsed, or that crashed,
+whose chunks a retry will find; a version record just written (kept whatever the policy
+says); an object store whose clock differs from ours.  Keep ``--grace`` well above the
+longest publish and enrichment (the default is a day).
 
 Crash safety: records go first, then the objects only they referenced (manifests, then
 bundles, then chunks).  A crash in between leaves unreferenced objects and no record
 naming a missing one; the next run finds them unreferenced and finishes the job.  A sweep
 marks once without the lock (to learn what every manifest names, which is the slow part)
-and again under it, reading only what changed; a dry run takes no lock and deletes nothing.
+and again under it, which lists every app's records, refs, histories and pending moves and
+reads only what changed (origin/gcmark.py); a dry run takes no lock and deletes nothing.
+Publishes, enrichments and moves wait while a sweep holds the lock: its second mark and
+its deletes (1,000 keys a request on S3).
 
-Not covered by the leases: a channel move (``Channels.move``) to a version a sweep is
-dropping at that moment; and an enrichment rewriting the record of a version dropped
-while it ran (a record older than ``--grace`` that has no channel and is not among the
-last N).  Both are operator-rare; wrapping those writes in ``publish_guard`` closes them.
+An enrichment that rewrites the record of a version gc dropped while it ran does so by
+compare-and-swap from the record it read, so the record is not brought back.
+
+Memory: the sweep holds every key under ``objects/`` (and every kept one) in memory,
+about 100-200 bytes a key: a store of 10 million chunks needs a couple of GiB for a run.
 """
 
 from __future__ import annotations

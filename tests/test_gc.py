@@ -812,3 +812,35 @@ def test_an_origin_with_gc_every_sweeps_what_the_policy_drops(tmp_path: Path) ->
         assert all(store.exists(paths.chunk_key(c.id.hex())) for p in m.packages for c in p.chunks)
     finally:
         svc.stop()
+
+
+@pytest.mark.parametrize("backend", ["file"], indirect=True)
+def test_the_mark_under_the_lock_reads_only_what_changed(world: World) -> None:
+    """A sweep marks twice, the second time under ``locks/gc`` while publishes and moves
+    wait: that pass lists, and reads only what the listing shows changed since the first."""
+    from origin.gcmark import Marker
+
+    w = world
+    for v in ("1.0.0", "2.0.0", "3.0.0"):
+        w.publish(v)
+    w.channels.move("demo", "release", "2.0.0", None)
+    marker = Marker(w.store, EVERYTHING)
+    first = marker.mark(w.clock())
+    reads: list[str] = []
+    real = w.store.read
+
+    def counted(key: str) -> Blob | None:
+        reads.append(key)
+        return real(key)
+
+    w.store.read = counted  # type: ignore[method-assign]
+    again = marker.mark(w.clock())
+    assert reads == [] and again.objects == first.objects
+    w.channels.move("demo", "release", "1.0.0", None)  # a ref and a history change
+    newly_kept = VersionRecord.unpack(w.store.get(paths.version_key("demo", "1.0.0"))).manifest
+    reads.clear()  # (the move read through the same store, and so did the line above)
+    moved = marker.mark(w.clock())
+    assert sorted(reads) == sorted(  # the ref, its history, and the manifest of what it now keeps
+        [paths.channel_key("demo", "release"), paths.history_key("demo", "release"), paths.manifest_key(newly_kept.hex())]
+    )
+    assert {v.name for v in moved.kept} == {"1.0.0", "3.0.0"}
