@@ -37,7 +37,8 @@ from common.listing import parse_page
 from origin import console, qr
 from origin.channels import Channels, RolloutSpec
 from origin.gcloop import gc_forever
-from origin.service import ChannelMove, Origin, new_upload_path
+from origin.pool import new_upload_path
+from origin.service import ChannelMove, Origin
 
 __all__ = ["ORIGIN", "PACE", "make_app"]
 
@@ -342,6 +343,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(origin.shared_feed.run()),
         asyncio.create_task(origin.resign_loop()),
         asyncio.create_task(origin.enrich_loop()),
+        asyncio.create_task(origin.rescan_loop()),
     ]
     if origin.settings.gc_every:
         gc = gc_forever(origin.storage, origin.settings.gc, origin.settings.gc_every, origin.metrics)

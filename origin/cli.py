@@ -64,6 +64,12 @@ __all__ = ["apps", "channel", "origin", "publish"]
     "give the endpoint and credentials) [default: file://DATA/store].",
 )
 @option(
+    "--rescan",
+    type=DURATION,
+    default="10m",
+    help="How often a replica looks for versions no replica is enriching and pending moves left behind.",
+)
+@option(
     "--gc-every",
     type=DURATION,
     default="0",
@@ -145,6 +151,7 @@ __all__ = ["apps", "channel", "origin", "publish"]
 def origin(
     data_dir: str,
     storage_url: str | None,
+    rescan: float,
     gc_every: float,
     gc_keep: int,
     gc_keep_days: float,
@@ -196,6 +203,7 @@ def origin(
         delta_window=delta_window,
         qr_url=qr_url,
         feed_poll=feed_poll,
+        rescan=rescan,
         gc_every=gc_every,
         gc=Policy(keep=gc_keep, keep_days=gc_keep_days, grace=gc_grace),
     )

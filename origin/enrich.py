@@ -202,8 +202,12 @@ class Enricher:
 
     def _records(self, app: str) -> dict[str, VersionRecord]:
         prefix = paths.versions_prefix(app)
-        keys = self.storage.list(prefix)
-        return {key[len(prefix) :]: VersionRecord.unpack(self.storage.get(key)) for key in keys}
+        out = {}
+        for key in self.storage.list(prefix):
+            blob = self.storage.read(key)
+            if blob is not None:  # gone since the listing (gc dropped the version)
+                out[key[len(prefix) :]] = VersionRecord.unpack(blob.data)
+        return out
 
     def _manifest(self, mid: bytes) -> Manifest:
         return open_manifest(self.storage.get(paths.manifest_key(mid.hex())), [self.key.public], mid)

@@ -14,6 +14,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from origin.gcmark import Policy
 from origin.ingest import Limits, extract
 from origin.leases import Lease, Leases, owner_id
 from origin.metrics import OriginMetrics
+from origin.pool import die_with_parent
 from origin.publish import Publisher, PublishResult
 from origin.storage import Store
 from origin.views import Views, remember
@@ -72,6 +74,7 @@ class OriginSettings:
     ref_ttl: float = 7 * 86400
     ref_max_age: int = 30
     feed_poll: float = 0.5  # --feed-poll: how often a replica lists the store's change log
+    rescan: float = 600.0  # --rescan: look for versions and moves no replica is seeing to
     gc_every: float = 0.0  # --gc-every: background retention rounds (0: off; origin/gcloop.py)
     gc: Policy = field(default_factory=Policy)  # --gc-keep, --gc-keep-days, --gc-grace
     resign_interval: float = 3600.0  # no flag: --ref-ttl / 8, at most an hour (origin/cli.py)
@@ -89,6 +92,8 @@ class OriginSettings:
             raise ConfigError("--ref-max-age must not be negative")
         if not 0.05 <= self.feed_poll <= 60:
             raise ConfigError("--feed-poll must be between 50ms and 60s")
+        if not 1 <= self.rescan < float("inf"):
+            raise ConfigError("--rescan must be at least 1s")
         if not (self.gc_every == 0 or 1 <= self.gc_every < float("inf")):
             raise ConfigError("--gc-every must be 0 (off) or at least 1s")
         # Refs are re-signed once less than half their lifetime is left: a check must come
@@ -170,7 +175,7 @@ class Origin:
             # "spawn": forking a process that runs threads and an event loop is unsafe.
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                self.settings.workers, mp_context=ctx, initializer=_die_with_parent
+                self.settings.workers, mp_context=ctx, initializer=die_with_parent
             )
         return self._pool
 
@@ -388,6 +393,20 @@ class Origin:
                         await self._run(self.leases.release, held)
                 self.metrics.enrich_pending.set(self._enrich_queue.qsize())
 
+    async def rescan_loop(self) -> None:
+        """Every ``--rescan``: queue the versions not enriched yet and make the pending moves
+        whose version is, as at start — what a replica that died for good (scaled down, its
+        node lost) was doing, no other replica would otherwise take up until it restarts.
+        A version another replica is enriching is left to it (its lease)."""
+        while True:
+            await asyncio.sleep(self.settings.rescan * random.uniform(0.9, 1.1))
+            try:
+                await self._run(self._resume_pending)
+                for item in await self._run(self.enricher.pending):
+                    self._enqueue(*item)
+            except Exception:  # the next round tries again
+                log.exception("looking for versions to enrich failed")
+
     async def _settle(self, app: str, version: str, *, enriched: bool) -> None:
         """Make the publish moves that waited for this version's enrichment: to its enriched
         manifest, or — when enrichment failed — to the plain one, loudly (a release must
@@ -463,30 +482,3 @@ class Origin:
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("re-signing refs failed")
             await asyncio.sleep(self.settings.resign_interval)
-
-
-def _die_with_parent() -> None:
-    """Pool initializer: exit as soon as the origin process is gone, however it went.
-
-    A worker otherwise outlives a SIGKILLed origin forever: it waits on the pool's call
-    queue, whose write end every sibling holds too, so no EOF ever comes (and the resource
-    tracker, which exits on EOF once every holder of its pipe is gone, stays with it).
-    ``parent_process().join()`` waits on the pipe the origin spawned the worker through:
-    only the origin holds its write end, so it reads EOF when the origin dies.  A thread,
-    not PR_SET_PDEATHSIG: that fires when the *thread* that started the worker ends, and
-    the pool starts workers lazily from whichever executor thread submits."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # run in the origin's own process (a test): nothing to watch
-        return
-
-    def watch() -> None:
-        parent.join()
-        os._exit(1)
-
-    threading.Thread(target=watch, name="minicdn-die-with-parent", daemon=True).start()
-
-
-def new_upload_path(tmp_dir: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
-    os.close(fd)
-    return Path(name)

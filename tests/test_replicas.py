@@ -166,6 +166,30 @@ def _big(tmp: Path, version: str, blobs: int) -> Path:
     return folder
 
 
+def test_a_replica_gone_for_good_leaves_its_queued_enrichment_and_pending_move_to_another(
+    tmp_path: Path, shared: Shared
+) -> None:
+    """Replica a takes two publishes, the second with a channel (its move waits for the
+    version's enrichment, queued behind the first's), and dies for good.  b never saw them:
+    its ``--rescan`` finds the version not enriched and not being enriched, enriches it and
+    makes the pending move (the review of issue 18 found it would wait for a restart)."""
+    a, b = start_all(*(replica(tmp_path, shared, n, "--rescan", "2s") for n in ("a", "b")))
+    try:
+        assert publish(a.url, APP, "5.0.0", tar_gz_of(_big(tmp_path, "5.0.0", 24))).status == 201
+        r = http("POST", f"{a.url}/v1/apps/{APP}/versions/5.1.0?channel={CHANNEL}", tar_gz_of(DEMO),
+                 {"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 201 and r.json()["channel"]["state"] == "pending", r.body  # type: ignore[index]
+        a.kill()  # mid-way through 5.0.0's enrichment; 5.1.0 still queued behind it
+        assert app_info(b.url, APP)["pending"][CHANNEL]["version"] == "5.1.0"
+        eventually(lambda: app_info(b.url, APP)["channels"].get(CHANNEL, {}).get("version") == "5.1.0", 40,
+                   "b made the pending move")
+        assert app_info(b.url, APP)["pending"] == {}
+        assert metric(b.url, "minicdn_origin_enrich_seconds_count") >= 1  # b enriched 5.1.0
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_a_replica_killed_mid_publish_leaves_nothing_the_other_trips_over(
     tmp_path: Path, pair: list[Service]
 ) -> None:
