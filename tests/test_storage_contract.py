@@ -383,3 +383,24 @@ def test_file_backend_leaves_no_temp_files_and_sweeps_old_ones(tmp_path: Path) -
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:])
+
+
+def test_file_etags_never_repeat_for_a_key_even_when_inodes_are_reused(tmp_path: Path) -> None:
+    """The file driver's etag is inode, size and mtime; ext4 reuses inodes and older
+    kernels keep coarse file times, so write i and write i+2 could look the same (an ABA
+    that lets a stale swap through).  Every put and swap stamps the new file's mtime past
+    the old one's: a key's etags strictly rise in mtime and never repeat.  (Not seen to
+    repeat on this machine's 6.x kernel, whose file times are fine-grained: hardening, not
+    a reproduced failure.)"""
+    store = FileStorage(tmp_path / "s")
+    etag = first = store.put("apps/a/channels/c", b"0" * 64)
+    seen, mtimes = {etag}, []
+    for i in range(200):
+        new = store.swap("apps/a/channels/c", f"{i % 10}".encode() * 64, etag) if i % 2 else store.put(
+            "apps/a/channels/c", f"{i % 10}".encode() * 64)
+        assert new is not None and new not in seen
+        seen.add(new)
+        etag = new
+        mtimes.append(int(new.split("-")[2], 16))
+    assert mtimes == sorted(mtimes) and len(set(mtimes)) == len(mtimes)
+    assert store.swap("apps/a/channels/c", b"x", first) is None  # the oldest etag is stale

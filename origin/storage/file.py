@@ -2,8 +2,12 @@
 the origin always had, so existing data keeps working).  Writes follow common.fsutil's
 crash-safe recipe (temp file, fsync, rename or link, fsync of the directory).
 
-- etag: the file's inode, size and mtime in nanoseconds.  Every write makes a new file
-  (a new inode) and renames it into place, so a replaced object never keeps its etag.
+- etag: the file's inode, size and mtime in nanoseconds.  Every write makes a new file and
+  renames it into place; inodes are reused (ext4 hands the same few back) and file times
+  may be coarse (a jiffy on kernels before 6.13), so ``put`` and ``swap`` stamp the new
+  file's mtime past the old one's, under the directory's lock: a key's etags never repeat
+  (write i and write i+2 could share inode, size and a coarse mtime otherwise: an ABA that
+  would let a stale swap through).
 - ``create``: link(2) of the written temp file, which fails if the key exists: of many
   creators (threads or processes), exactly one wins.
 - ``swap``: under flock(2) of the object's directory, compare the etag, then rename: one
@@ -25,10 +29,11 @@ import errno
 import fcntl
 import os
 import stat as statmod
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from common.fsutil import TEMP_PREFIX, atomic_write, sweep_temp
+from common.fsutil import TEMP_PREFIX, atomic_write, open_atomic, sweep_temp
 from origin.storage.driver import PAGE, Blob, Item, Page, Stat
 
 __all__ = ["FileDriver"]
@@ -81,7 +86,24 @@ class FileDriver:
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        atomic_write(path, data)
+        with self._locked(os.path.dirname(path)):
+            return self._replace(path, data)
+
+    def _replace(self, path: str, data: bytes) -> str:
+        """Write ``data`` over ``path`` (under its directory's lock), its mtime past the old
+        file's: the new etag."""
+        try:
+            before = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            before = 0
+        with open_atomic(path) as out:
+            out.write(data)
+            out.file.flush()
+            stamp = max(time.time_ns(), before + 1)
+            os.utime(out.file.fileno(), ns=(stamp, stamp))
+            if os.fstat(out.file.fileno()).st_mtime_ns <= before:  # a coarse file system
+                stamp = before + 1_000_000_000
+                os.utime(out.file.fileno(), ns=(stamp, stamp))
         return _etag(os.stat(path))
 
     def create(self, key: str, data: bytes) -> str | None:
@@ -99,14 +121,17 @@ class FileDriver:
             current = self.stat(key)
             if current is None or current.etag != etag:
                 return None
-            atomic_write(path, data)
-            return _etag(os.stat(path))
+            return self._replace(path, data)
 
     @contextlib.contextmanager
-    def _locked(self, directory: str) -> Iterator[None]:
+    def _locked(self, directory: str, *, make: bool = True) -> Iterator[None]:
+        """flock(2) of ``directory`` for the block (made first unless ``make`` is False:
+        then FileNotFoundError)."""
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
+            if not make:
+                raise
             os.makedirs(directory, exist_ok=True)
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -116,8 +141,10 @@ class FileDriver:
             os.close(fd)  # releases the lock
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            with self._locked(os.path.dirname(path), make=False):  # not inside a swap
+                os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:
