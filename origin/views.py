@@ -71,7 +71,10 @@ class Views:
         vprefix = paths.versions_prefix(app)
         versions = []
         for key in self.storage.list(vprefix):
-            rec = VersionRecord.unpack(self.storage.get(key))
+            blob = self.storage.read(key)
+            if blob is None:  # dropped by gc since the listing
+                continue
+            rec = VersionRecord.unpack(blob.data)
             versions.append(
                 {
                     "version": key[len(vprefix) :],

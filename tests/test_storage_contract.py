@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -351,6 +352,24 @@ def test_s3_urls() -> None:
             parse_url(bad)
 
 
+@pytest.mark.parametrize("backend", ["moto", "rgw"], indirect=True)
+def test_a_missing_bucket_is_an_error_never_absent(backend: Backend) -> None:
+    """S3 answers a HEAD with a bare 404 whether the key or the bucket is missing; a store
+    whose bucket is gone must not read as "no such object" (a publish would then upload
+    every chunk into nowhere, gc would see nothing).  The review of issue 18 found stat and
+    stat_many saying None."""
+    assert backend.server is not None
+    gone = backend.server.store(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/p")
+    try:
+        for call in (lambda: gone.stat("objects/x"), lambda: gone.stat_many(["objects/x", "objects/y"]),
+                     lambda: gone.read("objects/x")):
+            with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
+                call()
+    finally:
+        gone.close()
+    assert backend.store.stat("objects/absent") is None  # in a bucket that exists: absent
+
+
 def test_a_dead_endpoint_is_storage_unavailable_quickly() -> None:
     fast = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=1, read_timeout=1)
     session = boto3.session.Session(aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1")
@@ -404,3 +423,17 @@ def test_file_etags_never_repeat_for_a_key_even_when_inodes_are_reused(tmp_path:
         mtimes.append(int(new.split("-")[2], 16))
     assert mtimes == sorted(mtimes) and len(set(mtimes)) == len(mtimes)
     assert store.swap("apps/a/channels/c", b"x", first) is None  # the oldest etag is stale
+
+
+def test_a_malformed_endpoint_or_profile_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``minicdn origin --storage s3://...`` with a bad AWS_ENDPOINT_URL or an unknown
+    profile stops with one line naming --storage (exit 2), not a traceback."""
+    from origin.storage import open_storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
+    with pytest.raises(ConfigError, match="--storage"):
+        open_storage("s3://bucket/p", tmp_path)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile-here")
+    with pytest.raises(ConfigError, match="--storage"):
+        open_storage("s3://bucket/p", tmp_path)

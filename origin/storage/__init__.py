@@ -63,7 +63,13 @@ def open_storage(url: str | None, data: str | os.PathLike[str], *, observe: Obse
             raise ConfigError(f"--storage {full}: a file URL is file:///absolute/path")
         return Store(FileDriver(unquote(parts.path)), observe=observe)
     if parts.scheme == "s3":
-        from origin.storage.s3 import S3Driver  # boto3 is imported only for an S3 store
+        from botocore.exceptions import BotoCoreError  # boto3 is imported only for an S3 store
 
-        return Store(S3Driver.from_url(full), observe=observe)
+        from origin.storage.s3 import S3Driver
+
+        try:
+            driver = S3Driver.from_url(full)
+        except (ValueError, BotoCoreError) as exc:  # a malformed AWS_ENDPOINT_URL, an unknown profile...
+            raise ConfigError(f"--storage {full}: {exc}") from exc
+        return Store(driver, observe=observe)
     raise ConfigError(f"--storage {full!r}: expected file:///path or s3://bucket/prefix")

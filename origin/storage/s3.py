@@ -119,6 +119,7 @@ class S3Driver:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = _client(session or boto3.session.Session(), endpoint_url, config, concurrency)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-stat")
+        self._bucket_seen = False  # whether a HEAD of the bucket found it (stat's 404s)
         self._quoted = True  # If-Match in RFC 9110's form ("etag") until the server refuses it
 
     @classmethod
@@ -165,7 +166,19 @@ class S3Driver:
 
     def stat(self, key: str) -> Stat | None:
         r = self._ask("head_object", key, (404,), Key=self.prefix + key)
-        return None if r is None else _stat(r["ContentLength"], r["ETag"], r["LastModified"])
+        if r is None:
+            self._bucket_exists(key)  # a HEAD's 404 has no body: no key, or no bucket?
+            return None
+        return _stat(r["ContentLength"], r["ETag"], r["LastModified"])
+
+    def _bucket_exists(self, key: str) -> None:
+        """DriverError if the bucket is missing (asked once; a bucket is not deleted under a
+        running origin's feet, and a missing one must never read as "no such object")."""
+        if self._bucket_seen:
+            return
+        if self._ask("head_bucket", key, (404,)) is None:
+            raise self._failed("head_object", key, "404 NoSuchBucket: the bucket does not exist")
+        self._bucket_seen = True
 
     def stat_many(self, keys: Iterable[str]) -> dict[str, Stat | None]:
         keys = builtins.list(keys)

@@ -77,9 +77,8 @@ class Store:
         except MinicdnError:
             self.observe(self.driver.name, op, "error", time.perf_counter() - start)
             raise
-        except (ValueError, TypeError):
-            raise  # a bad key or argument: the caller's bug, not the store's
-        except Exception as exc:  # OSError, DriverError, a client library's own
+        except Exception as exc:  # OSError, DriverError, a client library's own (keys and
+            # prefixes were checked before the call: a ValueError here is the backend's)
             self.observe(self.driver.name, op, "error", time.perf_counter() - start)
             log.warning("storage %s %s failed: %s", self.driver.name, op, exc)
             raise StorageUnavailable(f"storage {op} failed: {type(exc).__name__}: {exc}") from exc
