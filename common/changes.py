@@ -155,7 +155,14 @@ class ChangeLog:
         max_batch: int = MAX_BATCH,
         max_waiters: int = MAX_WAITERS,
         epoch: str | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
+        # shared: the log is a copy of one kept elsewhere (an origin replica tailing its
+        # store): a cursor a little ahead of it in the same epoch comes from a copy that is
+        # further along (a reader that failed over), so it waits for this one to catch up
+        # rather than being reset (a reset makes the reader revalidate everything it holds).
+        self.shared = shared
         self.keep = keep
         self.max_batch = max_batch
         self.max_waiters = max_waiters
@@ -206,6 +213,8 @@ class ChangeLog:
 
     def since(self, after: Cursor | None) -> Changes | None:
         """The answer due at once for a poll ``after`` a cursor, or None: nothing new yet."""
+        if self._ahead(after):
+            return None  # wait for this copy to catch up
         if after is None or after.epoch != self.epoch or after.seq > self.seq:
             return Changes(self.cursor, (), True)
         oldest = self.seq - len(self._log)  # the log holds the changes after this seq
@@ -222,7 +231,7 @@ class ChangeLog:
         ``timeout`` seconds.  Busy when ``max_waiters`` polls wait already."""
         answer = self.since(after)
         if answer is not None or timeout <= 0 or self._closed:
-            return answer or Changes(self.cursor)
+            return answer or Changes(self._unchanged(after))
         if self._waiting >= self.max_waiters:
             raise Busy(f"{self._waiting} change polls wait already")
         if self._next is None:
@@ -235,7 +244,22 @@ class ChangeLog:
             pass
         finally:
             self._waiting -= 1
-        return self.since(after) or Changes(self.cursor)
+        return self.since(after) or Changes(self._unchanged(after))
+
+    def _unchanged(self, after: Cursor | None) -> Cursor:
+        """The cursor of an answer with nothing new: the reader's own when it is ahead of a
+        shared copy (it keeps its place), else this log's."""
+        return after if after is not None and self._ahead(after) else self.cursor
+
+    def _ahead(self, after: Cursor | None) -> bool:
+        """A shared copy's reader a little ahead of it (at most a batch): one that failed over
+        from a copy further along.  Further ahead than that is a reset, as for any log."""
+        return (
+            after is not None
+            and self.shared
+            and after.epoch == self.epoch
+            and 0 < after.seq - self.seq <= self.max_batch
+        )
 
     def _wake(self) -> None:
         event, self._next = self._next, None

@@ -142,7 +142,7 @@ class Origin:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         for stale in tmp_dir.iterdir():  # uploads a crash interrupted
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        self.feed = ChangeLog(max_waiters=FEED_WAITERS)
+        self.feed = ChangeLog(max_waiters=FEED_WAITERS, shared=True)
         self.metrics.change_waiters.set_function(lambda: self.feed.waiting)
         # The feed's log is the store's (origin/feed.py): shared by every replica.
         self.shared_feed = SharedFeed(storage, self.feed, poll=settings.feed_poll)

@@ -120,3 +120,27 @@ def test_waiters_are_bounded() -> None:
         assert all(p.changes == (change(1),) for p in await asyncio.gather(*polls))
 
     asyncio.run(run())
+
+
+def test_a_shared_copy_lets_a_reader_slightly_ahead_wait_instead_of_resetting() -> None:
+    """An origin replica's log is a copy of the store's, a poll behind at most: an edge that
+    fails over from a replica further along arrives with a cursor ahead of this copy.  It
+    waits for the copy to catch up and keeps its place (a reset would make it revalidate
+    every ref it holds, right when a replica was lost); far ahead, or another epoch, is
+    still a reset.  The review of issue 18 found every failover a reset."""
+    log = ChangeLog(epoch="00000000000000aa", shared=True)
+    for serial in range(1, 4):
+        log.append(Change("a", "c", serial))
+    ahead = Cursor("00000000000000aa", 5)
+    assert log.since(ahead) is None  # wait: nothing due yet, no reset
+    assert asyncio.run(log.wait(ahead, 0.01)) == Changes(ahead)  # its own cursor back, no reset
+    for serial in (4, 5, 6):
+        log.append(Change("a", "c", serial))
+    caught = log.since(ahead)
+    assert caught is not None and not caught.reset and [c.serial for c in caught.changes] == [6]
+    far = log.since(Cursor("00000000000000aa", 6 + log.max_batch + 1))
+    assert far is not None and far.reset
+    plain = ChangeLog(epoch="00000000000000aa")  # an edge's own log: ahead is a reset, as before
+    plain.append(Change("a", "c", 1))
+    got = plain.since(Cursor("00000000000000aa", 2))
+    assert got is not None and got.reset
