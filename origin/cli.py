@@ -37,6 +37,7 @@ from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
 from common.tls import OnHandshake, ServerTls, from_flags
 from origin.app import make_app
+from origin.gccli import policy_options
 from origin.gcmark import Policy
 from origin.ingest import Limits
 from origin.opscli import apps, channel
@@ -75,24 +76,7 @@ __all__ = ["apps", "channel", "origin", "publish"]
     default="0",
     help="Run retention (as minicdn gc) in the background this often; 0: never (run minicdn gc).",
 )
-@option(
-    "--gc-keep",
-    type=click.IntRange(1),
-    default=10,
-    help="Background gc: keep the last N versions of each app.",
-)
-@option(
-    "--gc-keep-days",
-    type=click.FloatRange(0),
-    default=30.0,
-    help="Background gc: keep every version a channel pointed at within this many days.",
-)
-@option(
-    "--gc-grace",
-    type=DURATION,
-    default="1d",
-    help="Background gc: never delete what was written more recently.",
-)
+@policy_options("gc-", "Background gc: ")
 @option(
     "--feed-poll",
     type=DURATION,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -19,7 +21,9 @@ from common.errors import ConfigError, StorageUnavailable
 from origin.gc import Policy, collect
 from origin.storage import FileDriver, Store, open_storage
 
-__all__ = ["gc", "open_store"]
+__all__ = ["gc", "open_store", "policy_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def open_store(url: str) -> Store:
@@ -37,17 +41,42 @@ def open_store(url: str) -> Store:
     return Store(FileDriver(path, sweep=False))
 
 
+def policy_options(prefix: str = "", what: str = "") -> Callable[[F], F]:
+    """The policy's flags, ``--keep``, ``--keep-days`` and ``--grace``: this command's, and
+    with ``prefix`` "gc-" the origin's background mode's (``--gc-keep``...), one definition."""
+    flags = (
+        option(
+            f"--{prefix}keep",
+            type=click.IntRange(1),
+            default=10,
+            help=f"{what}Keep the last N versions of each app.",
+        ),
+        option(
+            f"--{prefix}keep-days",
+            type=click.FloatRange(0),
+            default=30.0,
+            help=f"{what}Keep every version a channel pointed at within this many days.",
+        ),
+        option(
+            f"--{prefix}grace",
+            type=DURATION,
+            default="1d",
+            help=f"{what}Never delete what was written more recently.",
+        ),
+    )
+
+    def add(fn: F) -> F:
+        for flag in reversed(flags):
+            fn = flag(fn)
+        return fn
+
+    return add
+
+
 @click.command()
 @option("--storage", "url", required=True, help="The origin's store: file:///path or s3://bucket/prefix.")
 @option("--dry-run", is_flag=True, help="Delete nothing; print what would go.")
-@option("--keep", type=click.IntRange(1), default=10, help="Keep the last N versions of each app.")
-@option(
-    "--keep-days",
-    type=click.FloatRange(0),
-    default=30.0,
-    help="Keep every version a channel pointed at within this many days.",
-)
-@option("--grace", type=DURATION, default="1d", help="Never delete what was written more recently.")
+@policy_options()
 @option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def gc(url: str, dry_run: bool, keep: int, keep_days: float, grace: float, as_json: bool) -> None:
     """Delete versions the retention policy drops and every object nothing kept references."""

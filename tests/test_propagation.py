@@ -318,6 +318,9 @@ def _forged(origin: Origin, node: Service) -> None:
         10,
         "the first sync's revalidation",
     )
+    # ...and arrived: the edge counts a request when it sends it, the origin when it answers
+    # (CI once read the origin's count between the two, and saw the second arrive later)
+    eventually(lambda: origin.ref_requests() >= 2, 10, "the first sync's revalidation at the origin")
 
     def notices(action: str) -> float:
         return metric(node.url, "minicdn_edge_change_notices_total", f'action="{action}"')
