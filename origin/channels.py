@@ -198,11 +198,10 @@ class Channels:
         roll = None
         if rollout is not None:
             roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
-        made: list[tuple[Ref, str]] = []
+        hows: list[str] = []
 
-        def change(data: bytes | None) -> bytes | None:
-            made.clear()
-            old = None if data is None else open_ref(data, [self.key.public])
+        def change(old: Ref | None) -> Ref | None:
+            hows.clear()
             if expect is not None and (old is None or old.serial != expect):
                 return None
             if still is not None:
@@ -214,16 +213,17 @@ class Channels:
             if how is None:
                 same = old is not None and old.version == version and old.rollout != roll
                 how = "rollout" if same else "set"
+            hows.append(how)
             now = int(self.clock())
-            serial = (old.serial if old else 0) + 1
-            ref = Ref(app, channel, serial, now, now + self.ttl, version, manifest, roll)
-            made.append((ref, how))
-            return ref.seal(self.key)
+            return Ref(
+                app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll
+            )
 
-        envelope = self.storage.update(paths.channel_key(app, channel), change)
-        if envelope is None:
+        written = self._update_ref(app, channel, change)
+        if written is None:
             return None
-        ref, how = made[0]
+        ref, envelope = written
+        how = hows[0]
         spec = (rollout.version, rollout.percent) if rollout else None
         self._remember(app, channel, Entry(ref.issued, version, ref.serial, how, spec))
         self.on_move(app, channel, ref.serial, how)
@@ -345,23 +345,20 @@ class Channels:
         return Resigned(count, soonest)
 
     def _resign(self, app: str, channel: str) -> tuple[bool, Ref | None]:
-        seen: list[Ref] = []
+        fresh: list[Ref] = []  # the ref left fresh (not due), if so
 
-        def change(data: bytes | None) -> bytes | None:
-            seen.clear()
-            if data is None:
-                return None
-            ref = open_ref(data, [self.key.public])
+        def change(ref: Ref | None) -> Ref | None:
+            fresh.clear()
             now = int(self.clock())
-            if ref.expires - now > self.ttl // 2:
-                seen.append(ref)
+            if ref is None or ref.expires - now > self.ttl // 2:
+                fresh.extend([ref] if ref is not None else [])
                 return None
-            ref = dataclasses.replace(ref, issued=now, expires=now + self.ttl)
-            seen.append(ref)
-            return ref.seal(self.key)
+            return dataclasses.replace(ref, issued=now, expires=now + self.ttl)
 
-        done = self.storage.update(paths.channel_key(app, channel), change) is not None
-        return done, seen[0] if seen else None
+        written = self._update_ref(app, channel, change)
+        if written is not None:
+            return True, written[0]
+        return False, fresh[0] if fresh else None
 
     def repoint(self, app: str, version: str, old: set[bytes], new: bytes) -> int:
         """Move every ref of ``app`` that names ``version`` by one of the ``old`` manifests
@@ -381,29 +378,40 @@ class Channels:
         return moved
 
     def _repoint_one(self, app: str, channel: str, version: str, old: set[bytes], new: bytes) -> int | None:
-        serials: list[int] = []
-
-        def change(data: bytes | None) -> bytes | None:
-            serials.clear()
-            if data is None:
+        def change(ref: Ref | None) -> Ref | None:
+            if ref is None:
                 return None
-            ref = open_ref(data, [self.key.public])
-            main = ref.manifest
-            if ref.version == version and main in old:
-                main = new
+            main = new if ref.version == version and ref.manifest in old else ref.manifest
             roll = ref.rollout
             if roll is not None and roll.version == version and roll.manifest in old:
                 roll = Rollout(roll.version, new, roll.percent)
             if main == ref.manifest and roll == ref.rollout:
                 return None
             now = int(self.clock())
-            fresh = Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
-            serials.append(fresh.serial)
-            return fresh.seal(self.key)
+            return Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
 
-        if self.storage.update(paths.channel_key(app, channel), change) is None:
+        written = self._update_ref(app, channel, change)
+        return None if written is None else written[0].serial
+
+    def _update_ref(
+        self, app: str, channel: str, change: Callable[[Ref | None], Ref | None]
+    ) -> tuple[Ref, bytes] | None:
+        """Replace the channel's ref by ``change(current ref)`` (None: leave it), by
+        compare-and-swap (``Store.update``: ``change`` is called again if another replica
+        wrote first); the ref written and its envelope, or None."""
+        made: list[tuple[Ref, bytes]] = []
+
+        def step(data: bytes | None) -> bytes | None:
+            made.clear()
+            ref = change(None if data is None else open_ref(data, [self.key.public]))
+            if ref is None:
+                return None
+            made.append((ref, ref.seal(self.key)))
+            return made[0][1]
+
+        if self.storage.update(paths.channel_key(app, channel), step) is None:
             return None
-        return serials[0]
+        return made[0]
 
     def _repoint_after(self, app: str, version: str, rolled: str | None) -> None:
         """A move named a manifest its version record no longer names (enrichment rewrote

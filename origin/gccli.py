@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import click
 
 from common.cli import DURATION, option
-from common.errors import ConfigError, StorageUnavailable
+from common.errors import StorageUnavailable
 from origin.gc import Policy, collect
-from origin.storage import FileDriver, Store, open_storage
+from origin.storage import Store, open_storage
 
 __all__ = ["gc", "open_store", "policy_options"]
 
@@ -27,18 +25,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def open_store(url: str) -> Store:
-    """The store ``url`` names, as ``minicdn origin --storage`` does, except that a file
-    store must already exist (a typo must not look like an empty store) and is opened
-    without sweeping temp files (an origin may be writing them)."""
-    parts = urlsplit(url)
-    if parts.scheme != "file":
-        return open_storage(url, ".")  # the data directory only matters when url is empty
-    path = unquote(parts.path)
-    if parts.netloc not in {"", "localhost"} or not path.startswith("/"):
-        raise ConfigError(f"--storage {url}: a file URL is file:///absolute/path")
-    if not Path(path).is_dir():
-        raise ConfigError(f"--storage {url}: no store there ({path} is not a directory)")
-    return Store(FileDriver(path, sweep=False))
+    """The store ``url`` names, as ``minicdn origin --storage`` does, but one that exists
+    already, its temp files left alone (``open_storage``'s ``existing``)."""
+    return open_storage(url, ".", existing=True)  # "." matters only for an empty url
 
 
 def policy_options(prefix: str = "", what: str = "") -> Callable[[F], F]:

@@ -111,8 +111,11 @@ def start_all(*services: Service, timeout: float = 20.0) -> list[Service]:
     return list(services)
 
 
-def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service:
-    """An origin on a free port with a fresh key under tmp/keys (public key: tmp/keys/public.key)."""
+def origin_service(
+    tmp: Path, token: str = "test-token", *extra: str, name: str = "origin", env: dict[str, str] | None = None
+) -> Service:
+    """An origin on a free port with a fresh key under tmp/keys (public key: tmp/keys/public.key),
+    working in tmp/``name`` (replicas of one store: one name each), ``env`` added to its own."""
     keys = tmp / "keys"
     if not (keys / "signing.key").exists():
         from common.signing import generate_keypair
@@ -120,9 +123,9 @@ def origin_service(tmp: Path, token: str = "test-token", *extra: str) -> Service
         generate_keypair(keys)
     port = free_port()
     return Service(
-        ["origin", "--data", str(tmp / "origin"), "--listen", f"127.0.0.1:{port}",
+        ["origin", "--data", str(tmp / name), "--listen", f"127.0.0.1:{port}",
          "--signing-key", str(keys / "signing.key"), "--workers", "2", *extra],
-        port, tmp / f"origin-{port}.log", env={"MINICDN_TOKEN": token},
+        port, tmp / f"{name}-{port}.log", env={"MINICDN_TOKEN": token, **(env or {})},
     )
 
 

@@ -20,7 +20,7 @@ import pytest
 from common.manifest import open_manifest, open_ref
 from common.signing import PublicKey, generate_keypair
 from tests.conftest import DEMO, TOKEN, app_info, http, publish, set_channel, tar_gz_of, wait_enriched
-from tests.procs import Service, edge_service, free_port, metric, start_all
+from tests.procs import Service, edge_service, free_port, metric, origin_service, start_all
 from tests.s3_servers import S3Server, moto_server  # noqa: F401 (a fixture)
 from tests.test_propagation import DEADLINE, ref_serial, served_serial, warm
 from tests.waiting import eventually
@@ -44,13 +44,9 @@ def shared(request: pytest.FixtureRequest) -> Shared:
 
 
 def replica(tmp: Path, shared: Shared, name: str, *extra: str) -> Service:
-    keys = tmp / "keys"
-    if not (keys / "signing.key").exists():
-        generate_keypair(keys)
-    port = free_port()
-    args = ["origin", "--data", str(tmp / name), "--storage", shared.url, "--listen", f"127.0.0.1:{port}",
-            "--signing-key", str(keys / "signing.key"), "--workers", "1", "--feed-poll", "200ms", *extra]
-    return Service(args, port, tmp / f"{name}.log", env={"MINICDN_TOKEN": TOKEN, **shared.env})
+    """An origin on ``shared``, working in tmp/``name``, one key for all (tmp/keys)."""
+    return origin_service(tmp, TOKEN, "--storage", shared.url, "--workers", "1", "--feed-poll", "200ms", *extra,
+                          name=name, env=shared.env)
 
 
 @pytest.fixture

@@ -54,14 +54,26 @@ def storage_url(url: str | None, data: str | os.PathLike[str]) -> str:
     return url
 
 
-def open_storage(url: str | None, data: str | os.PathLike[str], *, observe: Observe | None = None) -> Store:
-    """The store ``url`` names (see the module's doc); ConfigError for anything else."""
+def open_storage(
+    url: str | None,
+    data: str | os.PathLike[str],
+    *,
+    observe: Observe | None = None,
+    existing: bool = False,
+) -> Store:
+    """The store ``url`` names (see the module's doc); ConfigError for anything else.
+    ``existing`` (a tool on a store origins use, ``minicdn gc``): a file store must exist
+    already (a typo must not look like an empty store) and is opened without sweeping its
+    temp files (an origin may be writing them)."""
     full = storage_url(url, data)
     parts = urlsplit(full)
     if parts.scheme == "file":
-        if parts.netloc not in {"", "localhost"} or not parts.path.startswith("/"):
+        path = unquote(parts.path)
+        if parts.netloc not in {"", "localhost"} or not path.startswith("/"):
             raise ConfigError(f"--storage {full}: a file URL is file:///absolute/path")
-        return Store(FileDriver(unquote(parts.path)), observe=observe)
+        if existing and not Path(path).is_dir():
+            raise ConfigError(f"--storage {full}: no store there ({path} is not a directory)")
+        return Store(FileDriver(path, sweep=not existing), observe=observe)
     if parts.scheme == "s3":
         from botocore.exceptions import BotoCoreError  # boto3 is imported only for an S3 store
 
