@@ -113,6 +113,7 @@ def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, x509.Certificate]:
     ctx.minimum_version = MIN_VERSIONS[files.min_version]
     ctx.set_alpn_protocols(ALPN)
     ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # (TLS 1.2) a write never waits on a read
     _load(ctx, files)
     return ctx, cert
 

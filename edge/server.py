@@ -44,6 +44,7 @@ from edge.handlers import EDGE, ENCODINGS
 from edge.plane.head import MAX_FIELDS, MAX_HEAD, MAX_LINE
 from edge.plane.lending import Returned
 from edge.plane.plane import Limits, Plane
+from edge.plane.tls import TlsListener, listening_sockets
 from edge.service import Edge
 from edge.workers import Slot, WorkerRegistry, supervise
 
@@ -58,6 +59,7 @@ MakeNode = Callable[[Slot, WorkerRegistry], Edge]
 # with or without --fast-path; a head lent by the data plane is within them already).
 HEAD_LIMITS = HeadLimits(MAX_LINE, MAX_HEAD, MAX_FIELDS)
 
+BACKLOG = 1024  # pending connections per listening socket
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
 NOFILE_CEILING = 1 << 20
 
@@ -159,16 +161,26 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         factory = plane.connection
     else:
         factory = aiohttp_server
+    reuse_port = options.workers > 1 or None
+    server: asyncio.AbstractServer | TlsListener
+    # The handshake is the first part of the first request head: --header-timeout bounds it.
+    handshake_timeout = options.limits.header_timeout
+    if options.tls is not None and plane is not None:
+        # The data plane's own TLS (edge.plane.tls): OpenSSL on the socket, not memory BIOs.
+        socks = listening_sockets(options.host, options.port, bool(reuse_port), BACKLOG)
+        server = TlsListener(
+            socks, options.tls, plane.connection, handshake_timeout, node.metrics.tls_handshake
+        )
+    else:
+        if options.tls is not None:  # --no-fast-path: aiohttp behind the loop's TLS protocol
+            factory = options.tls.accepting(factory, handshake_timeout, node.metrics.tls_handshake)
+        server = await loop.create_server(
+            factory, options.host, options.port, reuse_port=reuse_port, backlog=BACKLOG
+        )
     if options.tls is not None:
-        # The handshake is the first part of the first request head: --header-timeout bounds it.
-        factory = options.tls.accepting(factory, options.limits.header_timeout, node.metrics.tls_handshake)
         loop.add_signal_handler(signal.SIGHUP, options.tls.reload)
     # A worker's SIGHUP was blocked since its fork (edge.workers): from now on it reloads.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    reuse_port = options.workers > 1 or None
-    server = await loop.create_server(
-        factory, options.host, options.port, reuse_port=reuse_port, backlog=1024
-    )
     metrics = None
     if options.metrics_listen is not None:
         metrics = await _metrics_listener(node, options.metrics_listen, reuse_port)

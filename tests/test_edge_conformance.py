@@ -4,7 +4,9 @@ malformed and oversized heads, a slowloris, a client that leaves mid-response, H
 and requests that fall through to aiohttp on the same connection.
 
 Every test that takes ``serving`` runs against both serving paths: the data plane
-(edge/plane/, ``--fast-path``, what production runs) and aiohttp alone (``--no-fast-path``).
+(edge/plane/, ``--fast-path``, what production runs) and aiohttp alone (``--no-fast-path``),
+and against the data plane over TLS (``tls``: its own TLS transport, edge.plane.tls; the
+raw client wraps its socket, the metrics come from ``--metrics-listen``).
 The few about what only the data plane has by design (its header timer) say why with
 ``fast_path_only``.  tests/test_edge_paths_agree.py compares
 the two paths' answers byte for byte.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +41,9 @@ from tests.edge_support import (
     scripted,
     verify_chunk,
 )
-from tests.procs import Service, metric
+from tests.procs import Service, free_port, metric
+from tests.test_tls_edge import client_context
+from tests.test_tls_pki import Pki
 
 HEADER_TIMEOUT = "1s"
 KEEPALIVE_TIMEOUT = "2s"
@@ -55,8 +60,37 @@ def apps(origin: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     }
 
 
-# The serving paths, by test id: the flags that choose each.
-PATHS = {"fast": ("--fast-path",), "aiohttp": ("--no-fast-path",)}
+# The serving paths, by test id: the flags that choose each (with TLS flags for "tls").
+PATHS = {"fast": ("--fast-path",), "aiohttp": ("--no-fast-path",), "tls": ("--fast-path",)}
+
+# The client context of each TLS edge's port: Raw speaks TLS to these.
+TLS_PORTS: dict[int, ssl.SSLContext] = {}
+
+
+@dataclass
+class TlsService(Service):
+    """An edge serving TLS on ``port``; its ``url`` (readiness, metrics) is the plain
+    ``--metrics-listen``."""
+
+    metrics_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+
+def conf_edge(tmp: Path, upstream: str, serving: str, extra: tuple[str, ...] = ()) -> Service:
+    """An edge (not started) on the ``serving`` path."""
+    if serving != "tls":
+        return edge(tmp, upstream, extra=(*extra, *PATHS[serving]))
+    pki = Pki(tmp / "pki")
+    pair = pki.issue("conformance")
+    port, mport = free_port(), free_port()
+    TLS_PORTS[port] = client_context(pki)
+    args = ["edge", "--cache-dir", str(tmp / f"edge-{port}"), "--listen", f"127.0.0.1:{port}",
+            "--upstream", upstream, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key),
+            "--metrics-listen", f"127.0.0.1:{mport}", *extra, *PATHS[serving]]  # fmt: skip
+    return TlsService(args, port, tmp / f"edge-{port}.log", env={"MINICDN_TOKEN": "test-token"}, metrics_port=mport)
 
 Test = Callable[..., None]
 
@@ -80,8 +114,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="module")
 def node(origin: Service, serving: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    extra = ("--header-timeout", HEADER_TIMEOUT, "--keepalive-timeout", KEEPALIVE_TIMEOUT, *PATHS[serving])
-    svc = edge(tmp_path_factory.mktemp("conformance-edge"), origin.url, extra=extra).start()
+    extra = ("--header-timeout", HEADER_TIMEOUT, "--keepalive-timeout", KEEPALIVE_TIMEOUT)
+    svc = conf_edge(tmp_path_factory.mktemp("conformance-edge"), origin.url, serving, extra).start()
     try:
         yield svc
     finally:
@@ -109,7 +143,9 @@ class Raw:
     buf: bytes = b""
 
     def __post_init__(self) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        ctx = TLS_PORTS.get(self.port)
+        self.sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1") if ctx is not None else sock
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -163,16 +199,22 @@ class Raw:
                 if not piece:
                     return True
                 self.buf += piece
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
+        except TimeoutError:  # (before OSError: it is one)
             return False
+        except (ConnectionResetError, ssl.SSLError):  # a reset, or TLS cut off
+            return True
 
     def nothing_yet(self) -> bool:
+        """Whether nothing has arrived yet (nor the end of the stream).  Over TLS, what
+        has arrived is read into ``buf`` (a TLS socket cannot peek at its records)."""
         self.sock.setblocking(False)
         try:
+            if isinstance(self.sock, ssl.SSLSocket):
+                piece = self.sock.recv(1 << 16)
+                self.buf += piece
+                return not piece
             return not self.sock.recv(1 << 16, socket.MSG_PEEK)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             return True
         finally:
             self.sock.setblocking(True)
@@ -254,7 +296,7 @@ def test_a_held_miss_holds_back_the_answers_after_it(
     first, held, last = apps["big"].chunks[10], apps["big"].chunks[11], apps["big"].chunks[12]
     with scripted(origin.url) as up:
         up.hold.add(held)
-        svc = edge(tmp_path, up.url, extra=PATHS[serving]).start()
+        svc = conf_edge(tmp_path, up.url, serving).start()
         try:
             warm(svc, first, last)
             c = Raw(svc.port)
@@ -549,7 +591,7 @@ def test_a_client_that_reads_nothing_is_held_by_flow_control(apps: dict[str, App
         c.sock.setblocking(False)
         sent = 0
         payload = b"".join(get(chunk(h)) for h in ids) * 40_000  # 320,000 requests, ~20 GiB owed
-        with pytest.raises(BlockingIOError):
+        with pytest.raises((BlockingIOError, ssl.SSLWantWriteError)):
             while sent < len(payload):
                 sent += c.sock.send(payload[sent : sent + 65536])
         c.sock.setblocking(True)
@@ -810,7 +852,7 @@ def test_a_pipeline_handed_over_mid_way_keeps_its_order(apps: dict[str, App], no
 def test_object_requests_are_counted(
     origin: Service, apps: dict[str, App], tmp_path: Path, serving: str
 ) -> None:
-    node = edge(tmp_path, origin.url, extra=PATHS[serving]).start()
+    node = conf_edge(tmp_path, origin.url, serving).start()
     try:
         _count_object_requests(apps, node)
     finally:
@@ -845,14 +887,16 @@ def _count_object_requests(apps: dict[str, App], node: Service) -> None:
     assert after[0] - before[0] == n
     assert after[1] - before[1] == n
     assert after[2] - before[2] == sent
-    assert after[3] - before[3] == n + 4  # and the four scrapes of counts() before the last
+    # and the four scrapes of counts() before the last, when they were made on --listen
+    # (the plain --metrics-listen of a TLS edge counts no requests of its own)
+    assert after[3] - before[3] == n + (0 if isinstance(node, TlsService) else 4)
 
 
 def test_the_access_log_has_object_requests(
     origin: Service, apps: dict[str, App], tmp_path: Path, serving: str
 ) -> None:
     log = tmp_path / "access.jsonl"
-    svc = edge(tmp_path, origin.url, extra=("--access-log", str(log), *PATHS[serving])).start()
+    svc = conf_edge(tmp_path, origin.url, serving, ("--access-log", str(log))).start()
     try:
         cid = apps["demo"].chunks[0]
         c = Raw(svc.port)

@@ -25,6 +25,8 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.ring import Ring
 from tests.conftest import batch, http
@@ -245,6 +247,44 @@ def test_pipelined_requests_over_tls_answer_in_order(edge: TlsEdge, pki: Pki, ap
         assert get(s, f"/v1/chunks/{ids[0]}")[0] == 200
 
 
+def test_a_client_that_stops_reading_gets_every_byte_once_it_reads_again(
+    edge: TlsEdge, pki: Pki, app: App
+) -> None:
+    """Answers that fill the socket: OpenSSL must be given an unfinished write again, the
+    connection is told to pause, and everything arrives, in order, once the client reads."""
+    big = max(app.chunks, key=lambda c: app.raw[c])
+    warm(edge, pki, [big])
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(20)
+    raw.connect(("127.0.0.1", edge.port))
+    with client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        n = 32
+        s.sendall(f"GET /v1/chunks/{big} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ZSTD}\r\n".encode() * n)
+        threading.Event().wait(1.0)  # the edge writes until the socket is full, then waits
+        reader = Reader(s)
+        for _ in range(n):
+            status, _, body = reader.answer()
+            assert status == 200 and hashlib.sha256(raw_of(body)).hexdigest() == big
+        assert get(s, f"/v1/chunks/{big}", method="HEAD")[0] == 200
+
+
+def test_an_answer_before_a_close_arrives_whole_then_close_notify(edge: TlsEdge, pki: Pki, app: App) -> None:
+    """``Connection: close`` with more requests already sent behind it (which the edge does
+    not read): the answer arrives whole, then the session ends with close_notify, not a
+    reset (the edge lingers on what the client sent)."""
+    big = max(app.chunks, key=lambda c: app.raw[c])
+    warm(edge, pki, [big])
+    for _ in range(5):
+        with connect(client_context(pki), edge.port) as s:
+            one = f"GET /v1/chunks/{big} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ZSTD}"
+            s.sendall((one + "Connection: close\r\n\r\n" + (one + "\r\n") * 20).encode())
+            status, fields, body = Reader(s).answer()
+            assert status == 200 and fields["connection"] == "close"
+            assert hashlib.sha256(raw_of(body)).hexdigest() == big
+            assert s.recv(1) == b""  # close_notify (a reset would raise)
+
+
 def test_the_metrics_listener_is_plain_and_serves_only_metrics_and_probes(edge: TlsEdge, app: App) -> None:
     r = http("GET", edge.svc.url + "/metrics")
     assert r.status == 200 and b"minicdn_edge_tls_handshakes_total" in r.body
@@ -317,6 +357,39 @@ def test_truncated_records_after_the_handshake_cost_only_their_connection(
         assert get(s, f"/v1/chunks/{app.chunks[0]}")[0] == 200
     log = edge.svc.output()
     assert "Traceback" not in log and "has no effect when using ssl" not in log
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    junk=st.one_of(
+        st.binary(min_size=1, max_size=600),  # anything
+        st.builds(  # a record header (any type, TLS 1.2's version) then anything
+            lambda kind, length, rest: bytes([kind, 3, 3]) + length.to_bytes(2, "big") + rest,
+            st.integers(0, 255),
+            st.integers(0, 0xFFFF),
+            st.binary(max_size=300),
+        ),
+    ),
+    answered=st.booleans(),
+)
+def test_hostile_bytes_after_the_handshake_cost_only_their_connection(
+    edge: TlsEdge, pki: Pki, app: App, junk: bytes, answered: bool
+) -> None:
+    """Whatever a client puts on the TCP stream once the handshake is done, before or
+    after a request, it closes that connection only; the edge answers the next one."""
+    ctx = client_context(pki)
+    with connect(ctx, edge.port) as s:
+        if answered:
+            assert get(s, f"/v1/chunks/{app.chunks[0]}")[0] == 200
+        raw = socket.socket(fileno=os.dup(s.fileno()))
+        try:
+            raw.sendall(junk)
+            raw.shutdown(socket.SHUT_WR)
+            assert closed_within(raw, 8.0)
+        finally:
+            raw.close()
+    with connect(ctx, edge.port) as s:
+        assert get(s, f"/v1/chunks/{app.chunks[0]}")[0] == 200
 
 
 # -- SIGHUP: rotation under load, with two workers --------------------------------------------
