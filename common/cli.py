@@ -103,6 +103,12 @@ def server_tls_options(command: F) -> F:
                 default="1.3",
                 help="Oldest TLS version served.",
             ),
+            option(
+                "--tls-ticket-rotate",
+                type=DURATION,
+                default="1h",
+                help="Period of the session ticket key (0: OpenSSL's own, for the life of the process).",
+            ),
         ]
     ):
         command = decorate(command)

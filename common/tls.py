@@ -5,13 +5,12 @@ protocol factory that counts handshakes.
 Server contexts: TLS 1.3 (1.2 when asked), ALPN ``http/1.1``, OpenSSL's TLS 1.3 suites
 (AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM) and, for TLS 1.2, ECDHE with an AEAD only
 (Mozilla's "intermediate" list less DHE, which needs parameters Python does not load).
-Resumption is OpenSSL's: stateless tickets (two per full TLS 1.3 handshake) sealed with
-keys drawn at random when the context is made, which OpenSSL never changes and Python's
-``ssl`` can neither set nor rotate (no SSL_CTX_set_tlsext_ticket_keys).  So a reload keeps
-the context, and its keys, and only replaces the pair in it: tickets issued before a
-SIGHUP still resume after it, and forked workers that inherit one context share its keys
-(a client resumes on whichever worker the kernel gives it), as nginx's workers do.  The
-keys change when the process (the supervisor, with workers) starts again.
+Resumption: stateless tickets (two per full TLS 1.3 handshake) sealed with a key that
+common.tickets sets and rotates every ``--tls-ticket-rotate`` (each period's key derived
+from one secret drawn before workers are forked, so every worker holds the same key and a
+client resumes on whichever worker the kernel gives it, as with nginx's workers).  A
+reload keeps the context, and its key, and only replaces the pair in it: tickets issued
+before a SIGHUP still resume after it.
 
 Why reload into the live context rather than swap in a new one: OpenSSL copies the pair
 into each connection when it is made (SSL_new), so connections already open keep theirs
@@ -19,7 +18,7 @@ and new handshakes take the new one, and the ticket keys stay.  But ``load_cert_
 on a live context that fails half-way leaves it broken (the new certificate without its
 key), so a new pair is first loaded into a context of its own; only a pair that loads
 there is loaded into the live one (and should the files change between the two loads and
-the second fail, the checked context is swapped in, at the cost of its new ticket keys).
+the second fail, the checked context is swapped in, and given the period's ticket key).
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from common.errors import ConfigError
+from common.tickets import Tickets
 
 __all__ = [
     "ALPN",
@@ -129,11 +129,22 @@ class ServerTls:
     """A listener's TLS: the context every new handshake uses, reloaded from the same files
     by ``reload`` (SIGHUP)."""
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, tickets: Tickets | None = None) -> None:
         self.files = files
         self.context, cert = server_context(files)
         self.serving = describe(cert)
+        self.tickets = tickets or Tickets(0.0)
+        self.tickets.apply(self.context)
         log.info("TLS certificate %s (%s)", files.cert, self.serving)
+
+    async def rotate_tickets(self) -> None:
+        """Give the context the next period's ticket key as each period starts, forever
+        (common.tickets; nothing when the period is 0 or keys cannot be set here)."""
+        tickets = self.tickets
+        while tickets.supported:
+            await asyncio.sleep(tickets.until_next() + 0.005)
+            if tickets.apply(self.context):
+                log.info("TLS session ticket key rotated (period %d)", tickets.current)
 
     def reload(self) -> bool:
         """Load the pair again: True if new handshakes now use the files' pair; False, with
@@ -147,6 +158,7 @@ class ServerTls:
             _load(self.context, self.files)
         except ConfigError as exc:
             self.context = checked
+            self.tickets.apply(checked)
             log.warning("TLS pair changed while it was reloaded (%s): serving the checked one", exc.message)
         self.serving = describe(cert)
         log.info("TLS certificate reloaded from %s (%s)", self.files.cert, self.serving)
@@ -174,14 +186,17 @@ class ServerTls:
         return accept
 
 
-def from_flags(cert: str | None, key: str | None, min_version: str) -> ServerTls | None:
-    """A server's TLS from ``--tls-cert``, ``--tls-key`` and ``--tls-min-version`` (None:
-    plain HTTP); ConfigError naming the flags when only one of the pair is given."""
+def from_flags(
+    cert: str | None, key: str | None, min_version: str, ticket_rotate: float = 0.0
+) -> ServerTls | None:
+    """A server's TLS from ``--tls-cert``, ``--tls-key``, ``--tls-min-version`` and
+    ``--tls-ticket-rotate`` (None: plain HTTP); ConfigError naming the flags when only one
+    of the pair is given."""
     if cert is None and key is None:
         return None
     if cert is None or key is None:
         raise ConfigError("--tls-cert and --tls-key: give both or neither")
-    return ServerTls(TlsFiles(Path(cert), Path(key), min_version))
+    return ServerTls(TlsFiles(Path(cert), Path(key), min_version), Tickets(ticket_rotate))
 
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:

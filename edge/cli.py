@@ -133,13 +133,15 @@ def edge(
     tls_cert: str | None,
     tls_key: str | None,
     tls_min_version: str,
+    tls_ticket_rotate: float,
     tls_ca: str | None,
     metrics_listen: tuple[str, int] | None,
 ) -> None:
     """Serve the read API as a caching edge in front of upstreams."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
-    tls = from_flags(tls_cert, tls_key, tls_min_version)  # before any worker is forked: common.tls
+    # Before any worker is forked (common.tls): they share the context and the ticket secret.
+    tls = from_flags(tls_cert, tls_key, tls_min_version, tls_ticket_rotate)
     scheme = "http" if tls is None else "https"
     settings = EdgeSettings(
         upstreams=[u.rstrip("/") for u in upstreams],

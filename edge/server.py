@@ -177,8 +177,10 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         server = await loop.create_server(
             factory, options.host, options.port, reuse_port=reuse_port, backlog=BACKLOG
         )
+    rotation = None
     if options.tls is not None:
         loop.add_signal_handler(signal.SIGHUP, options.tls.reload)
+        rotation = asyncio.ensure_future(options.tls.rotate_tickets())
     # A worker's SIGHUP was blocked since its fork (edge.workers): from now on it reloads.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     metrics = None
@@ -219,6 +221,8 @@ async def serve(node: Edge, options: ServeOptions, registry: WorkerRegistry | No
         await asyncio.sleep(s.drain_delay)
     finally:
         server.close()
+        if rotation is not None:
+            rotation.cancel()
         if control is not None:
             control.close()
         if plane is not None:

@@ -163,6 +163,7 @@ def origin(
     tls_cert: str | None,
     tls_key: str | None,
     tls_min_version: str,
+    tls_ticket_rotate: float,
     qr_url: str,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
@@ -173,7 +174,7 @@ def origin(
     if not key_path.exists():
         raise ConfigError(f"--signing-key: {key_path} does not exist (run: minicdn keygen --out {data})")
     pace = BodyPace(body_timeout, body_min_rate)
-    tls = from_flags(tls_cert, tls_key, tls_min_version)  # common.tls: SIGHUP reloads the pair
+    tls = from_flags(tls_cert, tls_key, tls_min_version, tls_ticket_rotate)  # SIGHUP reloads the pair
     settings = OriginSettings(
         token=token or None,
         level=level,
@@ -216,9 +217,11 @@ async def serve(
     assert runner.server is not None
     loop = asyncio.get_running_loop()
     factory: Callable[[], asyncio.BaseProtocol] = json_handlers(runner.server, **handler_args)
+    rotation = None
     if tls is not None:
         factory = tls.accepting(factory, HANDSHAKE_TIMEOUT, on_handshake)
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
+        rotation = asyncio.ensure_future(tls.rotate_tickets())
     server = await loop.create_server(factory, host, port)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -227,6 +230,8 @@ async def serve(
         await stop.wait()
     finally:
         server.close()
+        if rotation is not None:
+            rotation.cancel()
         await runner.cleanup()
 
 

@@ -1,0 +1,122 @@
+"""Session ticket keys (common.tickets): set in OpenSSL's context through the ``ssl``
+module's own libssl, the same key for every worker of one server in one period, a new one
+each period.  Real OpenSSL handshakes in memory (a client and a server context talking
+through memory BIOs), then a real edge with two workers on loopback."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from common.tickets import KEY_BYTES, Tickets, key_for
+from common.tls import TlsFiles, server_context
+from tests.procs import Service
+from tests.test_tls_edge import client_context, connect, get, serving, tls_edge
+from tests.test_tls_pki import Pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("tickets-pki"))
+
+
+def _server(pki: Pki) -> ssl.SSLContext:
+    pair = pki.issue("tickets")
+    return server_context(TlsFiles(pair.cert, pair.key))[0]
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+    """A full TLS 1.3 exchange in memory, the tickets included; the client's end."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client.wrap_bio(c_in, c_out, server_hostname="127.0.0.1", session=session)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = [False, False]
+    for _ in range(10):
+        for i, (obj, out, peer_in) in enumerate(((c, c_out, s_in), (s, s_out, c_in))):
+            if not done[i]:
+                try:
+                    obj.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(out.read())
+        if all(done):
+            break
+    assert all(done)
+    s.write(b"x")  # the server's tickets go out before its first record after the handshake
+    c_in.write(s_out.read())
+    assert c.read(1) == b"x"
+    return c
+
+
+def test_a_key_per_period_derived_from_the_secret() -> None:
+    a, b = key_for(b"s" * 32, 7), key_for(b"s" * 32, 8)
+    assert len(a) == len(b) == KEY_BYTES and a != b
+    assert key_for(b"s" * 32, 7) == a and key_for(b"t" * 32, 7) != a
+
+
+def test_the_context_holds_the_periods_key(pki: Pki) -> None:
+    tickets = Tickets(60.0)
+    assert tickets.supported, "this Python's ssl and OpenSSL are the ones the project supports"
+    ctx = _server(pki)
+    assert tickets.apply(ctx, now=600.0)
+    assert tickets.held(ctx) == key_for(tickets.secret, 10) and tickets.current == 10
+    assert tickets.apply(ctx, now=660.0)
+    assert tickets.held(ctx) == key_for(tickets.secret, 11)
+    assert tickets.until_next(now=661.5) == pytest.approx(58.5)
+
+
+def test_workers_share_a_periods_key_and_a_new_period_refuses_old_tickets(pki: Pki) -> None:
+    client = client_context(pki)
+    tickets = Tickets(60.0)
+    one, two = _server(pki), _server(pki)  # two workers' contexts (inherited, in the edge)
+    for ctx in (one, two):
+        tickets.apply(ctx, now=600.0)
+    first = _handshake(client, one)
+    assert not first.session_reused and first.session is not None
+    assert _handshake(client, two, first.session).session_reused  # the other worker resumes it
+    tickets.apply(two, now=660.0)  # the next period
+    again = _handshake(client, two, first.session)
+    assert not again.session_reused  # a full handshake: the old key is gone
+    assert _handshake(client, two, again.session).session_reused  # and new tickets resume
+    # Another server's secret (a different edge, or a restart) does not resume them either.
+    other = _server(pki)
+    Tickets(60.0).apply(other, now=660.0)
+    assert not _handshake(client, other, again.session).session_reused
+
+
+def test_without_rotation_the_key_is_openssls_own(pki: Pki) -> None:
+    ctx = _server(pki)
+    before = Tickets(60.0).held(ctx)
+    tickets = Tickets(0.0)
+    assert not tickets.supported and not tickets.apply(ctx)
+    assert Tickets(60.0).held(ctx) == before
+
+
+def test_an_edge_rotates_its_ticket_key_in_every_worker(pki: Pki, origin: Service, tmp_path: Path) -> None:
+    period = 4.0
+    e = tls_edge(tmp_path, pki.issue("rotating"), origin.url,
+                 extra=("--workers", "2", "--tls-ticket-rotate", f"{period:g}s"))  # fmt: skip
+    ctx = client_context(pki)
+    with serving(e):
+        if time.time() % period > 1.0:  # start just after a period begins
+            time.sleep(period - time.time() % period + 0.05)
+        with connect(ctx, e.port) as s:
+            assert get(s, "/healthz", "")[0] == 200  # (the tickets come with the answer)
+            session = s.session
+        # 24 connections the kernel spreads over both workers by source port (SO_REUSEPORT:
+        # all on one with odds of 2 in 2**24): every one resumes the first one's session.
+        for _ in range(24):
+            with connect(ctx, e.port, session=session) as s:
+                assert s.session_reused
+        time.sleep(period - time.time() % period + 0.3)  # the next period
+        with connect(ctx, e.port, session=session) as s:
+            assert not s.session_reused
+            assert get(s, "/healthz", "")[0] == 200
+            fresh = s.session
+        with connect(ctx, e.port, session=fresh) as s:
+            assert s.session_reused
+    assert "TLS session ticket key rotated" in e.svc.output()
