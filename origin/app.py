@@ -363,6 +363,18 @@ async def _drain_feed(app: web.Application) -> None:
     app[ORIGIN].feed.close()
 
 
+def metrics_app(origin: Origin) -> web.Application:
+    """``--metrics-listen``: plain HTTP beside a TLS listener for Prometheus and probes,
+    /metrics, /healthz and /readyz only (JSON 404 for anything else); no background work
+    of its own (make_app's runs once)."""
+    app = web.Application(middlewares=[error_middleware])
+    app[ORIGIN] = origin
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    return app
+
+
 def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, strict_middleware], client_max_size=1 << 20

@@ -36,7 +36,7 @@ from common.ids import check_app, check_channel, check_version
 from common.malloc import fix_mmap_threshold
 from common.signing import SigningKey
 from common.tls import OnHandshake, ServerTls, from_flags
-from origin.app import make_app
+from origin.app import make_app, metrics_app
 from origin.gccli import policy_options
 from origin.gcmark import Policy
 from origin.ingest import Limits
@@ -127,6 +127,7 @@ __all__ = ["apps", "channel", "origin", "publish"]
 @option("--body-timeout", type=DURATION, default="30s", help=BodyPace.TIMEOUT_HELP)
 @option("--body-min-rate", type=SIZE, default="1KiB", help=BodyPace.MIN_RATE_HELP)
 @server_tls_options
+@option("--metrics-listen", type=LISTEN, help="HOST:PORT: plain HTTP for /metrics, /healthz, /readyz only.")
 @option(
     "--qr-url",
     default=DEFAULT_QR_URL,
@@ -164,6 +165,7 @@ def origin(
     tls_key: str | None,
     tls_min_version: str,
     tls_ticket_rotate: float,
+    metrics_listen: tuple[str, int] | None,
     qr_url: str,
 ) -> None:
     """Serve the origin: publish, sign and serve app versions."""
@@ -197,7 +199,9 @@ def origin(
     store = open_storage(storage_url, data)
     service = Origin(store, SigningKey.load(key_path), data / "tmp", settings)
     _install_uvloop()
-    asyncio.run(serve(make_app(service, pace), *listen, tls=tls, on_handshake=service.metrics.tls_handshake))
+    metrics = (metrics_app(service), metrics_listen) if metrics_listen is not None else None
+    app = make_app(service, pace)
+    asyncio.run(serve(app, *listen, tls=tls, on_handshake=service.metrics.tls_handshake, metrics=metrics))
 
 
 async def serve(
@@ -206,11 +210,13 @@ async def serve(
     port: int,
     tls: ServerTls | None = None,
     on_handshake: OnHandshake = lambda ok, resumed: None,
+    metrics: tuple[web.Application, tuple[str, int]] | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then give requests in flight 10 s: web.run_app,
     with connection handlers that answer aiohttp's own errors as JSON (common.http).  With
     ``tls``, HTTPS: each handshake bounded by HANDSHAKE_TIMEOUT and told to
-    ``on_handshake``; SIGHUP loads the pair again (a refused one leaves the old serving)."""
+    ``on_handshake``; SIGHUP loads the pair again (a refused one leaves the old serving).
+    ``metrics``: a second application (origin.app.metrics_app) on its own plain listener."""
     handler_args: dict[str, Any] = {"access_log": None, "keepalive_timeout": 75.0}
     runner = web.AppRunner(app, shutdown_timeout=10, **handler_args)
     await runner.setup()
@@ -223,6 +229,14 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         rotation = asyncio.ensure_future(tls.rotate_tickets())
     server = await loop.create_server(factory, host, port)
+    plain = plain_server = None
+    if metrics is not None:
+        plain = web.AppRunner(metrics[0], access_log=None)
+        await plain.setup()
+        assert plain.server is not None
+        mhost, mport = metrics[1]
+        plain_server = await loop.create_server(json_handlers(plain.server, access_log=None), mhost, mport)
+        logging.getLogger("minicdn.origin").info("metrics listening on http://%s:%d", mhost, mport)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -232,6 +246,10 @@ async def serve(
         server.close()
         if rotation is not None:
             rotation.cancel()
+        if plain_server is not None:
+            plain_server.close()
+        if plain is not None:
+            await plain.cleanup()
         await runner.cleanup()
 
 

@@ -20,8 +20,8 @@ import pytest
 from common.manifest import open_ref
 from common.signing import PublicKey
 from loadtests.net import wait_http
-from tests.conftest import DEMO, TOKEN, tar_gz_of
-from tests.procs import MINICDN, Service, edge_service, origin_service
+from tests.conftest import DEMO, TOKEN, http, tar_gz_of
+from tests.procs import MINICDN, Service, edge_service, free_port, origin_service
 from tests.test_tls_edge import client_context, connect, install
 from tests.test_tls_pki import Pki, peer_serial
 from tests.waiting import eventually
@@ -33,8 +33,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 class TlsOrigin:
-    def __init__(self, service: Service, cert: Path, key: Path, ctx: ssl.SSLContext) -> None:
+    def __init__(self, service: Service, cert: Path, key: Path, ctx: ssl.SSLContext, mport: int) -> None:
         self.service, self.cert, self.key, self.ctx = service, cert, key, ctx
+        self.metrics_url = f"http://127.0.0.1:{mport}"  # --metrics-listen
         self.url = f"https://127.0.0.1:{service.port}"
 
     def call(
@@ -59,11 +60,14 @@ def origin_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
     pair = pki.issue("origin-1")
     cert, key = tmp / "origin.pem", tmp / "origin.key"
     install(pair, cert, key)
-    svc = origin_service(tmp, TOKEN, "--tls-cert", str(cert), "--tls-key", str(key)).launch()
+    mport = free_port()
+    svc = origin_service(
+        tmp, TOKEN, "--tls-cert", str(cert), "--tls-key", str(key), "--metrics-listen", f"127.0.0.1:{mport}"
+    ).launch()
     ctx = client_context(pki)
     try:
         wait_http(f"https://127.0.0.1:{svc.port}/healthz", 30, svc.proc, context=ctx)
-        yield TlsOrigin(svc, cert, key, ctx)
+        yield TlsOrigin(svc, cert, key, ctx, mport)
     finally:
         svc.stop()
 
@@ -92,6 +96,22 @@ def test_the_origin_serves_its_api_over_https_only(origin_tls: TlsOrigin) -> Non
         what="the refused handshake counted",
     )
     assert origin_tls.metric("minicdn_origin_tls_handshakes_total", 'outcome="ok"') > 0
+
+
+def test_the_metrics_listener_is_plain_and_serves_only_metrics_and_probes(origin_tls: TlsOrigin) -> None:
+    origin_tls.call("GET", "/healthz")  # at least one handshake to count
+    r = http("GET", origin_tls.metrics_url + "/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+    assert b'minicdn_origin_tls_handshakes_total{outcome="ok"' in r.body
+    for probe in ("/healthz", "/readyz"):
+        r = http("GET", origin_tls.metrics_url + probe)
+        assert r.status == 200 and json.loads(r.body) == {"ok": True}
+    # Not the API: no apps, no publishing, no console, on the plain listener.
+    for method, path in (("GET", "/v1/apps"), ("POST", "/v1/apps/x/versions/1.0.0"), ("GET", "/console/")):
+        r = http(method, origin_tls.metrics_url + path)
+        assert r.status in (404, 405) and "error" in json.loads(r.body), (path, r.status)
+    # The TLS listener still serves the metrics too.
+    assert b"minicdn_origin_tls_handshakes_total" in origin_tls.call("GET", "/metrics")
 
 
 def client_context_max12(ctx: ssl.SSLContext) -> ssl.SSLContext:
