@@ -104,6 +104,11 @@ def server_tls_options(command: F) -> F:
                 help="Oldest TLS version served.",
             ),
             option(
+                "--tls-ocsp",
+                type=click.Path(dir_okay=False),
+                help="DER OCSP response for --tls-cert, stapled (refreshed by you; SIGHUP rereads it).",
+            ),
+            option(
                 "--tls-ticket-rotate",
                 type=DURATION,
                 default="1h",

@@ -2,14 +2,10 @@
 period, so a client resumes on any worker, and a key never outlives its period.
 
 OpenSSL seals TLS session tickets with a key it draws at random when a context is made and
-never changes.  Python's ``ssl`` cannot set it, so this sets it through OpenSSL's own
-``SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS)`` on the ``SSL_CTX`` inside the
-``ssl.SSLContext`` (its first field after the object header, in every CPython since 3.7),
-loaded from the very libssl the ``ssl`` module uses.  Before the first write the pointer is
-checked: OpenSSL must report the context's options as Python does and hand back the keys
-it holds; when either check fails (another Python, another TLS library) nothing is
-written, ``Tickets.supported`` is False and the keys stay OpenSSL's (never rotated), with
-one warning in the log.
+never changes.  Python's ``ssl`` cannot set it, so this sets it with OpenSSL's own
+``SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS)`` (common.openssl).  Where that cannot be
+done (another Python, another TLS library) nothing is written, ``Tickets.supported`` is
+False and the keys stay OpenSSL's (never rotated), with one warning in the log.
 
 The key of period ``n`` (``n = floor(unix time / period)``) is HKDF-SHA256 of a secret drawn
 once per server (before workers are forked, so they all share it) with ``n`` in the info:
@@ -23,13 +19,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import secrets
 import ssl
 import time
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from common.openssl import context_pointer, libssl
 
 __all__ = ["KEY_BYTES", "Tickets", "key_for"]
 
@@ -48,40 +45,6 @@ def key_for(secret: bytes, period: int) -> bytes:
     return hkdf.derive(secret)
 
 
-def _libssl() -> ctypes.CDLL | None:
-    import _ssl  # the module whose libssl holds the contexts
-
-    for name in ("libssl.so.3", "libssl.so.1.1", "libssl.so"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        try:
-            lib.OpenSSL_version.restype = ctypes.c_char_p
-            lib.OpenSSL_version.argtypes = [ctypes.c_int]
-            version = lib.OpenSSL_version(0).decode()
-        except AttributeError:
-            continue
-        if version == _ssl.OPENSSL_VERSION:
-            lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-            lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-            lib.SSL_CTX_ctrl.restype = ctypes.c_long
-            lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-            return lib
-    return None
-
-
-def _ssl_ctx(lib: ctypes.CDLL, ctx: ssl.SSLContext) -> int | None:
-    """The SSL_CTX pointer of ``ctx``, once OpenSSL agrees it is one (else None)."""
-    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not pointer or lib.SSL_CTX_get_options(pointer) != ctx.options:
-        return None
-    held = ctypes.create_string_buffer(KEY_BYTES)
-    if lib.SSL_CTX_ctrl(pointer, _GET_KEYS, KEY_BYTES, held) != 1:
-        return None
-    return int(pointer)
-
-
 class Tickets:
     """The ticket keys of one server's contexts, rotated every ``period`` seconds (0: never:
     OpenSSL's own random key, for the life of the process)."""
@@ -89,12 +52,11 @@ class Tickets:
     def __init__(self, period: float, secret: bytes | None = None) -> None:
         self.period = period
         self.secret = secret or secrets.token_bytes(32)
-        self.lib = _libssl() if period > 0 else None
+        self.lib = libssl() if period > 0 else None
         self.supported = self.lib is not None
         if period > 0 and not self.supported:
             log.warning("TLS session ticket keys cannot be set with this Python and OpenSSL: not rotated")
         self.current = -1  # the period whose key the contexts hold
-        self.pid = os.getpid()
 
     def number(self, now: float | None = None) -> int:
         return int((time.time() if now is None else now) // self.period)
@@ -103,7 +65,7 @@ class Tickets:
         """Give ``ctx`` the key of the period ``now`` is in (True if it holds it)."""
         if self.lib is None:
             return False
-        pointer = _ssl_ctx(self.lib, ctx)
+        pointer = context_pointer(self.lib, ctx)
         if pointer is None:
             self.lib = None
             self.supported = False
@@ -120,8 +82,8 @@ class Tickets:
 
     def held(self, ctx: ssl.SSLContext) -> bytes | None:
         """The key ``ctx`` holds now (None where it cannot be read)."""
-        lib = self.lib or _libssl()
-        pointer = _ssl_ctx(lib, ctx) if lib is not None else None
+        lib = self.lib or libssl()
+        pointer = context_pointer(lib, ctx) if lib is not None else None
         if lib is None or pointer is None:
             return None
         buf = ctypes.create_string_buffer(KEY_BYTES)

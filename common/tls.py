@@ -10,7 +10,8 @@ common.tickets sets and rotates every ``--tls-ticket-rotate`` (each period's key
 from one secret drawn before workers are forked, so every worker holds the same key and a
 client resumes on whichever worker the kernel gives it, as with nginx's workers).  A
 reload keeps the context, and its key, and only replaces the pair in it: tickets issued
-before a SIGHUP still resume after it.
+before a SIGHUP still resume after it.  ``--tls-ocsp`` staples a checked OCSP response
+(common.ocsp), reread on SIGHUP with the pair.
 
 Why reload into the live context rather than swap in a new one: OpenSSL copies the pair
 into each connection when it is made (SSL_new), so connections already open keep theirs
@@ -36,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from common.errors import ConfigError
+from common.ocsp import Staple, check
 from common.tickets import Tickets
 
 __all__ = [
@@ -67,6 +69,7 @@ class TlsFiles:
     cert: Path
     key: Path
     min_version: str = "1.3"  # --tls-min-version
+    ocsp: Path | None = None  # --tls-ocsp: a DER OCSP response to staple (common.ocsp)
 
     def __post_init__(self) -> None:
         if self.min_version not in MIN_VERSIONS:
@@ -80,8 +83,8 @@ def _read(flag: str, path: Path) -> bytes:
         raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _checked_pair(files: TlsFiles) -> x509.Certificate:
-    """The leaf certificate of ``files``, once the chain and the key parse and match."""
+def _checked_pair(files: TlsFiles) -> list[x509.Certificate]:
+    """The certificates of ``files``, leaf first, once the chain and the key parse and match."""
     try:
         chain = x509.load_pem_x509_certificates(_read("--tls-cert", files.cert))
     except ValueError as exc:
@@ -96,7 +99,7 @@ def _checked_pair(files: TlsFiles) -> x509.Certificate:
             f"--tls-key: {files.key} is not the key of the certificate in --tls-cert {files.cert}"
             " (the first certificate of the file must be the server's own)"
         )
-    return chain[0]
+    return chain
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -108,14 +111,19 @@ def describe(cert: x509.Certificate) -> str:
 
 def server_context(files: TlsFiles) -> tuple[ssl.SSLContext, x509.Certificate]:
     """A server context holding ``files``' pair, and its leaf certificate."""
-    cert = _checked_pair(files)
+    ctx, chain = _server_context(files)
+    return ctx, chain[0]
+
+
+def _server_context(files: TlsFiles) -> tuple[ssl.SSLContext, list[x509.Certificate]]:
+    chain = _checked_pair(files)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSIONS[files.min_version]
     ctx.set_alpn_protocols(ALPN)
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_RENEGOTIATION  # (TLS 1.2) a write never waits on a read
     _load(ctx, files)
-    return ctx, cert
+    return ctx, chain
 
 
 def _load(ctx: ssl.SSLContext, files: TlsFiles) -> None:
@@ -131,10 +139,14 @@ class ServerTls:
 
     def __init__(self, files: TlsFiles, tickets: Tickets | None = None) -> None:
         self.files = files
-        self.context, cert = server_context(files)
-        self.serving = describe(cert)
+        self.context, chain = _server_context(files)
+        self.serving = describe(chain[0])
         self.tickets = tickets or Tickets(0.0)
         self.tickets.apply(self.context)
+        self.staple = Staple(files.ocsp) if files.ocsp is not None else None
+        if self.staple is not None:
+            self.staple.load(chain)
+            self.staple.attach(self.context)
         log.info("TLS certificate %s (%s)", files.cert, self.serving)
 
     async def rotate_tickets(self) -> None:
@@ -150,7 +162,7 @@ class ServerTls:
         """Load the pair again: True if new handshakes now use the files' pair; False, with
         one error line, if it was refused (the pair in use goes on serving)."""
         try:
-            checked, cert = server_context(self.files)
+            checked, chain = _server_context(self.files)
         except ConfigError as exc:
             log.error("TLS reload refused, still serving %s: %s", self.serving, exc.message)
             return False
@@ -159,10 +171,32 @@ class ServerTls:
         except ConfigError as exc:
             self.context = checked
             self.tickets.apply(checked)
+            if self.staple is not None:
+                self.staple.attach(checked)
             log.warning("TLS pair changed while it was reloaded (%s): serving the checked one", exc.message)
-        self.serving = describe(cert)
+        self.serving = describe(chain[0])
         log.info("TLS certificate reloaded from %s (%s)", self.files.cert, self.serving)
+        if self.staple is not None:
+            self._reload_staple(chain)
         return True
+
+    def _reload_staple(self, chain: list[x509.Certificate]) -> None:
+        """The OCSP file again, for the pair now served: a refused one leaves the response
+        in use stapled only if it is still about this certificate and fresh."""
+        staple = self.staple
+        assert staple is not None
+        try:
+            staple.load(chain)
+        except ConfigError as exc:
+            try:
+                check(staple.der, chain)
+                log.error("OCSP reload refused, still stapling the previous response: %s", exc.message)
+            except ValueError:
+                staple.der = b""
+                log.error(
+                    "OCSP reload refused, and the previous response is not for this pair: none stapled: %s",
+                    exc.message,
+                )
 
     def accepting(
         self, factory: Callable[[], asyncio.BaseProtocol], handshake_timeout: float, on_handshake: OnHandshake
@@ -187,16 +221,19 @@ class ServerTls:
 
 
 def from_flags(
-    cert: str | None, key: str | None, min_version: str, ticket_rotate: float = 0.0
+    cert: str | None, key: str | None, min_version: str, ticket_rotate: float = 0.0, ocsp: str | None = None
 ) -> ServerTls | None:
-    """A server's TLS from ``--tls-cert``, ``--tls-key``, ``--tls-min-version`` and
-    ``--tls-ticket-rotate`` (None: plain HTTP); ConfigError naming the flags when only one
-    of the pair is given."""
+    """A server's TLS from ``--tls-cert``, ``--tls-key``, ``--tls-min-version``,
+    ``--tls-ticket-rotate`` and ``--tls-ocsp`` (None: plain HTTP); ConfigError naming the
+    flags when only one of the pair is given, or an OCSP response without them."""
     if cert is None and key is None:
+        if ocsp is not None:
+            raise ConfigError("--tls-ocsp: staples a response to --tls-cert, which is not given")
         return None
     if cert is None or key is None:
         raise ConfigError("--tls-cert and --tls-key: give both or neither")
-    return ServerTls(TlsFiles(Path(cert), Path(key), min_version), Tickets(ticket_rotate))
+    files = TlsFiles(Path(cert), Path(key), min_version, Path(ocsp) if ocsp is not None else None)
+    return ServerTls(files, Tickets(ticket_rotate))
 
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:

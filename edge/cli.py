@@ -133,6 +133,7 @@ def edge(
     tls_cert: str | None,
     tls_key: str | None,
     tls_min_version: str,
+    tls_ocsp: str | None,
     tls_ticket_rotate: float,
     tls_ca: str | None,
     metrics_listen: tuple[str, int] | None,
@@ -141,7 +142,7 @@ def edge(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()  # before any worker starts (forked workers inherit it): common.malloc
     # Before any worker is forked (common.tls): they share the context and the ticket secret.
-    tls = from_flags(tls_cert, tls_key, tls_min_version, tls_ticket_rotate)
+    tls = from_flags(tls_cert, tls_key, tls_min_version, tls_ticket_rotate, tls_ocsp)
     scheme = "http" if tls is None else "https"
     settings = EdgeSettings(
         upstreams=[u.rstrip("/") for u in upstreams],

@@ -164,6 +164,7 @@ def origin(
     tls_cert: str | None,
     tls_key: str | None,
     tls_min_version: str,
+    tls_ocsp: str | None,
     tls_ticket_rotate: float,
     metrics_listen: tuple[str, int] | None,
     qr_url: str,
@@ -176,7 +177,9 @@ def origin(
     if not key_path.exists():
         raise ConfigError(f"--signing-key: {key_path} does not exist (run: minicdn keygen --out {data})")
     pace = BodyPace(body_timeout, body_min_rate)
-    tls = from_flags(tls_cert, tls_key, tls_min_version, tls_ticket_rotate)  # SIGHUP reloads the pair
+    tls = from_flags(
+        tls_cert, tls_key, tls_min_version, tls_ticket_rotate, tls_ocsp
+    )  # SIGHUP reloads the pair
     settings = OriginSettings(
         token=token or None,
         level=level,
