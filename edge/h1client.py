@@ -29,6 +29,7 @@ import httptools
 from multidict import CIMultiDict
 
 from common.errors import TooLarge
+from edge.loops import Bound
 
 __all__ = ["Pool", "Pools", "ProtocolError", "Response"]
 
@@ -54,6 +55,7 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # asked once (edge.loops)
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
@@ -70,6 +72,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -132,7 +135,8 @@ class _Conn(asyncio.Protocol):
 
     def send(self, request: bytes, max_body: int) -> asyncio.Future[Response]:
         assert self.transport is not None and self.waiter is None
-        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.loop is not None
+        self.waiter = self.loop.create_future()
         self.received, self.max_body, self.keep = 0, max_body, False
         self._headers, self._body, self._size = CIMultiDict(), [], 0
         self.transport.write(request)
@@ -156,7 +160,7 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-class Pool:
+class Pool(Bound):
     """Keep-alive connections to one ``scheme://host:port``, at most ``limit`` open; a
     request beyond that waits for one to come back."""
 
@@ -187,7 +191,7 @@ class Pool:
         if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
             raise ValueError("a request line or header with a line break")
         request = (head + "\r\n\r\n").encode("latin-1")
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         deadline = loop.time() + timeout
         conn = self._take_idle()
         if conn is not None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
+
+from edge.loops import Bound
 
 __all__ = ["Flights", "Unsettled"]
 
@@ -38,7 +40,7 @@ class Unsettled(Exception):
     before it reached that key): the callers of that key see the fill's error instead."""
 
 
-class Flights(Generic[T]):
+class Flights(Bound, Generic[T]):
     def __init__(self, wait_bound: float | None = None) -> None:
         self.wait_bound = wait_bound
         self._flights: dict[str, asyncio.Future[T]] = {}
@@ -54,8 +56,8 @@ class Flights(Generic[T]):
     async def do(
         self,
         key: str,
-        fill: Callable[[], Awaitable[T]],
-        alone: Callable[[], Awaitable[T]] | None = None,
+        fill: Callable[[], Coroutine[Any, Any, T]],
+        alone: Callable[[], Coroutine[Any, Any, T]] | None = None,
         look: Callable[[], Awaitable[T | None]] | None = None,
     ) -> tuple[T, bool]:
         """The value of the one fill of ``key``, and whether this caller joined another's.
@@ -76,10 +78,10 @@ class Flights(Generic[T]):
         return await _first_answer(first, second), True
 
     async def _lead(
-        self, key: str, look: Callable[[], Awaitable[T | None]], fill: Callable[[], Awaitable[T]]
+        self, key: str, look: Callable[[], Awaitable[T | None]], fill: Callable[[], Coroutine[Any, Any, T]]
     ) -> T:
         """Start the flight of ``key`` with ``look`` run here, then ``fill`` in a task."""
-        flight: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        flight: asyncio.Future[T] = self.loop().create_future()
         self._track(self._flights, key, flight)
         try:
             found = await look()
@@ -106,8 +108,8 @@ class Flights(Generic[T]):
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    def _run(self, fill: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        task = asyncio.ensure_future(fill())
+    def _run(self, fill: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
+        task = self.loop().create_task(fill())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -128,27 +130,27 @@ class Flights(Generic[T]):
         task.add_done_callback(done)
 
     def claim(
-        self, keys: Iterable[str], fill: Callable[[dict[str, asyncio.Future[T]]], Awaitable[None]]
+        self, keys: Iterable[str], fill: Callable[[dict[str, asyncio.Future[T]]], Coroutine[Any, Any, None]]
     ) -> dict[str, asyncio.Future[T]]:
         """Start one flight for each of ``keys`` not in flight yet, all settled by one run of
         ``fill`` (given them: it sets each one's result or exception) in its own task.
         Returns the flights claimed; keys already in flight are left to their fill."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         claimed: dict[str, asyncio.Future[T]] = {}
         for key in keys:
             if key not in self._flights and key not in claimed:
                 claimed[key] = future = loop.create_future()
                 self._track(self._flights, key, future)
         if claimed:
-            task = asyncio.ensure_future(fill(dict(claimed)))
+            task = loop.create_task(fill(dict(claimed)))
             self._tasks.add(task)
             task.add_done_callback(lambda t: self._claim_done(t, claimed))
         return claimed
 
     def _start(
-        self, table: dict[str, asyncio.Future[T]], key: str, fill: Callable[[], Awaitable[T]]
+        self, table: dict[str, asyncio.Future[T]], key: str, fill: Callable[[], Coroutine[Any, Any, T]]
     ) -> asyncio.Future[T]:
-        task = asyncio.ensure_future(fill())
+        task = self.loop().create_task(fill())
         self._track(table, key, task)
         return task
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["BROWSER", "CEPH", "CHROMIUM", "FONT", "OPENSSL", "ZBAR", "Need", "require"]
+__all__ = ["BROWSER", "CEPH", "CHROMIUM", "FONT", "OPENSSL", "STRACE", "ZBAR", "Need", "require"]
 
 INSTALL_TIMEOUT = 900.0  # seconds: a fresh machine downloads chromium (~100 MB) first
 _updated: list[bool] = []  # not empty once apt-get update has run in this process
@@ -40,6 +40,7 @@ CHROMIUM = Need("/usr/bin/chromium", "chromium")
 FONT = Need("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core")  # or text is boxes
 ZBAR = Need("zbarimg", "zbar-tools")
 OPENSSL = Need("openssl", "openssl")  # s_client: a client that asks for an OCSP staple
+STRACE = Need("strace", "strace")  # counts a server's system calls
 BROWSER = (CHROMIUM, FONT)
 # A one-node Ceph RGW (deploy/rgw.py): monitor, OSD, S3 gateway, and the tools that set them up
 # (ceph, ceph-authtool and radosgw-admin come with ceph-common, monmaptool with ceph-base).

@@ -418,7 +418,7 @@ class Connection(Timers, Lending, asyncio.Protocol):
             raise Handoff  # Expect: aiohttp answers 100/417; dcz is get_manifest's
         reply = self.answers.now(req)
         if not isinstance(reply, Reply):
-            task = asyncio.ensure_future(self.answers.later(req, reply))
+            task = self.plane.loop().create_task(self.answers.later(req, reply))
             self._enqueue(req, task)
             task.add_done_callback(self._task_done)
         elif self._queue:

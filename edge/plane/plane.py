@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from common.http import BodyPace
 from edge.encodings import Encodings
+from edge.loops import Bound
 from edge.plane.answers import Answers, Reply
 from edge.plane.clock import CLOCK
 from edge.plane.connection import Connection
@@ -49,7 +50,7 @@ class Limits:
         )
 
 
-class Plane:
+class Plane(Bound):
     """What every connection of one process shares: the node, the fallback (aiohttp's
     ``web.Server``: called, it makes a ``RequestHandler``), limits, stats, the sweeper."""
 
