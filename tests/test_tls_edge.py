@@ -269,6 +269,34 @@ def test_a_client_that_stops_reading_gets_every_byte_once_it_reads_again(
         assert get(s, f"/v1/chunks/{big}", method="HEAD")[0] == 200
 
 
+def test_answers_held_back_by_a_slow_reader_all_leave_before_the_close(
+    edge: TlsEdge, pki: Pki, app: App
+) -> None:
+    """Pipelined answers the socket cannot take at once, the last one asked with
+    ``Connection: close``: the close waits for every byte of them (then close_notify), also
+    when it comes while the connection resumes writing."""
+    big = max(app.chunks, key=lambda c: app.raw[c])
+    warm(edge, pki, [big])
+    for _ in range(3):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(20)
+        raw.connect(("127.0.0.1", edge.port))
+        ctx = client_context(pki)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as s:
+            one = f"GET /v1/chunks/{big} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ZSTD}"
+            n = 24
+            s.sendall(((one + "\r\n") * (n - 1) + one + "Connection: close\r\n\r\n").encode())
+            threading.Event().wait(0.5)  # the edge fills the socket and is told to pause
+            reader = Reader(s)
+            for i in range(n):
+                status, fields, body = reader.answer()
+                assert status == 200 and hashlib.sha256(raw_of(body)).hexdigest() == big, i
+                threading.Event().wait(0.02)  # slowly: the socket is full whenever the edge writes
+            assert fields["connection"] == "close"
+            assert reader.file.read(1) == b""  # then close_notify: a bare FIN raises SSLEOFError
+
+
 def test_an_answer_before_a_close_arrives_whole_then_close_notify(edge: TlsEdge, pki: Pki, app: App) -> None:
     """``Connection: close`` with more requests already sent behind it (which the edge does
     not read): the answer arrives whole, then the session ends with close_notify, not a
@@ -276,13 +304,14 @@ def test_an_answer_before_a_close_arrives_whole_then_close_notify(edge: TlsEdge,
     big = max(app.chunks, key=lambda c: app.raw[c])
     warm(edge, pki, [big])
     for _ in range(5):
-        with connect(client_context(pki), edge.port) as s:
+        raw = socket.create_connection(("127.0.0.1", edge.port), timeout=20)
+        with client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as s:
             one = f"GET /v1/chunks/{big} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ZSTD}"
             s.sendall((one + "Connection: close\r\n\r\n" + (one + "\r\n") * 20).encode())
             status, fields, body = Reader(s).answer()
             assert status == 200 and fields["connection"] == "close"
             assert hashlib.sha256(raw_of(body)).hexdigest() == big
-            assert s.recv(1) == b""  # close_notify (a reset would raise)
+            assert s.recv(1) == b""  # close_notify (a reset, or a FIN without it, would raise)
 
 
 def test_the_metrics_listener_is_plain_and_serves_only_metrics_and_probes(edge: TlsEdge, app: App) -> None:

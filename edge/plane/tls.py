@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -107,11 +106,10 @@ class TlsListener:
                 return
             except ConnectionAbortedError:
                 continue
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: try again in a second
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM...: try again in a second
                 log.error("accept on %s failed, pausing it for 1s: %s", listening.getsockname(), exc)
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.loop.remove_reader(listening.fileno())
-                    self.loop.call_later(1.0, self._resume, listening)
+                self.loop.remove_reader(listening.fileno())
+                self.loop.call_later(1.0, self._resume, listening)
                 return
             try:
                 conn.setblocking(False)
@@ -195,7 +193,8 @@ class TlsTransport(asyncio.Transport):
 
     def _readable(self) -> None:
         if self._state == _OPEN:
-            self._read()
+            if self._reading and not self._closing:
+                self._read()
         elif self._state == _HANDSHAKE:
             self._handshake()
         elif self._state == _LINGER:
@@ -206,7 +205,8 @@ class TlsTransport(asyncio.Transport):
             if self._read_wants_write:
                 self._read_wants_write = False
                 self._watch(self._reading and not self._closing, self._writer)
-                self._read()
+                if self._reading and not self._closing:
+                    self._read()
             if self._state == _OPEN:
                 self._flush()
         elif self._state == _HANDSHAKE:
@@ -348,11 +348,11 @@ class TlsTransport(asyncio.Transport):
                 return
             self._retry = None
             self._size -= len(data)
-        self._watch(self._reader, False)
+        self._watch(self._reader, self._read_wants_write)
         if self._paused and self._size <= self._low:
             self._paused = False
-            self._protocol.resume_writing()
-        if self._closing:
+            self._protocol.resume_writing()  # which may write more, and close
+        if self._closing and not self._size and self._state == _OPEN:
             self._shutdown()
 
     def get_write_buffer_size(self) -> int:
