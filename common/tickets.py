@@ -7,12 +7,15 @@ never changes.  Python's ``ssl`` cannot set it, so this sets it with OpenSSL's o
 done (another Python, another TLS library) nothing is written, ``Tickets.supported`` is
 False and the keys stay OpenSSL's (never rotated), with one warning in the log.
 
-The key of period ``n`` (``n = floor(unix time / period)``) is HKDF-SHA256 of a secret drawn
-once per server (before workers are forked, so they all share it) with ``n`` in the info:
-a 16-byte key name, a 32-byte HMAC key and a 32-byte AES key, OpenSSL's 80-byte layout.
-OpenSSL holds one key at a time: a ticket issued in one period does not resume in the next
-(the client makes one full handshake and gets new tickets), which bounds how long a stolen
-key can decrypt recorded sessions to one period.
+Periods are numbered ``n = floor(unix time / period)``.  The keys come from a ratchet: a
+32-byte state drawn once per server (before workers are forked, so they all share it),
+stepped forward once a period with HKDF-SHA256; the key of a period is HKDF-SHA256 of that
+period's state: a 16-byte key name, a 32-byte HMAC key and a 32-byte AES key, OpenSSL's
+80-byte layout.  OpenSSL holds one key at a time: a ticket issued in one period does not
+resume in the next (the client makes one full handshake and gets new tickets), so a key
+read from a worker's memory decrypts the tickets of its period and later ones until the
+server restarts, never earlier ones (the supervisor keeps the first state, to start
+workers again).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.openssl import context_pointer, libssl
 
-__all__ = ["KEY_BYTES", "Tickets", "key_for"]
+__all__ = ["KEY_BYTES", "Tickets", "key_of", "next_state"]
 
 log = logging.getLogger("minicdn.tls")
 
@@ -37,21 +40,38 @@ _SET_KEYS = 59  # SSL_CTRL_SET_TLSEXT_TICKET_KEYS (ssl.h)
 _GET_KEYS = 58  # SSL_CTRL_GET_TLSEXT_TICKET_KEYS
 
 
-def key_for(secret: bytes, period: int) -> bytes:
-    """The ticket key of period number ``period``."""
-    hkdf = HKDF(
-        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"minicdn tls tickets %d" % period
-    )
-    return hkdf.derive(secret)
+STEP = b"minicdn tls tickets: next period"
+
+
+def _derive(state: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(state)
+
+
+def next_state(state: bytes) -> bytes:
+    """The ratchet's state one period on (the earlier one cannot be had back from it)."""
+    return _derive(state, STEP, 32)
+
+
+def key_of(state: bytes) -> bytes:
+    """The ticket key of a period, from the ratchet's state in that period."""
+    return _derive(state, b"minicdn tls tickets: key", KEY_BYTES)
 
 
 class Tickets:
     """The ticket keys of one server's contexts, rotated every ``period`` seconds (0: never:
-    OpenSSL's own random key, for the life of the process)."""
+    OpenSSL's own random key, for the life of the process).
 
-    def __init__(self, period: float, secret: bytes | None = None) -> None:
+    A ratchet: ``state`` is that of period ``at``; the key of a later period is found by
+    stepping the state forward (``next_state``), which forgets the earlier states, so a
+    process's memory holds no key of a period before its current one.  Every worker starts
+    from the state the server drew at start (``start``'s period), inherited through fork, and
+    steps alike, so all hold the same key in the same period; the supervisor keeps that
+    first state to start workers again."""
+
+    def __init__(self, period: float, secret: bytes | None = None, start: float | None = None) -> None:
         self.period = period
-        self.secret = secret or secrets.token_bytes(32)
+        self.state = secret or secrets.token_bytes(32)
+        self.at = self.number(start) if period > 0 else 0
         self.lib = libssl() if period > 0 else None
         self.supported = self.lib is not None
         if period > 0 and not self.supported:
@@ -61,23 +81,48 @@ class Tickets:
     def number(self, now: float | None = None) -> int:
         return int((time.time() if now is None else now) // self.period)
 
+    def key(self, n: int) -> bytes | None:
+        """The key of period ``n`` (None for a period before the state's: the clock went back)."""
+        if n < self.at:
+            return None
+        state = self.state
+        for _ in range(n - self.at):
+            state = next_state(state)
+        self.state, self.at = state, n
+        return key_of(state)
+
     def apply(self, ctx: ssl.SSLContext, now: float | None = None) -> bool:
         """Give ``ctx`` the key of the period ``now`` is in (True if it holds it)."""
         if self.lib is None:
             return False
-        pointer = context_pointer(self.lib, ctx)
-        if pointer is None:
+        n = self.number(now)
+        key = self.key(n)
+        if key is None:
+            log.warning("the clock is before the ticket key's period: the key stays")
+            return False
+        if not self._set(ctx, key):
+            return False
+        self.current = n
+        return True
+
+    def copy(self, old: ssl.SSLContext, new: ssl.SSLContext) -> None:
+        """Give ``new`` the key ``old`` holds (a context swapped in keeps resumption)."""
+        lib, key = libssl(), self.held(old)
+        if lib is not None and key is not None:
+            self._set(new, key, lib)
+
+    def _set(self, ctx: ssl.SSLContext, key: bytes, lib: ctypes.CDLL | None = None) -> bool:
+        lib = lib or self.lib
+        pointer = context_pointer(lib, ctx) if lib is not None else None
+        if lib is None or pointer is None:
             self.lib = None
             self.supported = False
             log.warning("TLS session ticket keys cannot be set in this context (unknown layout): not rotated")
             return False
-        n = self.number(now)
-        key = key_for(self.secret, n)
         buf = ctypes.create_string_buffer(key, KEY_BYTES)
-        if self.lib.SSL_CTX_ctrl(pointer, _SET_KEYS, KEY_BYTES, buf) != 1:
+        if lib.SSL_CTX_ctrl(pointer, _SET_KEYS, KEY_BYTES, buf) != 1:
             log.warning("OpenSSL refused the TLS session ticket key: not rotated")
             return False
-        self.current = n
         return True
 
     def held(self, ctx: ssl.SSLContext) -> bytes | None:

@@ -140,6 +140,7 @@ class ServerTls:
     def __init__(self, files: TlsFiles, tickets: Tickets | None = None) -> None:
         self.files = files
         self.context, chain = _server_context(files)
+        self.chain = chain
         self.serving = describe(chain[0])
         self.tickets = tickets or Tickets(0.0)
         self.tickets.apply(self.context)
@@ -154,9 +155,10 @@ class ServerTls:
         (common.tickets; nothing when the period is 0 or keys cannot be set here)."""
         tickets = self.tickets
         while tickets.supported:
-            await asyncio.sleep(tickets.until_next() + 0.005)
-            if tickets.apply(self.context):
+            # At once too: a worker started again inherits the key its supervisor set at start.
+            if tickets.number() != tickets.current and tickets.apply(self.context):
                 log.info("TLS session ticket key rotated (period %d)", tickets.current)
+            await asyncio.sleep(tickets.until_next() + 0.005)
 
     def reload(self) -> bool:
         """Load the pair again: True if new handshakes now use the files' pair; False, with
@@ -165,16 +167,25 @@ class ServerTls:
             checked, chain = _server_context(self.files)
         except ConfigError as exc:
             log.error("TLS reload refused, still serving %s: %s", self.serving, exc.message)
+            if self.staple is not None:
+                self._reload_staple(self.chain)  # the OCSP file may be new for the pair served
             return False
         try:
             _load(self.context, self.files)
         except ConfigError as exc:
-            self.context = checked
-            self.tickets.apply(checked)
+            if self.tickets.supported:
+                self.tickets.apply(checked)
+            else:
+                self.tickets.copy(self.context, checked)  # OpenSSL's own key, kept
             if self.staple is not None:
-                self.staple.attach(checked)
+                try:
+                    self.staple.attach(checked)
+                except ConfigError as error:
+                    log.error("OCSP stapling lost with the swapped context: %s", error.message)
+            self.context = checked
             log.warning("TLS pair changed while it was reloaded (%s): serving the checked one", exc.message)
         self.serving = describe(chain[0])
+        self.chain = chain
         log.info("TLS certificate reloaded from %s (%s)", self.files.cert, self.serving)
         if self.staple is not None:
             self._reload_staple(chain)

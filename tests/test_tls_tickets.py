@@ -5,14 +5,16 @@ through memory BIOs), then a real edge with two workers on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 from pathlib import Path
 
 import pytest
 
-from common.tickets import KEY_BYTES, Tickets, key_for
-from common.tls import TlsFiles, server_context
+from common.tickets import KEY_BYTES, Tickets, key_of, next_state
+from common.tls import ServerTls, TlsFiles, server_context
 from tests.procs import Service
 from tests.test_tls_edge import client_context, connect, get, serving, tls_edge
 from tests.test_tls_pki import Pki
@@ -52,26 +54,55 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, session: ssl.SSLS
     return c
 
 
-def test_a_key_per_period_derived_from_the_secret() -> None:
-    a, b = key_for(b"s" * 32, 7), key_for(b"s" * 32, 8)
-    assert len(a) == len(b) == KEY_BYTES and a != b
-    assert key_for(b"s" * 32, 7) == a and key_for(b"t" * 32, 7) != a
+def test_a_ratchet_a_key_per_period_and_no_way_back() -> None:
+    s0 = b"s" * 32
+    s1, s2 = next_state(s0), next_state(next_state(s0))
+    assert len({s0, s1, s2}) == 3 and len(key_of(s0)) == KEY_BYTES
+    stepping, jumping = Tickets(60.0, s0, start=600.0), Tickets(60.0, s0, start=600.0)
+    assert stepping.key(10) == key_of(s0)
+    assert stepping.key(11) == key_of(s1) and stepping.key(12) == key_of(s2)
+    assert jumping.key(12) == key_of(s2)  # a worker started later steps to the same key
+    assert stepping.key(11) is None and stepping.state == s2  # the earlier states are gone
+    assert Tickets(60.0, b"t" * 32, start=600.0).key(12) != key_of(s2)
 
 
 def test_the_context_holds_the_periods_key(pki: Pki) -> None:
-    tickets = Tickets(60.0)
+    s0 = b"k" * 32
+    tickets = Tickets(60.0, s0, start=600.0)
     assert tickets.supported, "this Python's ssl and OpenSSL are the ones the project supports"
     ctx = _server(pki)
     assert tickets.apply(ctx, now=600.0)
-    assert tickets.held(ctx) == key_for(tickets.secret, 10) and tickets.current == 10
+    assert tickets.held(ctx) == key_of(s0) and tickets.current == 10
     assert tickets.apply(ctx, now=660.0)
-    assert tickets.held(ctx) == key_for(tickets.secret, 11)
+    assert tickets.held(ctx) == key_of(next_state(s0))
+    assert not tickets.apply(ctx, now=550.0)  # the clock went back: the key stays
+    assert tickets.held(ctx) == key_of(next_state(s0))
     assert tickets.until_next(now=661.5) == pytest.approx(58.5)
+
+
+def test_a_worker_started_again_takes_the_periods_key_at_once(pki: Pki) -> None:
+    """A worker forked again inherits the key its supervisor set when the server started;
+    rotate_tickets replaces it before it sleeps, not a period later."""
+    pair = pki.issue("restarted")
+    now = time.time()
+    s0 = b"r" * 32
+    tls = ServerTls(TlsFiles(pair.cert, pair.key), Tickets(3600.0, s0, start=now - 2 * 3600))
+    expected = key_of(next_state(next_state(s0)))
+    assert tls.tickets.held(tls.context) == expected  # set at start, for this period
+    tls.tickets._set(tls.context, key_of(s0))  # as inherited: the key of two periods ago
+    tls.tickets.current -= 2
+
+    async def briefly() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tls.rotate_tickets(), 0.2)
+
+    asyncio.run(briefly())
+    assert tls.tickets.held(tls.context) == expected
 
 
 def test_workers_share_a_periods_key_and_a_new_period_refuses_old_tickets(pki: Pki) -> None:
     client = client_context(pki)
-    tickets = Tickets(60.0)
+    tickets = Tickets(60.0, start=600.0)
     one, two = _server(pki), _server(pki)  # two workers' contexts (inherited, in the edge)
     for ctx in (one, two):
         tickets.apply(ctx, now=600.0)
@@ -84,7 +115,7 @@ def test_workers_share_a_periods_key_and_a_new_period_refuses_old_tickets(pki: P
     assert _handshake(client, two, again.session).session_reused  # and new tickets resume
     # Another server's secret (a different edge, or a restart) does not resume them either.
     other = _server(pki)
-    Tickets(60.0).apply(other, now=660.0)
+    Tickets(60.0, start=660.0).apply(other, now=660.0)
     assert not _handshake(client, other, again.session).session_reused
 
 
