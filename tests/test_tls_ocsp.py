@@ -9,12 +9,15 @@ import datetime
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.ocsp import check
 from loadtests.net import wait_http
@@ -55,6 +58,30 @@ def response(
     return builder.sign(pki.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
+def delegated(pki: Pki, cert: x509.Certificate, ocsp_signing: bool) -> bytes:
+    """A response signed by a responder certificate the CA issued (for OCSP signing, or not)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = [ExtendedKeyUsageOID.OCSP_SIGNING if ocsp_signing else ExtendedKeyUsageOID.SERVER_AUTH]
+    responder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "responder")]))
+        .issuer_name(pki.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - HOUR)
+        .not_valid_after(NOW + 24 * HOUR)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(pki.key, hashes.SHA256())
+    )
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(cert, pki.cert, hashes.SHA1(), ocsp.OCSPCertStatus.GOOD, NOW - HOUR, NOW + HOUR, None, None)
+        .responder_id(ocsp.OCSPResponderEncoding.NAME, responder)
+        .certificates([responder])
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
 def test_what_may_be_stapled(pki: Pki) -> None:
     pair = pki.issue("checked")
     chain = [leaf(pair), pki.cert]
@@ -71,10 +98,19 @@ def test_what_may_be_stapled(pki: Pki) -> None:
         "garbage": os.urandom(300),
         "too large": b"\x30" * (65 << 10),
     }
+    # Its signature altered (the last bytes of a response without certificates).
+    good = response(pki, chain[0])
+    refusals["a signature that does not verify"] = good[:-1] + bytes([good[-1] ^ 1])
+    refusals["not valid yet"] = response(pki, chain[0], this_update=NOW + HOUR, next_update=NOW + 2 * HOUR)
+    refusals["by a responder without OCSP signing"] = delegated(pki, chain[0], ocsp_signing=False)
     for what, der in refusals.items():
         with pytest.raises(ValueError):
             check(der, chain)
             pytest.fail(f"{what} was accepted")
+    # A responder the issuer named for OCSP signing is taken; a chain without the issuer is not.
+    assert check(delegated(pki, chain[0], ocsp_signing=True), chain) > NOW
+    with pytest.raises(ValueError, match="issuer"):
+        check(response(pki, chain[0]), chain[:1])
     # A response about the same serial from another CA: refused when the chain holds the issuer.
     other_ca = Pki(pki.root / "other-ca", "another CA")
     twin = (
@@ -155,6 +191,20 @@ def test_without_the_flag_nothing_is_stapled_and_a_bad_file_stops_the_start(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "--tls-ocsp" in done.stderr, done.stderr
+
+
+def test_a_response_past_its_next_update_is_no_longer_stapled(
+    pki: Pki, origin: Service, tmp_path: Path
+) -> None:
+    pair = pki.issue("stale")
+    staple = tmp_path / "stale.ocsp"
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=4)
+    staple.write_bytes(response(pki, leaf(pair), next_update=soon))
+    e = tls_edge(tmp_path, pair, origin.url, extra=("--tls-ocsp", str(staple)))
+    with serving(e):
+        assert "Cert Status: good" in stapled(e.port, pki.ca_file)
+        time.sleep(max(0.0, (soon - datetime.datetime.now(datetime.UTC)).total_seconds()) + 0.5)
+        assert "OCSP response: no response sent" in stapled(e.port, pki.ca_file)
 
 
 def test_the_origin_staples_too(pki: Pki, tmp_path: Path) -> None:
