@@ -25,11 +25,13 @@ def test_a_miss_makes_no_getpid_call(origin: Service, tmp_path: Path) -> None:
     try:
         assert node.proc is not None
         tracer = subprocess.Popen(
-            [strace, "-f", "-qq", "-e", "trace=getpid", "-o", str(trace), "-p", str(node.proc.pid)],
+            [strace, "-f", "-qq", "-e", "trace=getpid,epoll_wait,epoll_pwait", "-o", str(trace),
+             "-p", str(node.proc.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             time.sleep(1.0)  # strace attaches to every thread
+            assert tracer.poll() is None, "strace could not attach (ptrace not allowed?)"
             c = Raw(node.port)
             for h in misses:  # one at a time: each a miss, filled from the origin
                 c.send(get(chunk(h), "Accept-Encoding: zstd"))
@@ -40,6 +42,8 @@ def test_a_miss_makes_no_getpid_call(origin: Service, tmp_path: Path) -> None:
             tracer.wait(30)
     finally:
         node.stop()
-    calls = trace.read_text().count("getpid()")
+    traced = trace.read_text()
+    assert "epoll_" in traced, "strace saw none of the loop's own calls: it measured nothing"
+    calls = traced.count("getpid()")
     # Before edge.loops: at least 4 a miss (240 here).  A few are the edge's own timers'.
     assert calls < len(misses) // 2, f"{calls} getpid() calls for {len(misses)} misses"
