@@ -2,11 +2,14 @@
 ``ssl.SSLContext`` through the very libssl that module uses (common.tickets sets session
 ticket keys with it, common.ocsp staples OCSP responses).
 
-The ``SSL_CTX`` pointer is the first field after the object header of CPython's
-``PySSLContext`` (every CPython since 3.7).  It is trusted only once OpenSSL, asked through
-it, reports the context's options as Python does and answers a harmless query; otherwise
-(another Python, another TLS library) ``context_pointer`` returns None and callers do
-without, saying so in the log.
+The ``SSL_CTX`` pointer is read at a fixed place: the first field after the object header
+of CPython's ``PySSLContext`` (every CPython since 3.7; only CPython is supported).  It is
+trusted only once OpenSSL, asked through it, reports the context's options as Python does
+and answers a harmless query; otherwise ``context_pointer`` returns None and callers do
+without, saying so in the log.  These checks catch a libssl other than the ``ssl``
+module's; an interpreter whose object layout differs would make the first of them read
+arbitrary memory, which is why ``libssl`` also insists on the very OpenSSL version the
+``ssl`` module reports.
 """
 
 from __future__ import annotations
