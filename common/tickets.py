@@ -13,9 +13,10 @@ stepped forward once a period with HKDF-SHA256; the key of a period is HKDF-SHA2
 period's state: a 16-byte key name, a 32-byte HMAC key and a 32-byte AES key, OpenSSL's
 80-byte layout.  OpenSSL holds one key at a time: a ticket issued in one period does not
 resume in the next (the client makes one full handshake and gets new tickets), so a key
-read from a worker's memory decrypts the tickets of its period and later ones until the
-server restarts, never earlier ones (the supervisor keeps the first state, to start
-workers again).
+read from a process's memory decrypts the tickets of its period and later ones until the
+server restarts, never earlier ones.  The supervisor steps its own copy every period too
+(``advance``, on edge.workers.supervise's tick), so a worker it starts again inherits the
+current state.
 """
 
 from __future__ import annotations
@@ -64,14 +65,14 @@ class Tickets:
     A ratchet: ``state`` is that of period ``at``; the key of a later period is found by
     stepping the state forward (``next_state``), which forgets the earlier states, so a
     process's memory holds no key of a period before its current one.  Every worker starts
-    from the state the server drew at start (``start``'s period), inherited through fork, and
-    steps alike, so all hold the same key in the same period; the supervisor keeps that
-    first state to start workers again."""
+    from the state its supervisor holds, inherited through fork, and steps alike, so all
+    hold the same key in the same period."""
 
     def __init__(self, period: float, secret: bytes | None = None, start: float | None = None) -> None:
         self.period = period
-        self.state = secret or secrets.token_bytes(32)
-        self.at = self.number(start) if period > 0 else 0
+        # (period, state) in one attribute: a signal handler (the supervisor's tick) may
+        # step it between any two bytecodes, and must never see a half-made pair.
+        self._ratchet = (self.number(start) if period > 0 else 0, secret or secrets.token_bytes(32))
         self.lib = libssl() if period > 0 else None
         self.supported = self.lib is not None
         if period > 0 and not self.supported:
@@ -81,15 +82,31 @@ class Tickets:
     def number(self, now: float | None = None) -> int:
         return int((time.time() if now is None else now) // self.period)
 
+    @property
+    def at(self) -> int:
+        """The period whose state the ratchet holds."""
+        return self._ratchet[0]
+
+    @property
+    def state(self) -> bytes:
+        return self._ratchet[1]
+
     def key(self, n: int) -> bytes | None:
         """The key of period ``n`` (None for a period before the state's: the clock went back)."""
-        if n < self.at:
+        at, state = self._ratchet
+        if n < at:
             return None
-        state = self.state
-        for _ in range(n - self.at):
+        for _ in range(n - at):
             state = next_state(state)
-        self.state, self.at = state, n
+        self._ratchet = (n, state)
         return key_of(state)
+
+    def advance(self) -> None:
+        """Step the ratchet to the period now is in, setting nothing: the supervisor's tick,
+        so that its memory too holds no earlier state and a worker it starts again inherits
+        a state that is current (not one to step forward from the server's start)."""
+        if self.period > 0:
+            self.key(self.number())
 
     def apply(self, ctx: ssl.SSLContext, now: float | None = None) -> bool:
         """Give ``ctx`` the key of the period ``now`` is in (True if it holds it)."""

@@ -243,6 +243,8 @@ def from_flags(
         return None
     if cert is None or key is None:
         raise ConfigError("--tls-cert and --tls-key: give both or neither")
+    if 0 < ticket_rotate < 1:
+        raise ConfigError(f"--tls-ticket-rotate: {ticket_rotate:g}s is too short (at least 1s, or 0: never)")
     files = TlsFiles(Path(cert), Path(key), min_version, Path(ocsp) if ocsp is not None else None)
     return ServerTls(files, Tickets(ticket_rotate))
 

@@ -96,9 +96,18 @@ def run(make_node: MakeNode, options: ServeOptions) -> int:
             f"minicdn edge: $TMPDIR is too long for the workers' sockets ({longest} > {UNIX_PATH_MAX} bytes)"
         )
     try:
-        reload = options.tls.reload if options.tls is not None else None
+        tls = options.tls
+        reload = tls.reload if tls is not None else None
+        # The supervisor steps its ticket ratchet too (common.tickets): see Tickets.advance.
+        tick = (
+            (tls.tickets.period, tls.tickets.advance) if tls is not None and tls.tickets.supported else None
+        )
         return supervise(
-            options.workers, lambda slot: _worker(make_node, options, slot), metrics_dir, on_hup=reload
+            options.workers,
+            lambda slot: _worker(make_node, options, slot),
+            metrics_dir,
+            on_hup=reload,
+            tick=tick,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

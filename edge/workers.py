@@ -62,7 +62,7 @@ RESTART_BACKOFF = 1.0
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # Blocked from a fork until the worker's loop has its own SIGHUP handler (edge.server): one
 # sent in between waits for it, instead of running the supervisor's handler in the child.
-FORK_BLOCKED = STOP_SIGNALS | {signal.SIGHUP}
+FORK_BLOCKED = STOP_SIGNALS | {signal.SIGHUP, signal.SIGALRM}
 
 
 @dataclass(frozen=True)
@@ -228,12 +228,17 @@ def _die_with(supervisor: int) -> None:
 
 
 def supervise(
-    count: int, work: Callable[[Slot], int], metrics_dir: Path, on_hup: Callable[[], object] | None = None
+    count: int,
+    work: Callable[[Slot], int],
+    metrics_dir: Path,
+    on_hup: Callable[[], object] | None = None,
+    tick: tuple[float, Callable[[], object]] | None = None,
 ) -> int:
     """Fork ``count`` workers, each running ``work(slot)`` (its exit status); keep them
     running until SIGTERM/SIGINT, then pass the signal on and wait for all of them.
     ``on_hup``: run on SIGHUP before it is passed on to every worker (without it, SIGHUP
-    keeps its default action)."""
+    keeps its default action).  ``tick``: (seconds, call) run in the supervisor every so
+    many seconds (SIGALRM; workers do not inherit the timer)."""
     children: dict[int, Slot] = {}
     stopping = False
     failed = False
@@ -251,9 +256,9 @@ def supervise(
                 try:
                     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which passes it on
                     _die_with(supervisor)
-                    for sig in STOP_SIGNALS:
+                    for sig in (*STOP_SIGNALS, signal.SIGALRM):
                         signal.signal(sig, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS | {signal.SIGALRM})
                     code = work(slot)
                 except BaseException:
                     log.exception("worker %d failed", slot.index)
@@ -289,6 +294,9 @@ def supervise(
     signal.signal(signal.SIGINT, on_signal)
     if on_hup is not None:
         signal.signal(signal.SIGHUP, on_sighup)
+    if tick is not None:
+        signal.signal(signal.SIGALRM, lambda _signum, _frame: tick[1]())
+        signal.setitimer(signal.ITIMER_REAL, tick[0], tick[0])
     for i in range(count):
         if not stopping:
             spawn(Slot(i, count, metrics_dir))
@@ -308,4 +316,6 @@ def supervise(
         time.sleep(RESTART_BACKOFF)
         if not stopping:
             spawn(slot)
+    if tick is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     return 1 if failed else 0

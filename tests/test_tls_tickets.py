@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from common.tickets import KEY_BYTES, Tickets, key_of, next_state
-from common.tls import ServerTls, TlsFiles, server_context
+from common.tls import ServerTls, TlsFiles, from_flags, server_context
 from tests.procs import Service
 from tests.test_tls_edge import client_context, connect, get, serving, tls_edge
 from tests.test_tls_pki import Pki
@@ -98,6 +102,49 @@ def test_a_worker_started_again_takes_the_periods_key_at_once(pki: Pki) -> None:
 
     asyncio.run(briefly())
     assert tls.tickets.held(tls.context) == expected
+
+
+SUPERVISED = """
+import os, sys, tempfile, time
+from pathlib import Path
+from edge.workers import supervise
+out = Path(sys.argv[1])
+def tick():
+    with out.open("a") as f:
+        f.write(f"{os.getpid()}\\n")
+def work(slot):
+    time.sleep(60)
+    return 0
+sys.exit(supervise(1, work, Path(tempfile.mkdtemp()), tick=(0.1, tick)))
+"""
+
+
+def test_the_supervisor_steps_its_ratchet_and_its_workers_do_not(tmp_path: Path) -> None:
+    """edge.workers.supervise's tick (what keeps the supervisor's ticket ratchet current):
+    it runs in the supervisor every period, never in a worker."""
+    out = tmp_path / "ticks"
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(out)], cwd=Path(__file__).parent.parent)
+    try:
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    pids = out.read_text().split()
+    assert len(pids) >= 5 and set(pids) == {str(proc.pid)}
+
+
+def test_the_ratchet_is_stepped_by_advance() -> None:
+    tickets = Tickets(60.0, b"a" * 32, start=time.time() - 180)
+    before = tickets.at
+    tickets.advance()
+    assert tickets.at == before + 3 and tickets.state == next_state(next_state(next_state(b"a" * 32)))
+
+
+def test_a_period_under_a_second_is_refused_naming_the_flag(pki: Pki) -> None:
+    pair = pki.issue("short")
+    with pytest.raises(ConfigError, match="--tls-ticket-rotate"):
+        from_flags(str(pair.cert), str(pair.key), "1.3", 0.5)
+    assert from_flags(str(pair.cert), str(pair.key), "1.3", 0.0) is not None  # 0: never
 
 
 def test_workers_share_a_periods_key_and_a_new_period_refuses_old_tickets(pki: Pki) -> None:
