@@ -13,9 +13,11 @@ A second signal exits at once.
 
 With ``--tls-cert``/``--tls-key`` the listener speaks TLS (common.tls): the pair is loaded
 once, before any worker is forked, so every worker shares one context and its session
-ticket keys; SIGHUP reloads the pair (in the supervisor too, so that a worker started
-again gets it) and a refused pair leaves the old one serving.  ``--metrics-listen`` adds a
-plain-HTTP listener for /metrics, /healthz and /readyz only.
+ticket ratchet (common.tickets; the supervisor steps its copy on a tick); SIGHUP reloads
+the pair (in the supervisor too, so that a worker started again gets it) and a refused
+pair leaves the old one serving.  The data plane runs its own TLS transport
+(edge.plane.tls); with --no-fast-path aiohttp sits behind the loop's TLS protocol.
+``--metrics-listen`` adds a plain-HTTP listener for /metrics, /healthz and /readyz only.
 """
 
 from __future__ import annotations
