@@ -20,6 +20,12 @@ from hypothesis import settings
 from common.manifest import MAIN_PACKAGE
 from common.signing import PublicKey
 from tests.procs import Service, origin_service
+from tests.s3_servers import moto_server, rgw_server
+
+# The real S3 servers (tests/s3_servers.py), registered here once: a fixture imported into
+# several test modules is a fixture of each, and a session-scoped one then starts once per
+# module (RGW takes ~14 s).  Started only when a test asks for them.
+__all__ = ["moto_server", "rgw_server"]
 from tests.waiting import eventually
 
 # make test must pass or fail the same way on every run: its property tests draw the same

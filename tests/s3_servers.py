@@ -16,9 +16,10 @@ Each yields an ``S3Server``:
 - ``driver(url)`` / ``store(url)``: an ``S3Driver`` / ``Store`` on ``url`` with this
   server's endpoint and credentials, without touching ``os.environ``.
 
-Use them by importing the fixtures into a test module (tests/conftest.py does not)::
+tests/conftest.py registers the fixtures, once for the whole session (a fixture imported
+into a test module would be that module's own, and start again for it)::
 
-    from tests.s3_servers import S3Server, moto_server, rgw_server  # noqa: F401
+    from tests.s3_servers import S3Server
 
     def test_x(moto_server: S3Server) -> None:
         store = moto_server.store(moto_server.new_bucket())

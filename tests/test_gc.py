@@ -42,9 +42,7 @@ from origin.leases import Leases
 from origin.publish import Publisher, VersionRecord, tree_files
 from origin.storage import Blob, Driver, DriverError, FileStorage, Page, Stat, Store
 from tests.conftest import DEMO, REPO
-from tests.s3_servers import S3Server, moto_server, rgw_server
-
-__all__ = ["moto_server", "rgw_server"]  # imported fixtures: used through their names
+from tests.s3_servers import S3Server
 
 LEVEL = 3  # the logic does not depend on the level; keep the tests quick
 EVERYTHING = Policy(keep=1, keep_days=0, grace=0)  # keep the newest version and what channels name

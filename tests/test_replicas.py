@@ -21,7 +21,7 @@ from common.manifest import open_manifest, open_ref
 from common.signing import PublicKey, generate_keypair
 from tests.conftest import DEMO, TOKEN, app_info, http, publish, set_channel, tar_gz_of, wait_enriched
 from tests.procs import Service, edge_service, free_port, metric, origin_service, start_all
-from tests.s3_servers import S3Server, moto_server  # noqa: F401 (a fixture)
+from tests.s3_servers import S3Server
 from tests.test_propagation import DEADLINE, ref_serial, served_serial, warm
 from tests.waiting import eventually
 

@@ -27,9 +27,7 @@ from common.errors import ConfigError, NotFound, StorageUnavailable
 from loadtests.net import free_port
 from origin.storage import FileStorage, Store, open_storage
 from origin.storage.s3 import S3Driver, parse_url
-from tests.s3_servers import S3Server, moto_server, rgw_server
-
-__all__ = ["moto_server", "rgw_server"]  # imported fixtures: used through their names
+from tests.s3_servers import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["file", "moto", "rgw"]
