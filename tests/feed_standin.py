@@ -92,4 +92,5 @@ if __name__ == "__main__":
         port=int(sys.argv[2]),
         access_log=None,
         print=None,
+        shutdown_timeout=1.0,  # a long-poll still waiting is dropped, not waited for (60 s)
     )

@@ -11,15 +11,15 @@ whatever falls between two samples.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from loadtests.procmem import PeakRss
 from tests import hostile
-from tests.conftest import auth, http
-from tests.procs import Service
+from tests.conftest import TOKEN, auth, http
+from tests.procs import Service, origin_service
 
 LIMIT_KIB = 512 * 1024
 
@@ -67,6 +67,18 @@ def test_every_archive_within_the_upload_limit_keeps_the_origin_under_512_mib(or
         assert rss.peak < LIMIT_KIB << 10, f"{name}: {rss.peak >> 20} MiB"
         assert _status_kib(pid, "VmHWM") < LIMIT_KIB, f"{name}: origin high-water mark"
         assert r.status == status, (name, r.body[:300])
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """This module's own origin, killed at the end rather than stopped: it is left enriching
+    the versions the test published, and a graceful stop would wait ~10 s for that (the
+    graceful stop is tested elsewhere: tests/test_release.py, tests/test_changes_feed.py)."""
+    svc = origin_service(tmp_path_factory.mktemp("origin"), TOKEN).start()
+    try:
+        yield svc
+    finally:
+        svc.kill()
 
 
 @pytest.fixture(scope="module", autouse=True)
