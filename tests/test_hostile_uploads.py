@@ -11,14 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from common.fsutil import TEMP_PREFIX
 from tests import hostile
 from tests.conftest import auth, publish
 from tests.procs import Service
+from tests.waiting import eventually
 
 
 def _stored(origin: Service) -> list[str]:
+    """The files under the origin's data, once no write is half-way (a ``.tmp-`` file: the
+    change feed creates its epoch in the background just after start-up, and CI once
+    listed it mid-rename)."""
     data = Path(origin.args[origin.args.index("--data") + 1])
-    return sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.name != "signing.key")
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.name != "signing.key")
+
+    eventually(lambda: not any(Path(name).name.startswith(TEMP_PREFIX) for name in listing()), 10, "writes settled")
+    return listing()
 
 
 def _peak_rss_kib(origin: Service) -> int:
