@@ -3,12 +3,21 @@
 reserve a unique temp name beside the target → write → fsync → rename over the target →
 fsync the directory.  A crash at any step leaves either the old file or the new one, plus
 at most a ``.tmp-*`` file that start-up sweeps remove (``sweep_temp``).
+
+A write-once target (``atomic_write(replace=False)``: content-addressed objects) skips the
+temp name where the system allows: the file is made nameless in the target's directory
+(``O_TMPFILE``), written, and linked in under its name (``linkat`` through
+``/proc/self/fd``), which fails if the name exists.  One directory entry added instead of
+two added and one removed: about 6 us of a ~40 us file on ext4 (issue 15), and a crash
+leaves nothing to sweep (the filesystem frees a nameless file itself).  Where
+``O_TMPFILE`` or ``/proc`` is missing, the named temp file is used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -115,6 +124,10 @@ def atomic_write(
     The same recipe as ``open_atomic`` in bare system calls (no buffered file object, the
     directory made only when missing): the edge writes a file per miss with it."""
     target = os.fspath(target)
+    if not replace:
+        created = _write_once(target, data, mode, durable)
+        if created is not None:
+            return created
     tmp = f"{os.path.dirname(target)}/{TEMP_PREFIX}{os.path.basename(target)}.{secrets.token_hex(6)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
@@ -124,11 +137,7 @@ def atomic_write(
         fd = os.open(tmp, flags, mode)
     try:
         try:
-            view, done = memoryview(data), 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
-            if durable:
-                os.fsync(fd)
+            _write_all(fd, data, durable)
         finally:
             os.close(fd)
         created = True
@@ -147,6 +156,74 @@ def atomic_write(
             os.unlink(tmp)
         raise
     return created
+
+
+def _write_all(fd: int, data: bytes | memoryview, durable: bool) -> None:
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+    if durable:
+        os.fsync(fd)
+
+
+# The descriptor of this process's /proc/self/fd (opened once; forgotten in a forked child,
+# whose /proc/self is another directory): 0 not opened yet, -1 none to be had.
+_proc_fds = 0
+_NAMELESS_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # no O_TMPFILE here
+
+
+def _forget_proc_fds() -> None:
+    global _proc_fds
+    _proc_fds = 0
+
+
+os.register_at_fork(after_in_child=_forget_proc_fds)
+
+
+def _proc_fd_dir() -> int:
+    global _proc_fds
+    if _proc_fds == 0:
+        try:
+            fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if _proc_fds == 0:  # another thread may have opened one meanwhile: keep the first
+            _proc_fds = fd
+        elif fd >= 0:
+            os.close(fd)
+    return _proc_fds
+
+
+def _write_once(target: str, data: bytes | memoryview, mode: int, durable: bool) -> bool | None:
+    """``atomic_write(replace=False)`` through a nameless file: whether ``target`` was
+    created (False: it existed); None when this system cannot (the caller uses a name)."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    fds = _proc_fd_dir() if tmpfile else -1
+    if fds < 0:
+        return None
+    directory = os.path.dirname(target) or "."
+    flags = tmpfile | os.O_WRONLY | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(directory, flags, mode)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(directory, flags, mode)
+    except OSError as exc:
+        if exc.errno in _NAMELESS_REFUSED:
+            return None
+        raise
+    try:
+        _write_all(fd, data, durable)
+        try:  # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: fails if the target exists
+            os.link(str(fd), target, src_dir_fd=fds, follow_symlinks=True)
+        except FileExistsError:
+            return False
+    finally:
+        os.close(fd)
+    if durable:
+        fsync_dir(directory)
+    return True
 
 
 def sweep_temp(root: str | os.PathLike[str], select: Callable[[str], bool] = lambda path: True) -> int:

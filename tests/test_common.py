@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -293,6 +294,60 @@ def test_atomic_write_leaves_old_or_new_and_sweeps_temps(tmp_path: Path) -> None
     assert target.read_bytes() == b"one"
     (target.parent / ".tmp-f.abc").write_bytes(b"orphan")
     assert sweep_temp(tmp_path) == 1 and target.read_bytes() == b"one"
+
+
+def test_write_once_goes_through_a_nameless_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write-once file is made with O_TMPFILE and linked in (issue 15): never a temp
+    name in the directory, the first writer wins, a missing directory is made."""
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def recording(path, flags, mode=0o777, **kw):  # type: ignore[no-untyped-def]
+        opened.append((os.fspath(path), flags))
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", recording)
+    target = tmp_path / "ab" / "f"
+    assert atomic_write(target, b"one" * 5000, replace=False, durable=False)
+    assert atomic_write(target, b"two", replace=False, durable=True) is False
+    assert target.read_bytes() == b"one" * 5000 and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in target.parent.iterdir()] == ["f"]
+    nameless = [p for p, flags in opened if flags & os.O_TMPFILE == os.O_TMPFILE]
+    assert nameless == [str(target.parent)] * 3  # refused once (missing), then made, then again
+    assert not any(os.path.basename(p).startswith(".tmp-") for p, _ in opened)
+
+
+def test_write_once_falls_back_to_a_named_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where O_TMPFILE is refused (a filesystem without it), the named recipe is used."""
+    real_open = os.open
+
+    def refusing(path, flags, mode=0o777, **kw):  # type: ignore[no-untyped-def]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not here")
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", refusing)
+    target = tmp_path / "f"
+    assert atomic_write(target, b"one", replace=False) and target.read_bytes() == b"one"
+    assert atomic_write(target, b"two", replace=False) is False and target.read_bytes() == b"one"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_write_once_in_a_forked_child_links_its_own_file(tmp_path: Path) -> None:
+    """/proc/self/fd is opened once per process: a forked child must not use its parent's
+    (it would link the parent's descriptor of that number, or fail)."""
+    atomic_write(tmp_path / "parent", b"parent", replace=False)  # the parent opened its own
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            atomic_write(tmp_path / "child", b"child", replace=False)
+            code = 0 if (tmp_path / "child").read_bytes() == b"child" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "child").read_bytes() == b"child"
 
 
 def test_package_lookup_does_not_scan_every_package() -> None:
