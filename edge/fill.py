@@ -33,14 +33,18 @@ upstream has is remembered as absent for a short while (edge.negative).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+
+from prometheus_client import Counter
 
 from common import codec
 from common.errors import IntegrityError, NotFound, UpstreamError
 from common.http import MAX_BATCH
 from common.ids import sha256
 from edge.disk import DiskTier
+from edge.h1client import Response, Stale
 from edge.hot import HotKeys
 from edge.memory import MemoryTier
 from edge.metrics import EdgeMetrics
@@ -49,7 +53,17 @@ from edge.objects import Entry, Obj
 from edge.singleflight import Flights
 from edge.tally import Found, Tally
 from edge.tasks import TaskOwner
-from edge.upstream import Answer, Exhausted, PeerPicker, Source, Sources
+from edge.upstream import (
+    Answer,
+    Exhausted,
+    Failures,
+    HttpSource,
+    PeerPicker,
+    Source,
+    SourceError,
+    Sources,
+    status_error,
+)
 
 __all__ = ["Filler"]
 
@@ -60,6 +74,9 @@ Flight = asyncio.Future[Entry]
 # ~25 us, handing it to a worker thread and back cost ~75 us more, and the thread then
 # fights the loop for the GIL (issue 15).  A 64 KiB check holds the loop ~100 us at most.
 INLINE_VERIFY = 64 << 10
+
+ZSTD = {"Accept-Encoding": "zstd"}
+IDENTITY = {"Accept-Encoding": "identity"}
 
 
 async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
@@ -98,6 +115,7 @@ class Filler:
         self.hot = hot or HotKeys()
         self.negative = NegativeCache(0) if negative is None else negative
         self.tally = Tally(metrics)
+        self._requests: dict[str, Counter] = {}  # upstream_requests by kind (labels() is slow)
 
     async def load(self, obj: Obj) -> Entry:
         """The verified bytes of ``obj``: NotFound when no upstream has it, UpstreamError
@@ -114,6 +132,96 @@ class Filler:
             fill=lambda: self._fill(obj),  # owner peer, upstreams in order, verify, populate
             alone=lambda: self._second(obj),
         )
+        return entry
+
+    def begin(self, obj: Obj) -> Flight | None:
+        """The flight of a plain miss, driven by callbacks: no task, no coroutine (issue 15:
+        they cost more than the rest of a miss).  Plain: ``obj`` (a chunk) is in no tier,
+        no flight and not known absent, this node fills it itself (no owner peer), and the
+        first upstream has an idle kept-alive connection.  None otherwise: ``load`` it.
+        What the answer needs beyond a check on the loop (another upstream, a thread) goes
+        on in a task; either way it is ``load``'s fill, step for step."""
+        key = obj.key
+        if (
+            obj.kind != "chunk"
+            or not self._surely_missing(key)
+            or self.peers.displaced(key)
+            or self.peers.pick(key) is not None
+            or not self.upstreams.sources
+        ):
+            return None
+        src = self.upstreams.sources[0]
+        if not isinstance(src, HttpSource):
+            return None
+        answer = src.begin(obj.path, ZSTD)
+        if answer is None:
+            return None
+        flight = self.flights.open(key)
+        self.metrics.misses.inc()  # no flight: nobody else is waiting on its lookups
+        answer.add_done_callback(functools.partial(self._answered, obj, flight, src))
+        return flight
+
+    def _answered(self, obj: Obj, flight: Flight, src: HttpSource, answer: asyncio.Future[Response]) -> None:
+        """``begin``'s upstream answer: the flight settled, or handed on to a task."""
+        if flight.done():  # cancelled: the node is closing
+            return
+        if answer.cancelled():
+            flight.cancel()
+            return
+        error = answer.exception()
+        if isinstance(error, Stale):  # not an answer: sent again, by ``load``'s fill
+            self.flights.hand(flight, lambda: self._fill(obj))
+            return
+        requests = self._requests.get(src.kind)
+        if requests is None:
+            requests = self._requests[src.kind] = self.metrics.upstream_requests.labels(src.kind)
+        requests.inc()
+        failed = Failures(obj.path)
+        try:
+            if error is not None:
+                raise src.failure(obj.path, error)
+            response = answer.result()
+            if response.status == 404:
+                raise NotFound(f"{obj.path}: not found upstream")
+            if response.status != 200:
+                raise status_error(src.name + obj.path, response.status)
+            body = response.body
+            if (response.field(b"content-encoding") or "").lower() != "zstd" or (
+                codec.frame_content_size(body) > INLINE_VERIFY
+            ):
+                answered = Answer(response.status, body, response.headers)
+                self.flights.hand(flight, lambda: self._rest(obj, failed, answered))
+                return
+            obj.verify(body)
+        except NotFound as exc:
+            self.negative.add(obj.key)
+            flight.set_exception(exc)
+            return
+        except (SourceError, IntegrityError) as exc:
+            failed.add(src, self.metrics, exc)
+            self.flights.hand(flight, lambda: self._rest(obj, failed, None))
+            return
+        entry = Entry(body, obj.etag)
+        self._populate(obj, entry, False)
+        flight.set_result(entry)
+
+    async def _rest(self, obj: Obj, failed: Failures, answered: Answer | None) -> Entry:
+        """``begin``'s fill, once it must wait: the first upstream's ``answered`` checked
+        off the loop (or in another encoding), else the upstreams after those ``failed``."""
+        accept = self._verifier(obj)
+        try:
+            if answered is not None:
+                try:
+                    entry = await accept(answered)
+                    self._populate(obj, entry, False)
+                    return entry
+                except IntegrityError as exc:
+                    failed.add(self.upstreams.sources[0], self.metrics, exc)
+            entry = await self.upstreams.fetch(obj.path, accept, ZSTD, failed=failed)
+        except NotFound:
+            self.negative.add(obj.key)
+            raise
+        self._populate(obj, entry, False)
         return entry
 
     async def load_or_none(self, obj: Obj) -> Entry | None:
@@ -179,7 +287,7 @@ class Filler:
 
     async def _fill(self, obj: Obj) -> Entry:
         """From the owner peer, else the upstreams in order; verified, then populated."""
-        headers = {"Accept-Encoding": "zstd" if obj.kind == "chunk" else "identity"}
+        headers = ZSTD if obj.kind == "chunk" else IDENTITY
         try:
             entry = await self._from_owner(obj, headers)
             from_peer = entry is not None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import cast
@@ -41,13 +42,35 @@ class ProtocolError(ConnectionError):
     """The server broke HTTP/1.1 (or closed the connection mid-answer)."""
 
 
-class Response:
-    __slots__ = ("body", "headers", "status")
+class Stale(ProtocolError):
+    """A kept-alive connection the server had closed before any byte of the answer: the
+    request may be sent once more, on a new connection."""
 
-    def __init__(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+
+class Response:
+    """An answer: its status, body and header fields, raw as they came (the multidict is
+    made only if asked for: a miss needs one field, ``field``)."""
+
+    __slots__ = ("_headers", "body", "raw", "status")
+
+    def __init__(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.status = status
-        self.headers = headers
+        self.raw = raw
         self.body = body
+        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw)
+        return self._headers
+
+    def field(self, name: bytes) -> str | None:
+        """The first field named ``name`` (lower case), else None."""
+        for k, v in self.raw:
+            if k.lower() == name:
+                return v.decode("latin-1")
+        return None
 
 
 class _Conn(asyncio.Protocol):
@@ -62,7 +85,9 @@ class _Conn(asyncio.Protocol):
         self.reused = False
         self.received = 0  # bytes of the current answer so far
         self.max_body = 0
-        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._length: bytes | None = None  # Content-Length, as sent
+        self._chunked = False
         self._body: list[bytes] = []
         self._size = 0
         self._framed = False
@@ -86,12 +111,15 @@ class _Conn(asyncio.Protocol):
             self._fail(cause if isinstance(cause, TooLarge | ProtocolError) else ProtocolError(str(exc)))
 
     def eof_received(self) -> bool:
-        self._fail(ProtocolError("the server closed the connection mid-answer"))
+        self._fail(self._lost("the server closed the connection mid-answer"))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ProtocolError(f"connection lost: {exc}" if exc else "the server closed the connection"))
+        self._fail(self._lost(f"connection lost: {exc}" if exc else "the server closed the connection"))
+
+    def _lost(self, message: str) -> ProtocolError:
+        return Stale(message) if self.reused and self.received == 0 else ProtocolError(message)
 
     # -- httptools callbacks
 
@@ -100,20 +128,25 @@ class _Conn(asyncio.Protocol):
             raise ProtocolError("the server sent an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self._headers.append((name, value))
+        low = name.lower()
+        if low == b"content-length":
+            if self._length is None:
+                self._length = value
+        elif low == b"transfer-encoding" and b"chunked" in value.lower():
+            self._chunked = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (RFC 9110 §15.2): the real one follows
-            self._headers = CIMultiDict()
+            self._headers, self._length, self._chunked = [], None, False
             return
-        h = self._headers
-        self._framed = "Content-Length" in h or "chunked" in h.get("Transfer-Encoding", "").lower()
+        length = self._length
+        self._framed = length is not None or self._chunked
         if not (self._framed or status in NO_BODY):
             raise ProtocolError(f"an answer ({status}) without Content-Length or chunked framing")
-        length = h.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise TooLarge(f"the body ({length} bytes) is larger than {self.max_body} bytes")
+            raise TooLarge(f"the body ({length.decode()} bytes) is larger than {self.max_body} bytes")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -138,7 +171,8 @@ class _Conn(asyncio.Protocol):
         assert self.loop is not None
         self.waiter = self.loop.create_future()
         self.received, self.max_body, self.keep = 0, max_body, False
-        self._headers, self._body, self._size = CIMultiDict(), [], 0
+        self._headers, self._body, self._size = [], [], 0
+        self._length, self._chunked = None, False
         self.transport.write(request)
         return self.waiter
 
@@ -182,15 +216,39 @@ class Pool(Bound):
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._all: set[_Conn] = set()
 
-    async def get(self, path: str, headers: Mapping[str, str], max_body: int, timeout: float) -> Response:
-        """The answer to ``GET path``: TimeoutError past ``timeout``, TooLarge past
-        ``max_body``, OSError (ProtocolError among them) for anything else gone wrong."""
+    def request(self, path: str, headers: Mapping[str, str]) -> bytes:
+        """The bytes of ``GET path`` with ``headers``."""
         lines = [f"GET {path} HTTP/1.1", f"Host: {self.authority}", f"User-Agent: {USER_AGENT}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         head = "\r\n".join(lines)
         if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
             raise ValueError("a request line or header with a line break")
-        request = (head + "\r\n\r\n").encode("latin-1")
+        return (head + "\r\n\r\n").encode("latin-1")
+
+    def begin(self, request: bytes, max_body: int, timeout: float) -> asyncio.Future[Response] | None:
+        """``request`` (from ``request``) sent on an idle kept-alive connection: the future
+        of its answer, failed as ``get`` fails (Stale: the server had closed that connection,
+        the request may go once more, through ``get``); None when no connection is idle.
+        For the miss path's callbacks (edge.fill): no coroutine, no task."""
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        loop = self.loop()
+        timer = loop.call_at(loop.time() + timeout, conn.expire)
+        waiter = conn.send(request, max_body)
+        waiter.add_done_callback(functools.partial(self._answered, conn, timer))
+        return waiter
+
+    def _answered(self, conn: _Conn, timer: asyncio.TimerHandle, waiter: asyncio.Future[Response]) -> None:
+        timer.cancel()
+        if waiter.cancelled():
+            conn.close()
+        self._release(conn)
+
+    async def get(self, path: str, headers: Mapping[str, str], max_body: int, timeout: float) -> Response:
+        """The answer to ``GET path``: TimeoutError past ``timeout``, TooLarge past
+        ``max_body``, OSError (ProtocolError among them) for anything else gone wrong."""
+        request = self.request(path, headers)
         loop = self.loop()
         deadline = loop.time() + timeout
         conn = self._take_idle()
@@ -216,11 +274,9 @@ class Pool(Bound):
         the server had closed before any byte of the answer (it may be sent once more)."""
         try:
             response = await conn.send(request, max_body)
-        except ProtocolError:
+        except Stale:
             self._release(conn)
-            if conn.reused and conn.received == 0:
-                return None
-            raise
+            return None
         except BaseException:
             conn.close()
             self._release(conn)

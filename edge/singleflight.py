@@ -16,6 +16,9 @@ Rules beyond groupcache's:
   loop turns that waking through one take (measured: about 20-30 us of a 150-250 us disk
   hit).  Only when the look finds nothing does ``fill`` start, in its own task.  If that
   caller leaves during its look, the look and the fill go on in a task for the others.
+- A plain miss needs no coroutine at all: edge.fill ``open``s its flight and settles it
+  from the upstream answer's callback, ``hand``ing it to a task only when it must wait
+  again (another upstream, a worker thread).
 - Many keys can be claimed at once (``claim``) by one fill that settles each key's
   flight itself, as it goes (a batch request): a caller of ``do`` for one of those keys
   joins it like any flight.
@@ -101,6 +104,18 @@ class Flights(Bound, Generic[T]):
             return found
         self._settle(flight, self._run(fill))
         return await asyncio.shield(flight)
+
+    def open(self, key: str) -> asyncio.Future[T]:
+        """A flight of ``key`` (not in flight) that its caller settles itself, driven by
+        callbacks (edge.fill's plain miss); other callers of ``key`` join it."""
+        assert key not in self._flights
+        flight: asyncio.Future[T] = self.loop().create_future()
+        self._track(self._flights, key, flight)
+        return flight
+
+    def hand(self, flight: asyncio.Future[T], fill: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        """``flight`` (from ``open``) settled by ``fill``, run in a task of its own."""
+        self._settle(flight, self._run(fill))
 
     def _land(self, key: str, flight: asyncio.Future[T]) -> None:
         """Out of the table now, not a loop turn later (when its callbacks run): this

@@ -24,6 +24,7 @@ the upstream's.  A 3xx is a failure of the source that sent it (``reason="redire
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -38,7 +39,7 @@ from common.errors import IntegrityError, LoopDetected, NotFound, TooLarge, Upst
 from common.http import read_limited
 from common.ids import sha256
 from edge import hops
-from edge.h1client import Pools
+from edge.h1client import Pools, Response
 from edge.metrics import EdgeMetrics
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Answer",
     "BatchItem",
     "Exhausted",
+    "Failures",
     "HttpSource",
     "NoPeers",
     "PeerPicker",
@@ -158,6 +160,25 @@ class HttpSource:
         self.node = node
         self.secret = secret  # proves a peer mark (edge.hops)
 
+    def begin(self, path: str, headers: Mapping[str, str]) -> asyncio.Future[Response] | None:
+        """``get`` for the miss path's callbacks (edge.fill): the lean client's answer on an
+        idle kept-alive connection, as a future (``failure`` says what its error is); None
+        when there is no such connection, or no lean client: ``get`` connects."""
+        if self.pools is None:
+            return None
+        url = self.name + path
+        pool = self.pools.of(self.name)
+        mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
+        request = pool.request(path, {**headers, **mark})
+        return pool.begin(request, self.max_body, self.seconds)
+
+    def failure(self, path: str, exc: BaseException) -> SourceError:
+        """The SourceError that a ``begin`` future's error ``exc`` is (the lean client
+        fails only with TimeoutError, TooLarge and OSError: ``get``'s translations)."""
+        url = self.name + path
+        translated = _source_error(url, exc) if isinstance(exc, Exception) else None
+        return translated or SourceError(f"{url}: {type(exc).__name__}: {exc}", "connect")
+
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
         url = self.name + path
         mark = hops.outgoing(self.node, self.kind == "peer", self.secret, url)
@@ -221,18 +242,28 @@ def _translated(url: str) -> Iterator[None]:
     """aiohttp's and msgpack's errors, as the SourceError (and reason) they are."""
     try:
         yield
-    except TimeoutError as exc:
-        raise SourceError(f"{url}: timed out", "timeout") from exc
-    except TooLarge as exc:
-        raise SourceError(exc.message, "status") from exc
-    except ssl.SSLError as exc:  # before ValueError: a failed certificate check is both
-        raise SourceError(f"{url}: TLS: {exc}", "connect") from exc
-    except msgpack.BufferFull as exc:
-        raise SourceError(f"{url}: a batch answer larger than the largest object", "status") from exc
-    except (msgpack.UnpackException, ValueError) as exc:
-        raise SourceError(f"{url}: not a msgpack stream: {exc}", "integrity") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise SourceError(f"{url}: {type(exc).__name__}: {exc}", "connect") from exc
+    except Exception as exc:
+        translated = _source_error(url, exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _source_error(url: str, exc: Exception) -> SourceError | None:
+    """The SourceError a client's error ``exc`` is; None when it is none of theirs."""
+    if isinstance(exc, TimeoutError):
+        return SourceError(f"{url}: timed out", "timeout")
+    if isinstance(exc, TooLarge):
+        return SourceError(exc.message, "status")
+    if isinstance(exc, ssl.SSLError):  # before ValueError: a failed certificate check is both
+        return SourceError(f"{url}: TLS: {exc}", "connect")
+    if isinstance(exc, msgpack.BufferFull):
+        return SourceError(f"{url}: a batch answer larger than the largest object", "status")
+    if isinstance(exc, msgpack.UnpackException | ValueError):
+        return SourceError(f"{url}: not a msgpack stream: {exc}", "integrity")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return SourceError(f"{url}: {type(exc).__name__}: {exc}", "connect")
+    return None
 
 
 class Sources:
@@ -249,9 +280,12 @@ class Sources:
         accept: Callable[[Answer], Awaitable[T]],
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
+        failed: Failures | None = None,
     ) -> T:
-        failed = _Failures(path)
-        for src in self.sources:
+        """``accept``'s value of the first answer ``ok``; ``failed``: the sources before
+        ``len(failed)`` were asked already (edge.fill's callback path), and failed so."""
+        failed = Failures(path) if failed is None else failed
+        for src in self.sources[len(failed) :]:
             with failed.on(src, self.metrics):
                 answer = await src.get(path, headers or {})
                 if answer.status == 404:
@@ -271,7 +305,7 @@ class Sources:
         order, from the first source that answers it; Exhausted (or LoopDetected) when
         some are left that no source answered."""
         left = list(ids)
-        failed = _Failures(BATCH_PATH)
+        failed = Failures(BATCH_PATH)
         for src in self.sources:
             if not left:
                 return
@@ -290,7 +324,7 @@ class Sources:
             raise failed.error()
 
 
-class _Failures:
+class Failures:
     """What went wrong with each source asked for ``path``, counted as it happens."""
 
     def __init__(self, path: str) -> None:
@@ -298,16 +332,24 @@ class _Failures:
         self.messages: list[str] = []
         self.reasons: list[str] = []
 
+    def __len__(self) -> int:
+        return len(self.reasons)
+
     @contextlib.contextmanager
     def on(self, src: Source, metrics: EdgeMetrics) -> Iterator[None]:
         """Around one request to ``src``: count it, and swallow (recording) its failure."""
         metrics.upstream_requests.labels(src.kind).inc()
-        errors = metrics.peer_errors if src.kind == "peer" else metrics.upstream_errors
         try:
             yield
-        except SourceError as exc:
+        except (SourceError, IntegrityError) as exc:
+            self.add(src, metrics, exc)
+
+    def add(self, src: Source, metrics: EdgeMetrics, exc: SourceError | IntegrityError) -> None:
+        """``src`` failed with ``exc`` (its request counted already)."""
+        errors = metrics.peer_errors if src.kind == "peer" else metrics.upstream_errors
+        if isinstance(exc, SourceError):
             self._failed(errors, exc.reason, exc.message)
-        except IntegrityError as exc:
+        else:
             self._failed(errors, "integrity", f"{src.name}{self.path}: {exc.message}")
 
     def _failed(self, errors: Counter, reason: str, message: str) -> None:

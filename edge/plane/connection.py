@@ -93,7 +93,7 @@ class Connection(Timers, Lending, asyncio.Protocol):
         self._parser = self._parsed.parser = httptools.HttpRequestParser(self._parsed)
         self._buf = b""
         self._fed = 0  # bytes of the head at the start of _buf already given to the parser
-        self._queue: deque[Reply | asyncio.Task[Reply]] = deque()
+        self._queue: deque[Reply | asyncio.Future[Reply]] = deque()
         self._pending: deque[Request | None] = deque()  # the request of each queued reply
         self.phase = Phase.SERVING
         self.closing = False  # answer what is queued, read nothing more, then close
@@ -144,8 +144,8 @@ class Connection(Timers, Lending, asyncio.Protocol):
 
     def _drop_queue(self) -> None:
         for item in self._queue:
-            if isinstance(item, asyncio.Task):
-                item.cancel()  # a fill itself runs in a task of its own and goes on
+            if isinstance(item, asyncio.Future):
+                item.cancel()  # a fill itself runs on its own (a flight) and goes on
         self._queue.clear()
         self._pending.clear()
 
@@ -418,19 +418,22 @@ class Connection(Timers, Lending, asyncio.Protocol):
             raise Handoff  # Expect: aiohttp answers 100/417; dcz is get_manifest's
         reply = self.answers.now(req)
         if not isinstance(reply, Reply):
-            task = self.plane.loop().create_task(self.answers.later(req, reply))
-            self._enqueue(req, task)
-            task.add_done_callback(self._task_done)
+            # A plain miss is answered from callbacks (a future); the rest in a task.
+            later = self.answers.begin(req) if reply is None else None
+            if later is None:
+                later = self.plane.loop().create_task(self.answers.later(req, reply))
+            self._enqueue(req, later)
+            later.add_done_callback(self._task_done)
         elif self._queue:
             self._enqueue(req, reply)
         else:
             self._send(req, reply)
 
-    def _enqueue(self, req: Request | None, item: Reply | asyncio.Task[Reply]) -> None:
+    def _enqueue(self, req: Request | None, item: Reply | asyncio.Future[Reply]) -> None:
         self._queue.append(item)
         self._pending.append(req)
 
-    def _task_done(self, _task: asyncio.Task[Reply]) -> None:
+    def _task_done(self, _task: asyncio.Future[Reply]) -> None:
         with self._guard():
             self._flush()
             if self.transport is not None and not self.closing:
@@ -441,7 +444,7 @@ class Connection(Timers, Lending, asyncio.Protocol):
         queue = self._queue
         while queue and self.transport is not None:
             item = queue[0]
-            if isinstance(item, asyncio.Task):
+            if isinstance(item, asyncio.Future):
                 if not item.done():
                     return
                 if item.cancelled():
