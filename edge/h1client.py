@@ -215,15 +215,25 @@ class Pool(Bound):
         self._idle: collections.deque[_Conn] = collections.deque()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._all: set[_Conn] = set()
+        self._fields: dict[tuple[tuple[str, str], ...], str] = {}  # see ``request``
 
     def request(self, path: str, headers: Mapping[str, str]) -> bytes:
-        """The bytes of ``GET path`` with ``headers``."""
-        lines = [f"GET {path} HTTP/1.1", f"Host: {self.authority}", f"User-Agent: {USER_AGENT}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        head = "\r\n".join(lines)
-        if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
-            raise ValueError("a request line or header with a line break")
-        return (head + "\r\n\r\n").encode("latin-1")
+        """The bytes of ``GET path`` with ``headers`` (the fields after the request line are
+        made once per set of headers: a miss sends the same ones every time)."""
+        key = tuple(headers.items())
+        fields = self._fields.get(key)
+        if fields is None:
+            lines = [f"Host: {self.authority}", f"User-Agent: {USER_AGENT}"]
+            lines += [f"{k}: {v}" for k, v in key]
+            if any("\r" in line or "\n" in line for line in lines):  # each line on its own:
+                raise ValueError("a header with a line break")  # a whole CRLF is one too
+            fields = "\r\n".join(lines) + "\r\n\r\n"
+            if len(self._fields) >= 64:  # bounded: headers may carry per-request values
+                self._fields.clear()
+            self._fields[key] = fields
+        if "\n" in path or "\r" in path:
+            raise ValueError("a request line with a line break")
+        return f"GET {path} HTTP/1.1\r\n{fields}".encode("latin-1")
 
     def begin(self, request: bytes, max_body: int, timeout: float) -> asyncio.Future[Response] | None:
         """``request`` (from ``request``) sent on an idle kept-alive connection: the future

@@ -162,3 +162,21 @@ async def test_an_interim_answer_is_skipped_and_extra_bytes_drop_the_connection(
 
 def _no_session() -> aiohttp.ClientSession:
     raise AssertionError("a GET through the pools needs no aiohttp session")
+
+
+def test_a_request_with_a_line_break_is_refused_and_its_fields_are_made_once() -> None:
+    """No CR or LF may reach the wire from a path or a header (request smuggling); the
+    fields after the request line are reused for the same headers, and the reuse is bounded."""
+    pool = Pool("http://127.0.0.1:1")
+    for path, headers in [("/a\r\nX: y", {}), ("/a\n", {}), ("/a", {"X": "1\r\nY: 2"}), ("/a", {"X\n": "1"})]:
+        with pytest.raises(ValueError):
+            pool.request(path, headers)
+    one = pool.request("/v1/chunks/ab", {"Accept-Encoding": "zstd"})
+    assert one == (
+        b"GET /v1/chunks/ab HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUser-Agent: minicdn-edge\r\n"
+        b"Accept-Encoding: zstd\r\n\r\n"
+    )
+    assert pool.request("/v1/chunks/cd", {"Accept-Encoding": "zstd"}) == one.replace(b"/ab", b"/cd")
+    for i in range(200):
+        pool.request("/", {"Via": f"1.1 n{i}"})
+    assert len(pool._fields) <= 64
