@@ -69,7 +69,7 @@ __all__ = ["Blob", "DiskTier"]
 log = logging.getLogger("minicdn.edge.disk")
 
 Check = Callable[[bytes], None]
-Writer = Callable[[Path, bytes, bool], None]
+Writer = Callable[[str, bytes, bool], None]  # (path, body, replace)
 
 RESERVE_SHARE = 0.01  # of the filesystem's size left free when a limit is fitted to it,
 RESERVE_MIN = 64 << 10  # at least this (a few blocks and directory entries),
@@ -89,7 +89,7 @@ class Blob:
     mtime: float
 
 
-def _write(path: Path, body: bytes, replace: bool) -> None:
+def _write(path: str, body: bytes, replace: bool) -> None:
     # Only refs are replaced, and only they are fsynced: see "Durability" in the docstring.
     atomic_write(path, body, replace=replace, durable=replace)
 
@@ -173,6 +173,7 @@ class DiskTier:
         self.on_shed = on_shed  # told of each object not stored because the writer was full
         self.full_backoff = full_backoff
         self.writer = writer
+        self._root = os.fspath(root)
         self.clock = clock
         self.statvfs = statvfs
         self.loaded = False
@@ -411,7 +412,7 @@ class DiskTier:
         return self.policy.bytes - sum(self._writing.values())
 
     def _store(self, key: str, body: bytes, replace: bool, mtime: float | None) -> None:
-        path = paths.path_of(self.root, key)
+        path = paths.file_of(self._root, key)
         self.writer(path, body, replace)
         if mtime is not None:
             os.utime(path, (mtime, mtime))

@@ -197,7 +197,7 @@ async def test_a_key_is_found_on_disk_before_the_index_is_rebuilt(tmp_path: Path
 
 
 def _enospc_after(n: int) -> object:
-    def writer(path: Path, body: bytes, replace: bool) -> None:
+    def writer(path: str, body: bytes, replace: bool) -> None:
         with open_atomic(path, replace=replace) as f:
             f.write(body[:n])  # some bytes reach the temp file, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -223,7 +223,7 @@ async def test_a_full_disk_pauses_admissions_leaves_no_partial_file_and_resumes(
     assert (await disk.get(obj.key, obj.verify)) is not None
 
 
-def open_atomic_write(path: Path, body: bytes, replace: bool) -> None:
+def open_atomic_write(path: str, body: bytes, replace: bool) -> None:
     with open_atomic(path, replace=replace) as f:
         f.write(body)
 
@@ -257,8 +257,8 @@ def test_objects_verify_their_bytes() -> None:
 def _blocking_writer(name: str, started: threading.Event, release: threading.Event) -> object:
     """A writer that holds the write of the file ``name`` until ``release`` (others pass)."""
 
-    def writer(path: Path, body: bytes, replace: bool) -> None:
-        if path.name == name:
+    def writer(path: str, body: bytes, replace: bool) -> None:
+        if os.path.basename(path) == name:
             started.set()
             assert release.wait(30), "the test never released the write"
         open_atomic_write(path, body, replace)

@@ -117,7 +117,7 @@ async def test_a_write_the_writer_sheds_leaves_no_reservation(tmp_path: Path) ->
 
 
 async def test_a_failed_write_rolls_its_reservation_back(tmp_path: Path) -> None:
-    def failing(path: Path, body: bytes, replace: bool) -> None:
+    def failing(path: str, body: bytes, replace: bool) -> None:
         raise OSError(5, "Input/output error")
 
     disk = DiskTier(tmp_path, LRU(1 << 20), writer=failing)
