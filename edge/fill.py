@@ -201,8 +201,15 @@ class Filler:
             failed.add(src, self.metrics, exc)
             self.flights.hand(flight, lambda: self._rest(obj, failed, None))
             return
+        except Exception as exc:  # a bug: its callers get it (a 500), as from load's fill
+            flight.set_exception(exc)
+            return
         entry = Entry(body, obj.etag)
-        self._populate(obj, entry, False)
+        try:
+            self._populate(obj, entry, False)
+        except Exception as exc:
+            flight.set_exception(exc)
+            return
         flight.set_result(entry)
 
     async def _rest(self, obj: Obj, failed: Failures, answered: Answer | None) -> Entry:

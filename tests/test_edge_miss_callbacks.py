@@ -273,3 +273,22 @@ async def test_a_flight_cancelled_by_shutdown_ignores_the_late_answer(two: Setup
     assert flight.cancelled()
     await asyncio.sleep(0.2)  # the answer lands meanwhile, and is dropped
     assert node.memory.peek(obj.key) is None and obj.key not in node.filler.flights
+
+
+async def test_a_bug_after_the_answer_fails_the_flight_instead_of_leaving_it_waiting(
+    two: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, up = two.node, two.ups[0]
+    await two.warm()
+    obj, _, frame = chunk(11)
+    up.chunk(obj, frame)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in populating")
+
+    monkeypatch.setattr(node.filler, "_populate", broken)
+    flight = node.filler.begin(obj)
+    assert flight is not None
+    with pytest.raises(RuntimeError, match="a bug in populating"):
+        await asyncio.wait_for(flight, 5)
+    assert obj.key not in node.filler.flights

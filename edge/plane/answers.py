@@ -173,11 +173,14 @@ class Answers(Bound):
             out.cancel()
             return
         error = flight.exception()
-        if error is not None:
-            out.set_result(self.failed(req, error))
-            return
-        reply = self.finish(req, flight.result())  # never None: a chunk's frame, as asked
-        out.set_result(reply or self.failed(req, RuntimeError("a frame that needs a decode")))
+        try:
+            if error is not None:
+                reply = self.failed(req, error)
+            else:  # never None: a chunk's frame, as asked
+                reply = self.finish(req, flight.result()) or self.failed(req, RuntimeError("needs a decode"))
+        except Exception as exc:  # a bug: a 500, never a connection left waiting
+            reply = self.failed(req, exc)
+        out.set_result(reply)
 
     async def later(self, req: Request, entry: Entry | None) -> Reply:
         try:
