@@ -216,6 +216,7 @@ class Pool(Bound):
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._all: set[_Conn] = set()
         self._fields: dict[tuple[tuple[str, str], ...], str] = {}  # see ``request``
+        self._woken = 0  # waiters handed a connection that have not taken it yet
 
     def request(self, path: str, headers: Mapping[str, str]) -> bytes:
         """The bytes of ``GET path`` with ``headers`` (the fields after the request line are
@@ -239,13 +240,24 @@ class Pool(Bound):
         """``request`` (from ``request``) sent on an idle kept-alive connection: the future
         of its answer, failed as ``get`` fails (Stale: the server had closed that connection,
         the request may go once more, through ``get``); None when no connection is idle.
-        For the miss path's callbacks (edge.fill): no coroutine, no task."""
-        conn = self._take_idle()
+        For the miss path's callbacks (edge.fill): no coroutine, no task.  A request of
+        ``get`` waiting for a connection (the pool is at its limit) has it first: a woken
+        waiter takes the connection a loop turn later, and must find it still idle."""
+        waiting = self._waiting
+        while waiting and waiting[0].done():
+            waiting.popleft()
+        conn = None if waiting or self._woken else self._take_idle()
         if conn is None:
             return None
         loop = self.loop()
         timer = loop.call_at(loop.time() + timeout, conn.expire)
-        waiter = conn.send(request, max_body)
+        try:
+            waiter = conn.send(request, max_body)
+        except BaseException:
+            timer.cancel()
+            conn.close()
+            self._release(conn)
+            raise
         waiter.add_done_callback(functools.partial(self._answered, conn, timer))
         return waiter
 
@@ -314,9 +326,15 @@ class Pool(Bound):
             self._waiting.append(wake)
             try:
                 await wake
+            except asyncio.CancelledError:
+                if wake.done() and not wake.cancelled():  # woken, then cancelled: pass it on
+                    self._woken -= 1
+                    self._wake()
+                raise
             finally:
                 if not wake.done():
                     wake.cancel()
+            self._woken -= 1
 
     async def _connect(self) -> _Conn:
         self.open += 1
@@ -349,9 +367,11 @@ class Pool(Bound):
             wake = self._waiting.popleft()
             if not wake.done():
                 wake.set_result(None)
+                self._woken += 1
                 return
 
     def close(self) -> None:
+        self._woken = 0
         for conn in list(self._all):
             conn.close()
         self._all.clear()

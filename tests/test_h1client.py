@@ -180,3 +180,44 @@ def test_a_request_with_a_line_break_is_refused_and_its_fields_are_made_once() -
     for i in range(200):
         pool.request("/", {"Via": f"1.1 n{i}"})
     assert len(pool._fields) <= 64
+
+
+async def test_a_request_waiting_for_a_connection_has_it_before_a_callback_miss(
+    raw: Callable[[Script], Raw],
+) -> None:
+    """At its limit, a pool hands a connection that comes back to the request waiting for
+    one (``get``): a ``begin`` in the same loop turn, before the woken waiter has run, must
+    not take it (under a steady miss load the waiter would starve until its timeout)."""
+    server = await started(raw(lambda n: OK))
+    pool = Pool(server.url, limit=1)
+    assert (await pool.get("/0", {}, 100, 5)).body == b"hello"  # one kept-alive connection
+    held = pool.begin(pool.request("/1", {}), 100, 5)
+    assert held is not None
+    waiting = asyncio.ensure_future(pool.get("/2", {}, 100, 5))
+    await asyncio.sleep(0)
+    assert len(pool._waiting) == 1
+    tried: list[object] = []
+    # Runs right after the pool got the connection back and woke the waiter, in that turn.
+    held.add_done_callback(lambda _: tried.append(pool.begin(pool.request("/3", {}), 100, 5)))
+    assert (await held).body == b"hello"
+    assert (await waiting).body == b"hello"
+    assert tried == [None]
+    answer = pool.begin(pool.request("/3", {}), 100, 5)  # no one waits now: it is taken
+    assert answer is not None and (await answer).body == b"hello"
+    assert pool.open == 1 and server.connections == 1
+    pool.close()
+
+
+async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on(raw: Callable[[Script], Raw]) -> None:
+    server = await started(raw(lambda n: OK))
+    pool = Pool(server.url, limit=1)
+    first = asyncio.ensure_future(pool.get("/1", {}, 100, 5))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(pool.get("/2", {}, 100, 5))
+    third = asyncio.ensure_future(pool.get("/3", {}, 100, 5))
+    await asyncio.sleep(0)
+    await first
+    second.cancel()  # woken, and cancelled before it took the connection
+    assert (await asyncio.wait_for(third, 5)).body == b"hello"
+    assert second.cancelled() and pool._woken == 0
+    pool.close()
