@@ -62,7 +62,7 @@ from edge.upstream import (
     Source,
     SourceError,
     Sources,
-    status_error,
+    judge,
 )
 
 __all__ = ["Filler"]
@@ -164,6 +164,8 @@ class Filler:
     def _answered(self, obj: Obj, flight: Flight, src: HttpSource, answer: asyncio.Future[Response]) -> None:
         """``begin``'s upstream answer: the flight settled, or handed on to a task."""
         if flight.done():  # cancelled: the node is closing
+            if not answer.cancelled():
+                answer.exception()  # retrieved: the pool closing fails it, nobody else looks
             return
         if answer.cancelled():
             flight.cancel()
@@ -179,12 +181,9 @@ class Filler:
         failed = Failures(obj.path)
         try:
             if error is not None:
-                raise src.failure(obj.path, error)
+                raise src.failure(obj.path, error) or error
             response = answer.result()
-            if response.status == 404:
-                raise NotFound(f"{obj.path}: not found upstream")
-            if response.status != 200:
-                raise status_error(src.name + obj.path, response.status)
+            judge(src, obj.path, response.status)
             body = response.body
             if (response.field(b"content-encoding") or "").lower() != "zstd" or (
                 codec.frame_content_size(body) > INLINE_VERIFY
@@ -224,7 +223,7 @@ class Filler:
                     return entry
                 except IntegrityError as exc:
                     failed.add(self.upstreams.sources[0], self.metrics, exc)
-            entry = await self.upstreams.fetch(obj.path, accept, ZSTD, failed=failed)
+            entry = await self.upstreams.fetch(obj.path, accept, ZSTD, failed=failed, start=1)
         except NotFound:
             self.negative.add(obj.key)
             raise

@@ -55,6 +55,7 @@ __all__ = [
     "SourceError",
     "Sources",
     "batch_body",
+    "judge",
 ]
 
 T = TypeVar("T")
@@ -115,6 +116,16 @@ class NoPeers:
         return False
 
 
+def judge(src: Source, path: str, status: int, ok: tuple[int, ...] = (200,)) -> None:
+    """``src``'s answer to ``path`` with ``status``: NotFound (final; its message names no
+    upstream, a client reads it), a SourceError (the next source is asked), or nothing
+    when it is one of ``ok``."""
+    if status == 404:
+        raise NotFound(f"{path}: not found upstream")
+    if status not in ok:
+        raise status_error(src.name + path, status)
+
+
 def status_error(where: str, status: int) -> SourceError:
     """The failure an answer with ``status`` (not the one asked for, not 404) is."""
     if status == 508:
@@ -172,12 +183,10 @@ class HttpSource:
         request = pool.request(path, {**headers, **mark})
         return pool.begin(request, self.max_body, self.seconds)
 
-    def failure(self, path: str, exc: BaseException) -> SourceError:
-        """The SourceError that a ``begin`` future's error ``exc`` is (the lean client
-        fails only with TimeoutError, TooLarge and OSError: ``get``'s translations)."""
-        url = self.name + path
-        translated = _source_error(url, exc) if isinstance(exc, Exception) else None
-        return translated or SourceError(f"{url}: {type(exc).__name__}: {exc}", "connect")
+    def failure(self, path: str, exc: BaseException) -> SourceError | None:
+        """The SourceError that a ``begin`` future's error ``exc`` is, as ``get`` would
+        translate it; None when it is none of the client's (a bug, not a failover)."""
+        return _source_error(self.name + path, exc) if isinstance(exc, Exception) else None
 
     async def get(self, path: str, headers: Mapping[str, str]) -> Answer:
         url = self.name + path
@@ -281,17 +290,15 @@ class Sources:
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         failed: Failures | None = None,
+        start: int = 0,
     ) -> T:
-        """``accept``'s value of the first answer ``ok``; ``failed``: the sources before
-        ``len(failed)`` were asked already (edge.fill's callback path), and failed so."""
+        """``accept``'s value of the first answer ``ok``, from the sources after the first
+        ``start`` (asked already by edge.fill's callback path, and ``failed`` so)."""
         failed = Failures(path) if failed is None else failed
-        for src in self.sources[len(failed) :]:
+        for src in self.sources[start:]:
             with failed.on(src, self.metrics):
                 answer = await src.get(path, headers or {})
-                if answer.status == 404:
-                    raise NotFound(f"{path}: not found upstream")
-                if answer.status not in ok:
-                    raise status_error(src.name + path, answer.status)
+                judge(src, path, answer.status, ok)
                 return await accept(answer)
         raise failed.error()
 
@@ -331,9 +338,6 @@ class Failures:
         self.path = path
         self.messages: list[str] = []
         self.reasons: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.reasons)
 
     @contextlib.contextmanager
     def on(self, src: Source, metrics: EdgeMetrics) -> Iterator[None]:

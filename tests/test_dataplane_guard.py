@@ -6,6 +6,7 @@ that)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
@@ -111,3 +112,41 @@ def test_more_bugs_within_the_interval_are_counted_not_logged(caplog: pytest.Log
         conn.data_received(request(f"/v1/chunks/{HEX}"))
         assert transport.out.startswith(b"HTTP/1.1 500 ") and transport.closed
     assert len(caplog.records) == 1 and FAILURES.missed == 4
+
+
+async def test_a_bug_in_the_callback_miss_falls_back_to_the_task_for_that_request_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug raised while a plain miss is begun (edge.fill's ``begin``) is logged, and that
+    request is filled the other way (``load``, in a task): a 200, the connection kept."""
+    from common import codec
+    from common.ids import sha256
+    from edge.objects import Entry
+
+    raw = b"chunk bytes" * 100
+    hexid = sha256(raw).hex()
+    frame = codec.compress(raw, 3)
+
+    def begin(obj: object) -> None:
+        raise RuntimeError("a bug in begin")
+
+    async def load(obj: object) -> Entry:
+        return Entry(frame, f'"{hexid}"')
+
+    memory = types.SimpleNamespace(
+        entries={}, get=lambda k: None, peek=lambda k: None, policy=types.SimpleNamespace(touch=lambda k: None),
+        on_forget=[],
+    )  # fmt: skip
+    objects = types.SimpleNamespace(begin=begin, load=load)
+    node = types.SimpleNamespace(memory=memory, access_log=None, metrics=EdgeMetrics.create(), objects=objects)
+    plane = Plane(node, Encodings(memory), lambda: None, Limits())  # type: ignore[arg-type, return-value]
+    conn = dp.Connection(plane)
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    caplog.set_level(logging.ERROR, "minicdn.edge.dataplane")
+    conn.data_received(f"GET /v1/chunks/{hexid} HTTP/1.1\r\nHost: edge\r\nAccept-Encoding: zstd\r\n\r\n".encode())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    head, _, body = transport.out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == frame and not transport.closed
+    assert any("a bug in begin" in (r.exc_text or "") + r.getMessage() for r in caplog.records)

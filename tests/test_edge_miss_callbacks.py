@@ -6,6 +6,7 @@ real HTTP/1.1 server on a loopback port, through the real lean client (edge.h1cl
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -40,6 +41,7 @@ class Upstream:
         self.requests: list[str] = []
         self.connections = 0
         self.hang_up_at: int | None = None
+        self.hold: set[str] = set()  # paths never answered (the connection stays open)
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -60,6 +62,9 @@ class Upstream:
                 self.requests.append(path)
                 n += 1
                 if self.hang_up_at == n:
+                    return
+                if path in self.hold:
+                    await reader.read()  # until the client closes
                     return
                 status, fields, body = self.answers.get(path, (404, {}, b""))
                 lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
@@ -86,6 +91,7 @@ class Setup:
         sources: list[Source] = [HttpSource(b, no_session, 5.0, 1 << 20, pools=self.pools) for b in bases]
         self.node = Node(tmp, sources)
         self.ups = ups
+        self.bases = bases
 
     async def warm(self, seed: int = 900) -> None:
         """One miss through ``load`` on each upstream: a kept-alive connection to reuse."""
@@ -273,6 +279,33 @@ async def test_a_flight_cancelled_by_shutdown_ignores_the_late_answer(two: Setup
     assert flight.cancelled()
     await asyncio.sleep(0.2)  # the answer lands meanwhile, and is dropped
     assert node.memory.peek(obj.key) is None and obj.key not in node.filler.flights
+    assert up.requests.count(obj.path) == 1 and two.pools.of(two.bases[0]).open == 1
+
+
+async def test_shutdown_with_a_miss_in_flight_leaves_no_error_unretrieved(two: Setup) -> None:
+    """The node cancels its flights, then closes its pools, which fails the answers still
+    awaited: each such failure is read, not logged as "never retrieved" when collected."""
+    node, up = two.node, two.ups[0]
+    await two.warm()
+    obj, _, _ = chunk(12)
+    up.hold.add(obj.path)
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        flight = node.filler.begin(obj)
+        assert flight is not None
+        while up.requests.count(obj.path) == 0:
+            await asyncio.sleep(0.01)
+        await node.filler.flights.close()
+        await two.pools.close()
+        await asyncio.sleep(0.05)
+        del flight
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
 
 
 async def test_a_bug_after_the_answer_fails_the_flight_instead_of_leaving_it_waiting(
