@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -166,14 +167,19 @@ def _write_all(fd: int, data: bytes | memoryview, durable: bool) -> None:
         os.fsync(fd)
 
 
-# The descriptor of this process's /proc/self/fd (opened once; forgotten in a forked child,
-# whose /proc/self is another directory): 0 not opened yet, -1 none to be had.
+# The descriptor of this process's /proc/self/fd (opened once; closed and forgotten in a
+# forked child, whose /proc/self is another directory): 0 not opened yet, -1 none to be had
+# (no /proc, or linking through it was refused: named temp files from then on).
 _proc_fds = 0
+_proc_lock = threading.Lock()
 _NAMELESS_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # no O_TMPFILE here
 
 
 def _forget_proc_fds() -> None:
     global _proc_fds
+    if _proc_fds > 0:
+        with contextlib.suppress(OSError):
+            os.close(_proc_fds)
     _proc_fds = 0
 
 
@@ -183,15 +189,21 @@ os.register_at_fork(after_in_child=_forget_proc_fds)
 def _proc_fd_dir() -> int:
     global _proc_fds
     if _proc_fds == 0:
-        try:
-            fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        if _proc_fds == 0:  # another thread may have opened one meanwhile: keep the first
-            _proc_fds = fd
-        elif fd >= 0:
-            os.close(fd)
+        with _proc_lock:
+            if _proc_fds == 0:
+                try:
+                    _proc_fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError:
+                    _proc_fds = -1
     return _proc_fds
+
+
+def _no_nameless_files() -> None:
+    global _proc_fds
+    with _proc_lock:
+        if _proc_fds > 0:
+            os.close(_proc_fds)
+        _proc_fds = -1
 
 
 def _write_once(target: str, data: bytes | memoryview, mode: int, durable: bool) -> bool | None:
@@ -219,6 +231,9 @@ def _write_once(target: str, data: bytes | memoryview, mode: int, durable: bool)
             os.link(str(fd), target, src_dir_fd=fds, follow_symlinks=True)
         except FileExistsError:
             return False
+        except OSError:  # linking through /proc refused (a sandbox): named files instead
+            _no_nameless_files()
+            return None
     finally:
         os.close(fd)
     if durable:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from common import codec, wire
+from common import codec, fsutil, wire
 from common.config import parse_duration, parse_listen, parse_size
 from common.errors import (
     BadArchive,
@@ -331,6 +331,29 @@ def test_write_once_falls_back_to_a_named_temp_file(tmp_path: Path, monkeypatch:
     assert atomic_write(target, b"one", replace=False) and target.read_bytes() == b"one"
     assert atomic_write(target, b"two", replace=False) is False and target.read_bytes() == b"one"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_write_once_where_linking_through_proc_is_refused_uses_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox may refuse linkat through /proc/self/fd: that write and every later one
+    go the named way, and none is lost."""
+    monkeypatch.setattr(fsutil, "_proc_fds", 0)  # restored afterwards, with its descriptor
+    real_link = os.link
+    refused: list[str] = []
+
+    def link(src, dst, *, src_dir_fd=None, **kw):  # type: ignore[no-untyped-def]
+        if src_dir_fd is not None:
+            refused.append(os.fspath(dst))
+            raise PermissionError(errno.EPERM, "not through /proc")
+        return real_link(src, dst, src_dir_fd=src_dir_fd, **kw)
+
+    monkeypatch.setattr(os, "link", link)
+    assert atomic_write(tmp_path / "a", b"one", replace=False)
+    assert atomic_write(tmp_path / "b", b"two", replace=False)
+    assert (tmp_path / "a").read_bytes() == b"one" and (tmp_path / "b").read_bytes() == b"two"
+    assert refused == [str(tmp_path / "a")] and fsutil._proc_fds == -1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
 def test_write_once_in_a_forked_child_links_its_own_file(tmp_path: Path) -> None:
