@@ -21,7 +21,7 @@ from pathlib import Path
 from common.fsutil import TEMP_PREFIX
 from common.ids import APP_RE, CHANNEL_RE, ID_RE
 
-__all__ = ["key_of", "path_of", "walk"]
+__all__ = ["file_of", "key_of", "path_of", "walk"]
 
 _CONTENT = ("chunks", "manifests", "bundles")
 

@@ -42,6 +42,7 @@ class Upstream:
         self.connections = 0
         self.hang_up_at: int | None = None
         self.hold: set[str] = set()  # paths never answered (the connection stays open)
+        self.delay: dict[str, float] = {}  # paths answered that many seconds late
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -66,6 +67,8 @@ class Upstream:
                 if path in self.hold:
                     await reader.read()  # until the client closes
                     return
+                if path in self.delay:
+                    await asyncio.sleep(self.delay[path])
                 status, fields, body = self.answers.get(path, (404, {}, b""))
                 lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
                 lines += [f"{k}: {v}" for k, v in fields.items()]
@@ -325,3 +328,68 @@ async def test_a_bug_after_the_answer_fails_the_flight_instead_of_leaving_it_wai
     with pytest.raises(RuntimeError, match="a bug in populating"):
         await asyncio.wait_for(flight, 5)
     assert obj.key not in node.filler.flights
+
+
+async def ask(port: int, request: bytes, answers: int = 1) -> list[tuple[bytes, bytes]]:
+    """``request`` (one or more, pipelined) on a new connection: each answer's head and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    out = []
+    for _ in range(answers):
+        head = (await reader.readuntil(b"\r\n\r\n")).lower()
+        length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        body = b"" if request.startswith(b"HEAD ") else await reader.readexactly(length)
+        out.append((head, body))
+    writer.close()
+    return out
+
+
+def get(hexid: str, *fields: str, method: str = "GET") -> bytes:
+    lines = [f"{method} /v1/chunks/{hexid} HTTP/1.1", "Host: edge", "Accept-Encoding: zstd", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_misses_through_a_real_edges_data_plane(tmp_path: Path) -> None:
+    """Misses once the edge's pool holds a kept-alive connection (the callback way): HEAD,
+    a range, a 404, pipelined misses in order, and a client that leaves mid-fill (the fill
+    goes on, and the next request is a hit)."""
+    from tests.procs import edge_service
+
+    up = Upstream()
+    base = await up.start()
+    names = ["warm", "head", "range", "gone", "left", "one", "two"]
+    objs = {name: chunk(100 + i) for i, name in enumerate(names)}
+    for name, (obj, _, frame) in objs.items():
+        if name != "gone":
+            up.chunk(obj, frame)
+    up.delay[objs["left"][0].path] = 0.5
+    edge = await asyncio.to_thread(edge_service(tmp_path, base).start)
+    try:
+        port = edge.port
+        (head, body), = await ask(port, get(objs["warm"][0].hex))
+        assert head.startswith(b"http/1.1 200") and body == objs["warm"][2]
+        (head, body), = await ask(port, get(objs["head"][0].hex, method="HEAD"))
+        assert head.startswith(b"http/1.1 200") and f"content-length: {len(objs['head'][2])}".encode() in head
+        (head, body), = await ask(port, get(objs["range"][0].hex, "Range: bytes=0-9"))
+        assert head.startswith(b"http/1.1 206") and body == objs["range"][2][:10]
+        (head, body), = await ask(port, get(objs["gone"][0].hex))
+        assert head.startswith(b"http/1.1 404") and b'"not_found"' in body
+        one, two = await ask(port, get(objs["one"][0].hex) + get(objs["two"][0].hex), answers=2)
+        assert one[1] == objs["one"][2] and two[1] == objs["two"][2]
+        left = objs["left"][0]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get(left.hex))
+        await writer.drain()
+        while up.requests.count(left.path) == 0:
+            await asyncio.sleep(0.01)
+        writer.close()  # gone before the upstream answers
+        await asyncio.sleep(0.7)
+        (head, body), = await ask(port, get(left.hex))
+        assert head.startswith(b"http/1.1 200") and body == objs["left"][2]
+        assert all(up.requests.count(o.path) == 1 for o, _, _ in objs.values())
+        # One kept-alive connection for all but the second of the pipelined pair: it found
+        # the connection taken by the first, so it went ``load``'s way, on a new one.
+        assert up.connections == 2
+    finally:
+        await asyncio.to_thread(edge.stop)
+        await up.close()

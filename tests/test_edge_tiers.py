@@ -301,3 +301,13 @@ async def test_a_write_evicted_while_in_flight_says_it_did_not_store(tmp_path: P
     assert await put_b
     assert files(tmp_path) == [paths.path_of(tmp_path, b.key)]
     assert a.key not in disk.policy and disk.used == len(frame_b)
+
+
+@pytest.mark.parametrize(
+    "key", ["chunks/" + "ab" * 32, "manifests/" + "0f" * 32, "bundles/" + "ff" * 32, "refs/app/release"]
+)
+def test_the_writers_string_path_is_the_index_path(tmp_path: Path, key: str) -> None:
+    """``file_of`` (the writer thread's) names the file ``path_of`` (everyone else's) does,
+    and reading the key back from it gives the key."""
+    assert paths.file_of(str(tmp_path), key) == str(paths.path_of(tmp_path, key))
+    assert paths.key_of(str(paths.path_of(tmp_path, key).relative_to(tmp_path))) == key
