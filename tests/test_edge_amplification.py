@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from common import codec
-from loadtests.net import scrape, total
+from loadtests.net import scrape, total, wait_http
 from tests.conftest import TOKEN, Reply, batch, http
 from tests.edge_support import (
     App,
@@ -77,11 +77,18 @@ def trio(origin: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             n.stop()
 
 
+def indexed(svc: Service) -> Service:
+    """``svc`` once its disk index is loaded (``/readyz``): before that an id is not known
+    to be absent from the disk, so a batch fills each id of it one by one (as GETs)."""
+    wait_http(svc.url + "/readyz", 20, svc.proc)
+    return svc
+
+
 def test_the_same_batch_of_1024_random_ids_twice_costs_the_origin_one_request(
     origin: Service, tmp_path: Path
 ) -> None:
     ids = random_ids(1024, seed=1)
-    svc = edge(tmp_path, origin.url).start()
+    svc = indexed(edge(tmp_path, origin.url).start())
     try:
         before = origin_costs(origin)
         all_nil(svc.url, ids)
@@ -139,7 +146,7 @@ def test_a_get_for_an_id_a_batch_is_filling_joins_that_fill(origin: Service, app
     ids, held = app.chunks[40:46], app.chunks[43]
     with scripted(origin.url) as up:
         up.hold.add(held)
-        svc = edge(tmp_path, up.url, extra=("--coalesce-timeout", "120s")).start()
+        svc = indexed(edge(tmp_path, up.url, extra=("--coalesce-timeout", "120s")).start())
         try:
             answers: dict[str, Reply] = {}
             post = threading.Thread(target=lambda: answers.update(
@@ -175,7 +182,7 @@ def test_a_lying_batch_upstream_is_failed_over_for_what_it_had_not_answered(
             liar.batch_short = 3
         else:
             liar.batch_reorder = True
-        svc = edge(tmp_path, liar.url, origin.url).start()
+        svc = indexed(edge(tmp_path, liar.url, origin.url).start())
         try:
             before = origin_costs(origin)
             items = batch(svc.url, ids)
