@@ -411,6 +411,11 @@ class TlsTransport(asyncio.Transport):
         except OSError:
             self._finish()
             return
+        # Dropping bytes needs no TLS state: linger on the bare socket, so OpenSSL's buffers
+        # and the session (tens of KiB a connection) are freed now, not after the linger.
+        bare = socket.socket(fileno=self._sock.detach())
+        self._sock = self._extra["socket"] = bare  # type: ignore[assignment]
+        self._extra.pop("ssl_object", None)
         self._state = _LINGER
         self._watch(True, False)
         self._timer = self._loop.call_later(LINGER, self._timed_out)
