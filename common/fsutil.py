@@ -199,11 +199,10 @@ def _proc_fd_dir() -> int:
 
 
 def _no_nameless_files() -> None:
+    # The descriptor stays open: another thread may be linking through it right now, and a
+    # number closed and reused would make its link resolve in some other directory.
     global _proc_fds
-    with _proc_lock:
-        if _proc_fds > 0:
-            os.close(_proc_fds)
-        _proc_fds = -1
+    _proc_fds = -1
 
 
 def _write_once(target: str, data: bytes | memoryview, mode: int, durable: bool) -> bool | None:

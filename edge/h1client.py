@@ -371,7 +371,6 @@ class Pool(Bound):
                 return
 
     def close(self) -> None:
-        self._woken = 0
         for conn in list(self._all):
             conn.close()
         self._all.clear()
