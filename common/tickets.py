@@ -73,8 +73,7 @@ class Tickets:
         # (period, state) in one attribute: a signal handler (the supervisor's tick) may
         # step it between any two bytecodes, and must never see a half-made pair.
         self._ratchet = (self.number(start) if period > 0 else 0, secret or secrets.token_bytes(32))
-        self.lib = libssl() if period > 0 else None
-        self.supported = self.lib is not None
+        self.supported = period > 0 and libssl() is not None  # rotating (libssl() is memoized)
         if period > 0 and not self.supported:
             log.warning("TLS session ticket keys cannot be set with this Python and OpenSSL: not rotated")
         self.current = -1  # the period whose key the contexts hold
@@ -110,7 +109,7 @@ class Tickets:
 
     def apply(self, ctx: ssl.SSLContext, now: float | None = None) -> bool:
         """Give ``ctx`` the key of the period ``now`` is in (True if it holds it)."""
-        if self.lib is None:
+        if not self.supported:
             return False
         n = self.number(now)
         key = self.key(n)
@@ -124,18 +123,17 @@ class Tickets:
 
     def copy(self, old: ssl.SSLContext, new: ssl.SSLContext) -> None:
         """Give ``new`` the key ``old`` holds (a context swapped in keeps resumption)."""
-        lib, key = libssl(), self.held(old)
-        if lib is not None and key is not None:
-            self._set(new, key, lib)
+        key = self.held(old)
+        if key is not None:
+            self._set(new, key)
 
-    def _set(self, ctx: ssl.SSLContext, key: bytes, lib: ctypes.CDLL | None = None) -> bool:
-        lib = lib or self.lib
-        pointer = context_pointer(lib, ctx) if lib is not None else None
-        if lib is None or pointer is None:
-            self.lib = None
+    def _set(self, ctx: ssl.SSLContext, key: bytes) -> bool:
+        found = _context(ctx)
+        if found is None:
             self.supported = False
             log.warning("TLS session ticket keys cannot be set in this context (unknown layout): not rotated")
             return False
+        lib, pointer = found
         buf = ctypes.create_string_buffer(key, KEY_BYTES)
         if lib.SSL_CTX_ctrl(pointer, _SET_KEYS, KEY_BYTES, buf) != 1:
             log.warning("OpenSSL refused the TLS session ticket key: not rotated")
@@ -144,10 +142,10 @@ class Tickets:
 
     def held(self, ctx: ssl.SSLContext) -> bytes | None:
         """The key ``ctx`` holds now (None where it cannot be read)."""
-        lib = self.lib or libssl()
-        pointer = context_pointer(lib, ctx) if lib is not None else None
-        if lib is None or pointer is None:
+        found = _context(ctx)
+        if found is None:
             return None
+        lib, pointer = found
         buf = ctypes.create_string_buffer(KEY_BYTES)
         lib.SSL_CTX_ctrl(pointer, _GET_KEYS, KEY_BYTES, buf)
         return buf.raw
@@ -156,3 +154,10 @@ class Tickets:
         """Seconds until the next period starts."""
         t = time.time() if now is None else now
         return (self.number(t) + 1) * self.period - t
+
+
+def _context(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int] | None:
+    """libssl and the SSL_CTX pointer of ``ctx`` (common.openssl's checked bridge), or None."""
+    lib = libssl()
+    pointer = context_pointer(lib, ctx) if lib is not None else None
+    return None if lib is None or pointer is None else (lib, pointer)

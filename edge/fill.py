@@ -178,7 +178,6 @@ class Filler:
         if requests is None:
             requests = self._requests[src.kind] = self.metrics.upstream_requests.labels(src.kind)
         requests.inc()
-        failed = Failures(obj.path)
         try:
             if error is not None:
                 raise src.failure(obj.path, error) or error
@@ -189,7 +188,7 @@ class Filler:
                 codec.frame_content_size(body) > INLINE_VERIFY
             ):
                 answered = Answer(response.status, body, response.headers)
-                self.flights.hand(flight, lambda: self._rest(obj, failed, answered))
+                self.flights.hand(flight, lambda: self._rest(obj, Failures(obj.path), answered))
                 return
             obj.verify(body)
         except NotFound as exc:
@@ -197,6 +196,7 @@ class Filler:
             flight.set_exception(exc)
             return
         except (SourceError, IntegrityError) as exc:
+            failed = Failures(obj.path)
             failed.add(src, self.metrics, exc)
             self.flights.hand(flight, lambda: self._rest(obj, failed, None))
             return

@@ -27,10 +27,7 @@ _CONTENT = ("chunks", "manifests", "bundles")
 
 
 def path_of(root: Path, key: str) -> Path:
-    prefix, _, rest = key.partition("/")
-    if prefix in _CONTENT:
-        return root / prefix / rest[:2] / rest
-    return root / key  # refs/<app>/<channel>: both names are checked against their grammar
+    return Path(file_of(str(root), key))
 
 
 def file_of(root: str, key: str) -> str:
@@ -38,7 +35,7 @@ def file_of(root: str, key: str) -> str:
     prefix, _, rest = key.partition("/")
     if prefix in _CONTENT:
         return f"{root}/{prefix}/{rest[:2]}/{rest}"
-    return f"{root}/{key}"
+    return f"{root}/{key}"  # refs/<app>/<channel>: both names are checked against their grammar
 
 
 def key_of(rel: str) -> str | None:
