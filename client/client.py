@@ -1,8 +1,10 @@
 """The minicdn client: resolve a channel, verify, download only what is missing, install
 atomically.  This is the reference for native clients; docs/client.md states its rules.
 
-    resolve ref (signature, expiry, serial >= highest seen) → pick the user's version
-    → manifest (dcz against the installed one, or zstd; id = SHA-256 of the envelope, signature)
+    open (one round trip, ``POST .../open``): the ref (signature, expiry, serial >= highest
+    seen), the heads of the packages to install (signed, of the version the ref names for
+    this user) and the package manifests whose content the phone lacks (each against its
+    head; dcz against the one held) — client/opened.py
     → choose packages → an ``Install`` (client/install.py): plan → download → assemble → commit
     → collect the store
 
@@ -23,13 +25,16 @@ import aiohttp
 from client import files
 from client.config import ClientConfig
 from client.install import FetchSummary, Install, Progress, Target
+from client.opened import Opened, verify
 from client.state import State
 from client.store import LocalStore
 from client.transport import Edges
 from common import codec, dcz
-from common.errors import BadRequest, IntegrityError, NotFound
+from common.errors import BadRequest, IntegrityError, NotFound, UnknownPackage
 from common.ids import check_app, check_channel
-from common.manifest import MAIN_PACKAGE, Manifest, Ref, open_manifest, open_ref
+from common.manifest import MAIN_PACKAGE, Manifest, Ref, open_manifest, open_ref, rollout_bucket
+from common.opening import OpenRequest, pack_request
+from common.pkgmeta import open_package
 from common.tls import client_context
 
 __all__ = ["Client", "ClientConfig", "FetchSummary", "Progress", "select_packages"]
@@ -195,43 +200,96 @@ class Client:
     ) -> FetchSummary:
         started = time.monotonic()
         out = out.absolute()
+        check_app(app)
+        check_channel(channel)
         async with files.locked(self.config.store_dir):
             # Installs through one store take turns (the lock), so what the edges count from
             # here on is this install's alone: its summary reports that, not the client's total.
             counted = self.edges.traffic.copy()
             await asyncio.to_thread(files.recover, out)
-            ref = await self.resolve(app, channel)
-            target = await self._target(ref, user, out, list(packages), open_page)
+            target, ref = await self._open_app(app, channel, user, out, list(packages), open_page)
             job = Install(target, self.config, self.store, self.state, self.edges, self.progress)
             await job.run()
             freed = await asyncio.to_thread(self._collect)
             traffic = self.edges.traffic.since(counted)
         return job.summary(ref, time.monotonic() - started, freed, traffic)
 
-    async def _target(
-        self, ref: Ref, user: str | None, out: Path, packages: list[str], open_page: str | None
-    ) -> Target:
-        """What the ref names for ``user``, checked, and the packages to install in ``out``."""
-        version, mid = ref.target_for(user)
+    async def _open_app(
+        self, app: str, channel: str, user: str | None, out: Path, packages: list[str], open_page: str | None
+    ) -> tuple[Target, Ref]:
+        """One round trip (``POST .../open``): the ref, the heads of the packages to install
+        and the package manifests this phone lacks, verified (client/opened.py); then the
+        packages to install in ``out``."""
         before = await asyncio.to_thread(self.state.installed, out)
-        if before is not None and before.app != ref.app:
+        if before is not None and before.app != app:
             before = None
-        manifest = await self.manifest(mid, dictionary=bytes.fromhex(before.manifest) if before else None)
-        if manifest.app != ref.app or manifest.version != version:
-            said = f"{ref.app}@{version}"
-            raise IntegrityError(f"manifest is {manifest.app}@{manifest.version}, ref said {said}")
-        chosen = select_packages(manifest, packages, open_page, before.packages if before else ())
-        return Target(manifest, mid, tuple(chosen), out, before)
+        have = before.have() if before is not None else {}
+        dictionary = None if have else await asyncio.to_thread(self._dictionary, app)
+        bucket = None if user is None else rollout_bucket(app, user)
+        page = open_page.strip("/") if open_page is not None else None
+        wanted = [n.strip("/") or MAIN_PACKAGE for n in packages]
+        req = OpenRequest(tuple(wanted), page or None, bucket, have, dictionary)
+        highest = self.state.highest_serial(app, channel)
+        wanted_ids = [m for _, m in have.values()] + ([dictionary] if dictionary else [])
+        bodies = await asyncio.to_thread(lambda: {m: self.store.get_manifest(m) for m in wanted_ids})
+        held = bodies.get
+
+        def check(body: bytes, _enc: str | None) -> Opened:
+            return verify(
+                body,
+                self.config.public_keys,
+                app=app,
+                channel=channel,
+                now=int(time.time()),
+                highest=highest,
+                bucket=bucket,
+                have=have,
+                held=held,
+                dictionary=dictionary,
+            )
+
+        try:
+            opened = await self.edges.get(
+                f"/v1/apps/{app}/channels/{channel}/open",
+                "open",
+                check,
+                headers={"Content-Type": "application/x-msgpack"},
+                data=pack_request(req),
+            )
+        except UnknownPackage as exc:  # the user's mistake, as a package unknown to select_packages
+            raise BadRequest(exc.message) from exc
+        except NotFound as exc:
+            raise NotFound(f"no channel {channel!r} of app {app!r} (or no such app): {exc.message}") from exc
+        await asyncio.to_thread(self.state.saw_serial, app, channel, opened.ref.serial)
+        for pid, raw in opened.received.items():
+            await asyncio.to_thread(self.store.put_manifest, pid, raw)
+        missing = [n for n in wanted if n not in opened.heads]
+        if missing:
+            raise IntegrityError(f"the edge sent no head for package {missing[0]!r}")
+        manifest = opened.manifest()
+        chosen = select_packages(manifest, wanted, page, before.packages if before else ())
+        return Target(manifest, opened.mid, tuple(chosen), out, before, opened), opened.ref
+
+    def _dictionary(self, app: str) -> bytes | None:
+        """A package manifest of another app this phone holds (the main package of its first
+        install of one): a dcz dictionary for a first open of ``app``, which may share a
+        library with it."""
+        for inst in self.state.installs():
+            if inst.app != app and MAIN_PACKAGE in inst.metas:
+                mid = bytes.fromhex(inst.metas[MAIN_PACKAGE][1])
+                if self.store.get_manifest(mid) is not None:
+                    return mid
+        return None
 
     def _collect(self) -> int:
         """Drop the chunks no recorded install references (blocking: run in a thread)."""
         referenced: set[bytes] = set()
         for inst in self.state.installs():
-            envelope = self.store.get_manifest(bytes.fromhex(inst.manifest))
-            if envelope is None:
-                continue
-            m = open_manifest(envelope, self.config.public_keys)
-            referenced |= {c.id for p in m.packages if p.name in inst.packages for c in p.chunks}
+            for name in inst.packages:
+                _content, mid = inst.metas.get(name, ("", ""))
+                raw = self.store.get_manifest(bytes.fromhex(mid)) if mid else None
+                if raw is not None:
+                    referenced |= {c.id for c in open_package(raw, bytes.fromhex(mid)).chunks}
         return self.store.collect(referenced)
 
 

@@ -25,11 +25,13 @@ from typing import Any
 from client import files, streams
 from client.config import ClientConfig
 from client.download import Downloader, together
+from client.opened import Opened
 from client.plan import Plan, choose
 from client.state import Installed, State
 from client.store import LocalStore
 from client.transport import Edges, Traffic
-from common.manifest import ChunkEntry, Manifest, PackageEntry, Ref, open_manifest
+from common.manifest import ChunkEntry, Manifest, PackageEntry, Ref
+from common.pkgmeta import open_package
 
 __all__ = ["FetchSummary", "Install", "Progress", "Target", "unique"]
 
@@ -68,11 +70,12 @@ class Target:
     """What an install puts where: the ``chosen`` packages of ``manifest`` (id ``mid``, the
     version the ref named) into ``out``, over ``before``, what ``out`` holds of the app."""
 
-    manifest: Manifest
+    manifest: Manifest  # the packages the open answer has heads for (client/opened.py)
     mid: bytes
     chosen: tuple[str, ...]
     out: Path
     before: Installed | None
+    opened: Opened
 
 
 class Install:
@@ -135,41 +138,29 @@ class Install:
     # -- the steps --------------------------------------------------------------------------
 
     def _current(self) -> bool:
-        """Whether ``out`` holds the chosen packages exactly as the manifest describes them
-        (the same manifest, or another manifest of the same files and chunks)."""
+        """Whether ``out`` holds the chosen packages exactly as the heads describe them: the
+        same content digest for each (the same version, or another with the same files)."""
         t = self.target
         if t.before is None or not set(t.chosen) <= set(t.before.packages):
             return False
-        if t.before.manifest == t.mid.hex():
-            return True
-        envelope = self.store.get_manifest(bytes.fromhex(t.before.manifest))
-        if envelope is None or t.before.version != t.manifest.version:
-            return False
-        old = {p.name: p for p in open_manifest(envelope, self.config.public_keys).packages}
+        heads = t.opened.heads
         return all(
-            n in old
-            and old[n].files == t.manifest.package(n).files
-            and old[n].chunks == t.manifest.package(n).chunks
-            for n in t.chosen
+            n in t.before.metas and bytes.fromhex(t.before.metas[n][0]) == heads[n].content for n in t.chosen
         )
 
     def _plan(self) -> tuple[list[Plan], dict[str, bytes]]:
         """One plan per chosen package, and the base stream of each delta: a delta is chosen
         only once its base is in hand (from the store, or the installed files, verified)."""
         t = self.target
-        base_id = bytes.fromhex(t.before.manifest) if t.before else None
-        envelope = self.store.get_manifest(base_id) if base_id else None
-        base = open_manifest(envelope, self.config.public_keys, base_id) if envelope else None
         plans, bases = [], {}
         covered: set[bytes] = set()  # chunks an earlier package's plan brings
         for name in t.chosen:
             pkg = t.manifest.package(name)
             missing = [c for c in unique(pkg.chunks) if c.id not in covered and not self.store.has(c.id)]
-            base_pkg = _package_or_none(base, name)
-            plan = choose(pkg, missing, base_id if base_pkg else None, self.config.plan)
+            base_pkg, base_content = self._installed_package(name)
+            plan = choose(pkg, missing, base_content, self.config.plan)
             if plan.kind == "delta" and base_pkg is not None and t.before is not None:
-                where = t.out if name in t.before.packages else None
-                stream = streams.base_stream(self.store, base_pkg, where)
+                stream = streams.base_stream(self.store, base_pkg, t.out)
                 if stream is None:  # never a delta whose base the client lacks
                     plan = choose(pkg, missing, None, self.config.plan)
                 else:
@@ -177,6 +168,19 @@ class Install:
             covered |= {c.id for c in (pkg.chunks if plan.object else plan.missing)}
             plans.append(plan)
         return plans, bases
+
+    def _installed_package(self, name: str) -> tuple[PackageEntry | None, bytes | None]:
+        """The package ``name`` as ``out`` holds it (from its manifest in the store), and its
+        content digest: the base a delta applies to."""
+        before = self.target.before
+        if before is None or name not in before.packages or name not in before.metas:
+            return None, None
+        content, mid = (bytes.fromhex(x) for x in before.metas[name])
+        raw = self.store.get_manifest(mid)
+        if raw is None:
+            return None, None
+        meta = open_package(raw, mid)
+        return PackageEntry(name, False, meta.files, meta.chunks), content
 
     async def _download(self) -> None:
         chunks = unique(e for p in self.plans if p.kind == "chunks" for e in p.missing)
@@ -203,7 +207,11 @@ class Install:
 
     async def _commit(self, packages: Sequence[str]) -> None:
         t = self.target
-        done = Installed(t.manifest.app, t.manifest.version, t.mid.hex(), tuple(packages))
+        heads, ids = t.opened.heads, t.opened.meta_ids
+        metas = dict(t.before.metas) if t.before is not None else {}
+        metas.update({n: (heads[n].content.hex(), ids[n].hex()) for n in packages if n in heads})
+        metas = {n: v for n, v in metas.items() if n in packages}
+        done = Installed(t.manifest.app, t.manifest.version, t.mid.hex(), tuple(packages), metas)
         await asyncio.to_thread(self.state.record_install, t.out, done)
 
 

@@ -5,7 +5,7 @@ update knows its base, and the chunk store knows what it must keep)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,16 @@ __all__ = ["Installed", "State"]
 class Installed:
     app: str
     version: str
-    manifest: str  # hex id of the manifest the files came from
+    manifest: str  # hex id of the version manifest the files came from
     packages: tuple[str, ...]
+    # package → (hex content digest, hex id of its package manifest, kept in the store)
+    metas: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def have(self) -> dict[str, tuple[bytes, bytes]]:
+        """What an open request says the phone holds (common/opening.py)."""
+        return {
+            n: (bytes.fromhex(c), bytes.fromhex(m)) for n, (c, m) in self.metas.items() if n in self.packages
+        }
 
 
 MAX_STATE = 64 << 20  # bytes: a state file this large is not one this client wrote
@@ -61,23 +69,33 @@ class State:
         rec = self.doc["installs"].get(str(out_dir.resolve()))
         if rec is None or not out_dir.is_dir():
             return None
-        return Installed(rec["app"], rec["version"], rec["manifest"], tuple(rec["packages"]))
+        return _installed(rec)
 
     def record_install(self, out_dir: Path, inst: Installed) -> None:
         self.doc["installs"][str(out_dir.resolve())] = asdict(inst)
         self.save()
 
     def installs(self) -> list[Installed]:
-        return [
-            Installed(r["app"], r["version"], r["manifest"], tuple(r["packages"]))
-            for r in self.doc["installs"].values()
-        ]
+        return [_installed(r) for r in self.doc["installs"].values()]
 
     def save(self) -> None:
         try:
             atomic_write(self.path, json.dumps(self.doc, indent=1, sort_keys=True).encode())
         except OSError as exc:
             raise StoreError(f"{self.path}: {exc.strerror}") from exc
+
+
+def _installed(rec: dict[str, Any]) -> Installed:
+    metas = {n: (c, m) for n, (c, m) in (rec.get("metas") or {}).items()}
+    return Installed(rec["app"], rec["version"], rec["manifest"], tuple(rec["packages"]), metas)
+
+
+def _hex_pair(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x) for x in v)
+    )
 
 
 def _checked(doc: Any) -> dict[str, Any]:
@@ -99,6 +117,8 @@ def _checked(doc: Any) -> dict[str, Any]:
             and all(isinstance(rec.get(k), str) for k in ("app", "version", "manifest"))
             and isinstance(rec.get("packages"), list)
             and all(isinstance(p, str) for p in rec["packages"])
+            and isinstance(rec.get("metas", {}), dict)
+            and all(_hex_pair(v) for v in rec.get("metas", {}).values())
         ):
             raise BadRequest(f"'installs' entry {where!r} is not {{app, version, manifest, packages}}")
     return doc

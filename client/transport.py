@@ -11,6 +11,7 @@ object while the origin restarts, an edge restarting — is ridden out.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from common.errors import (
     RefRejected,
     SignatureError,
     TooLarge,
+    UnknownPackage,
     UpstreamError,
 )
 from common.http import read_limited
@@ -141,17 +143,25 @@ class Edges:
         check: Callable[[bytes, str | None], T],
         headers: dict[str, str] | None = None,
         max_size: int = 64 << 20,
+        data: bytes | None = None,
     ) -> T:
-        """GET with failover; ``check(body, content_encoding)`` verifies the answer (and
-        raises to make the next edge try)."""
+        """GET (POST ``data`` when given) with failover; ``check(body, content_encoding)``
+        verifies the answer (and raises to make the next edge try)."""
 
         async def op(base: str) -> T:
             self.traffic.requests += 1
-            async with self.session.get(base + path, headers=headers, timeout=self.timeout) as resp:
+            method = "GET" if data is None else "POST"
+            async with self.session.request(
+                method, base + path, data=data, headers=headers, timeout=self.timeout
+            ) as resp:
                 if resp.status == 404:
-                    raise NotFound(f"{path}: not found")
+                    code, message = await _error_of(resp, f"{path}: not found")
+                    self.traffic.add(kind, resp.content.total_bytes)
+                    raise (UnknownPackage if code == UnknownPackage.code else NotFound)(message)
                 if resp.status >= 400:
-                    raise UpstreamError(f"{base}{path} answered {resp.status}")
+                    _code, message = await _error_of(resp, "")
+                    self.traffic.add(kind, resp.content.total_bytes)
+                    raise UpstreamError(f"{base}{path} answered {resp.status} {message}".rstrip())
                 try:
                     body = await read_limited(resp.content, max_size, path)
                 except TooLarge as exc:
@@ -195,6 +205,19 @@ class Edges:
                     yield hexid, frame
             if n != len(ids):
                 raise UpstreamError(f"{base} batch ended after {n} of {len(ids)} answers")
+
+
+async def _error_of(resp: aiohttp.ClientResponse, default: str) -> tuple[str | None, str]:
+    """The ``error`` and ``message`` of a JSON error body (docs/design.md), else None and
+    ``default``."""
+    try:
+        doc = json.loads(await read_limited(resp.content, 4096, "error"))
+    except (MinicdnError, ValueError):
+        return None, default
+    if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
+        return None, default
+    code = doc.get("error")
+    return (code if isinstance(code, str) else None), doc["message"][:500]
 
 
 def _batch_item(item: Any, ids: list[str], n: int) -> tuple[str, bytes | None]:

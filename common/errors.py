@@ -92,6 +92,12 @@ class NotFound(MinicdnError):
     code = "not_found"
 
 
+class UnknownPackage(NotFound):
+    """An open request (common/opening.py) names a package the version does not have."""
+
+    code = "unknown_package"
+
+
 class RequestTimeout(MinicdnError):
     code = "timeout"
 

@@ -30,9 +30,11 @@ __all__ = [
     "in_rollout",
     "open_manifest",
     "open_ref",
+    "rollout_bucket",
 ]
 
-FORMAT = 1
+FORMAT = 2  # docs/design.md "Format 2": refs name a heads object; heads and package
+# manifests are common/pkgmeta.py's.  A reader refuses any other format.
 MAIN_PACKAGE = "__APP__"
 
 
@@ -63,17 +65,28 @@ class PackageEntry:
         return sum(c.stored_size for c in self.chunks)
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "independent": self.independent,
-            "files": [[p, s] for p, s in self.files],
-            "chunks": [[c.id, c.raw_size, c.stored_size] for c in self.chunks],
-        }
-        if self.bundle is not None:
-            out["bundle"] = [self.bundle[0], self.bundle[1]]
-        if self.deltas:
-            out["deltas"] = [[m, d, s] for m, d, s in self.deltas]
-        return out
+        body = streams_wire(self.files, self.chunks, self.bundle, self.deltas)
+        return {"name": self.name, "independent": self.independent, **body}
+
+
+def streams_wire(
+    files: Iterable[tuple[str, int]],
+    chunks: Iterable[ChunkEntry],
+    bundle: tuple[bytes, int] | None,
+    deltas: Iterable[tuple[bytes, bytes, int]],
+) -> dict[str, Any]:
+    """A package's files, chunks, bundle and deltas as a manifest carries them (version
+    manifests and, format 2, package manifests alike)."""
+    out: dict[str, Any] = {
+        "files": [[p, s] for p, s in files],
+        "chunks": [[c.id, c.raw_size, c.stored_size] for c in chunks],
+    }
+    if bundle is not None:
+        out["bundle"] = [bundle[0], bundle[1]]
+    listed = [[m, d, s] for m, d, s in deltas]
+    if listed:
+        out["deltas"] = listed
+    return out
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,7 @@ class Rollout:
     version: str
     manifest: bytes
     percent: int
+    heads: bytes = field(kw_only=True)  # the version's heads object (common/pkgmeta.py)
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Ref:
     version: str
     manifest: bytes
     rollout: Rollout | None = None
+    heads: bytes = field(kw_only=True)  # the version's heads object (common/pkgmeta.py)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -142,11 +157,13 @@ class Ref:
             "expires": self.expires,
             "version": self.version,
             "manifest": self.manifest,
+            "heads": self.heads,
             "rollout": None
             if self.rollout is None
             else {
                 "version": self.rollout.version,
                 "manifest": self.rollout.manifest,
+                "heads": self.rollout.heads,
                 "percent": self.rollout.percent,
             },
         }
@@ -156,10 +173,16 @@ class Ref:
 
     def target_for(self, user_id: str | None) -> tuple[str, bytes]:
         """(version, manifest id) this ref gives ``user_id``; no user id means no rollout."""
+        version, manifest, _ = self.target_of(None if user_id is None else rollout_bucket(self.app, user_id))
+        return version, manifest
+
+    def target_of(self, bucket: int | None) -> tuple[str, bytes, bytes]:
+        """(version, manifest id, heads id) this ref gives a user in rollout ``bucket``
+        (0..99, ``rollout_bucket``); None: no user, no rollout."""
         r = self.rollout
-        if r is not None and user_id is not None and in_rollout(self.app, user_id, r.percent):
-            return r.version, r.manifest
-        return self.version, self.manifest
+        if r is not None and bucket is not None and bucket < r.percent:
+            return r.version, r.manifest, r.heads
+        return self.version, self.manifest, self.heads
 
     def check_fresh(self, now: int, highest_serial: int | None) -> None:
         """Refuse an expired ref, or one older than a serial already seen (rollback)."""
@@ -172,9 +195,13 @@ class Ref:
             )
 
 
+def rollout_bucket(app: str, user_id: str) -> int:
+    """A user's rollout bucket, 0..99: in a rollout of P percent when below P."""
+    return int(hashlib.sha256(f"{app}:{user_id}".encode()).hexdigest()[:8], 16) % 100
+
+
 def in_rollout(app: str, user_id: str, percent: int) -> bool:
-    h = hashlib.sha256(f"{app}:{user_id}".encode()).hexdigest()
-    return int(h[:8], 16) % 100 < percent
+    return rollout_bucket(app, user_id) < percent
 
 
 # ---- strict decoding -------------------------------------------------------------------
@@ -199,11 +226,28 @@ def _size(v: Any, what: str) -> int:
     return v
 
 
+Streams = tuple[
+    tuple[tuple[str, int], ...],
+    tuple[ChunkEntry, ...],
+    tuple[bytes, int] | None,
+    tuple[tuple[bytes, bytes, int], ...],
+]
+
+
 def _package(p: Any) -> PackageEntry:
     if not isinstance(p, dict):
         raise BadRequest("manifest: a package is not a map")
     name = _get(p, "name", str, "package")
-    what = f"package {name!r}"
+    files, chunks, bundle, deltas = decode_streams(p, f"package {name!r}")
+    independent = p.get("independent", False)
+    if not isinstance(independent, bool):
+        raise BadRequest(f"package {name!r}: 'independent' must be a boolean")
+    return PackageEntry(name, independent, files, chunks, bundle, deltas)
+
+
+def decode_streams(p: dict[str, Any], what: str) -> Streams:
+    """A package's files, chunks, bundle and deltas, checked: types, safe paths, sizes that
+    add up (``streams_wire``'s inverse)."""
     files = []
     for f in _get(p, "files", list, what):
         if not isinstance(f, list) or len(f) < 2 or not isinstance(f[0], str):
@@ -227,15 +271,17 @@ def _package(p: Any) -> PackageEntry:
         if not isinstance(d, list) or len(d) < 3:
             raise BadRequest(f"{what}: bad delta entry")
         deltas.append((_id(d[0], what), _id(d[1], what), _size(d[2], what)))
-    independent = p.get("independent", False)
-    if not isinstance(independent, bool):
-        raise BadRequest(f"{what}: 'independent' must be a boolean")
-    return PackageEntry(name, independent, tuple(files), tuple(chunks), bundle, tuple(deltas))
+    return tuple(files), tuple(chunks), bundle, tuple(deltas)
+
+
+def _unknown_format(what: str, body: Any) -> str:
+    found = body.get("format") if isinstance(body, dict) else None
+    return f"{what}: format {found!r} is not one this reader knows (it reads format {FORMAT})"
 
 
 def decode_manifest(body: Any) -> Manifest:
     if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise BadRequest("manifest: not a format-1 manifest")
+        raise BadRequest(_unknown_format("manifest", body))
     packages = tuple(_package(p) for p in _get(body, "packages", list, "manifest"))
     names = [p.name for p in packages]
     if len(set(names)) != len(names):
@@ -256,7 +302,7 @@ def decode_manifest(body: Any) -> Manifest:
 
 def decode_ref(body: Any) -> Ref:
     if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise BadRequest("ref: not a format-1 ref")
+        raise BadRequest(_unknown_format("ref", body))
     rollout = None
     r = body.get("rollout")
     if r is not None:
@@ -269,6 +315,7 @@ def decode_ref(body: Any) -> Ref:
             check_version(_get(r, "version", str, "rollout")),
             _id(r.get("manifest"), "rollout"),
             percent,
+            heads=_id(r.get("heads"), "rollout"),
         )
     return Ref(
         app=check_app(_get(body, "app", str, "ref")),
@@ -279,6 +326,7 @@ def decode_ref(body: Any) -> Ref:
         version=check_version(_get(body, "version", str, "ref")),
         manifest=_id(body.get("manifest"), "ref"),
         rollout=rollout,
+        heads=_id(body.get("heads"), "ref"),
     )
 
 

@@ -77,6 +77,7 @@ def make_app(edge: Edge, head_limits: HeadLimits | None = None) -> web.Applicati
     )
     app[EDGE] = edge
     app[ENCODINGS] = Encodings(edge.memory)
+    app[h.HEADS] = {}
     r = app.router
     r.add_get("/v1/chunks/{id}", h.get_chunk, name="chunk")  # GET also answers HEAD
     r.add_post("/v1/chunks:batch", h.post_batch, name="batch")
@@ -85,6 +86,7 @@ def make_app(edge: Edge, head_limits: HeadLimits | None = None) -> web.Applicati
     r.add_get("/v1/apps", h.list_apps, name="apps")
     r.add_get("/v1/apps/{app}", h.get_app, name="app")
     r.add_get("/v1/apps/{app}/channels/{channel}", h.get_ref, name="ref")
+    r.add_post("/v1/apps/{app}/channels/{channel}/open", h.post_open, name="open")
     r.add_get("/v1/changes", h.get_changes, name="changes")
     r.add_post("/v1/admin/prefetch", h.admin_prefetch, name="prefetch")
     r.add_post("/v1/admin/purge", h.admin_purge, name="purge")

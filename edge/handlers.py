@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec, dcz, jsonutil
+from common import codec, dcz, jsonutil, opening
 from common.changes import Busy, parse_after, parse_wait
 from common.errors import BadRequest, Unauthorized
 from common.http import (
@@ -48,12 +48,14 @@ from edge.representation import (
 from edge.service import Edge
 from edge.upstream import Answer, batch_body
 
-__all__ = ["EDGE", "ENCODINGS", "MAX_BATCH", "SENT"]
+__all__ = ["EDGE", "ENCODINGS", "HEADS", "MAX_BATCH", "SENT"]
 
 T = TypeVar("T")
 
 EDGE = web.AppKey("edge", Edge)
 ENCODINGS = web.AppKey("encodings", Encodings)  # the memory tier's manifests, encoded
+HEADS = web.AppKey("heads", dict[bytes, opening.HeadsIndex])  # heads id → heads indexed, a few
+MAX_HEADS_HELD = 8  # heads objects kept indexed: one of 10,000 packages is ~3 MiB
 SENT = "minicdn.sent"  # request key: body bytes a streaming handler wrote
 BATCH_WINDOW = 32  # fills in flight per batch request
 
@@ -200,6 +202,52 @@ async def _stream_batch(request: web.Request, ids: list[str]) -> web.StreamRespo
 
     request[SENT] = 0
     return await stream_batch(request, ids, frame, BATCH_WINDOW, wrote)
+
+
+async def post_open(request: web.Request) -> web.Response:
+    """An app opened in one round trip (common/opening.py), composed from the ref, the heads
+    object and package manifests as this edge holds them (each filled and checked as any
+    ref or manifest is); the phone verifies the signatures."""
+    app = check_app(request.match_info["app"])
+    channel = check_channel(request.match_info["channel"])
+    req = opening.parse_request(await read_limited(request.content, opening.MAX_REQUEST, "open request"))
+    edge, encodings, heads = request.app[EDGE], request.app[ENCODINGS], request.app[HEADS]
+    served = await edge.refs.get(app, channel)
+
+    async def load(oid: bytes) -> bytes | None:
+        entry = await edge.objects.load_or_none(Obj("manifest", oid))
+        return None if entry is None else entry.body
+
+    async def heads_of(hid: bytes) -> opening.HeadsIndex:
+        found = heads.get(hid)
+        if found is not None:
+            return found
+        entry = await edge.objects.load(Obj("manifest", hid))
+        made: opening.HeadsIndex = await _off_loop(opening.index_heads, entry.body)
+        heads[hid] = made
+        if len(heads) > MAX_HEADS_HELD:
+            heads.pop(next(iter(heads)))
+        return made
+
+    async def encode(mid: bytes, body: bytes, base_id: bytes | None, base: bytes | None) -> tuple[str, bytes]:
+        obj = Obj("manifest", mid)
+        entry = await edge.objects.load(obj)
+        best = ("zstd", await encodings.zstd_of(obj.key, entry))
+        if base_id is not None and base is not None:
+            known = encodings.dcz_known(obj.key, entry)
+            if base_id not in known:
+                if len(known) >= MAX_DICTIONARIES:
+                    known.pop(next(iter(known)))
+                known[base_id] = await encodings.dcz_of(entry.body, base)
+            encoded = known[base_id]
+            if encoded is not None and len(encoded) < len(best[1]):
+                best = ("dcz", encoded)
+        return best if len(best[1]) < len(body) else ("identity", body)
+
+    answer = await opening.compose(req, served.entry.body, heads_of, load, encode)
+    return web.Response(
+        body=answer, content_type="application/x-msgpack", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def list_apps(request: web.Request) -> web.Response:

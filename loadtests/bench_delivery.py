@@ -15,8 +15,9 @@ the app's files.
   ``zstd -19 --patch-from=old.tar new.tar``;
 - the same updates by a second client forced to the chunks plan (``plan="chunks"``), for
   comparison with the full package size;
-- manifests: an update's manifest comes as dcz (RFC 9842) against the installed one when
-  that is smaller than zstd; the "manifest" column is what the edge sent for it.
+- metadata: the open answer (ref, heads, and the package manifests that changed, each as
+  dcz (RFC 9842) against the installed one when that is smaller than zstd); the "metadata"
+  column is what the edge sent for it.
 
 Targets (issue 6): cold installs <= 1.05x the solid archive + 1 KiB; updates summed over
 each chain <= 1.5x patch-from + 1 KiB per update; at most 4 requests per install or update.
@@ -247,7 +248,7 @@ def run_chain(name: str, versions: list[str], work: Path, data_dir: Path, log: A
                 sent,
                 s.requests,
                 s.plan,
-                s.by_kind.get("manifest", 0),
+                s.by_kind.get("open", 0),
                 c.bytes_downloaded,
                 c.requests,
                 dict(s.by_kind),
@@ -285,7 +286,7 @@ def report(results: list[Chain]) -> tuple[str, bool]:
         "",
         "### Updates (one client following `release`)",
         "",
-        "| chain | update | patch-from | minicdn | ratio | req | plan | of which manifest "
+        "| chain | update | patch-from | minicdn | ratio | req | plan | of which metadata "
         "| chunks-only | package | chunks-only / package |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common import codec, dcz, jsonutil
+from common import codec, dcz, jsonutil, opening
 from common.changes import Busy, parse_after, parse_wait
 from common.errors import BadRequest, TooLarge, Unauthorized
 from common.http import (
@@ -141,6 +141,18 @@ async def get_ref(request: web.Request) -> web.StreamResponse:
         etag=Channels.etag(envelope),
         cache_control=cache,
         content_type="application/x-msgpack",
+    )
+
+
+async def post_open(request: web.Request) -> web.Response:
+    """An app opened in one round trip (common/opening.py): the ref, the heads and the
+    package manifests a phone lacks."""
+    app = check_app(request.match_info["app"])
+    channel = check_channel(request.match_info["channel"])
+    raw = await read_limited(request.content, opening.MAX_REQUEST, "open request", request.app[PACE])
+    body = await request.app[ORIGIN].open(app, channel, opening.parse_request(raw))
+    return web.Response(
+        body=body, content_type="application/x-msgpack", headers={"Cache-Control": "no-store"}
     )
 
 
@@ -390,6 +402,7 @@ def make_app(origin: Origin, pace: BodyPace | None = None) -> web.Application:
     r.add_get("/v1/apps/{app}", get_app, name="app")
     r.add_get("/v1/apps/{app}/channels/{channel}", get_ref, name="ref")
     r.add_put("/v1/apps/{app}/channels/{channel}", put_channel, name="channel_set")
+    r.add_post("/v1/apps/{app}/channels/{channel}/open", post_open, name="open")
     r.add_get("/v1/apps/{app}/channels/{channel}/history", get_history, name="channel_history")
     r.add_post("/v1/apps/{app}/channels/{channel}/rollback", post_rollback, name="channel_rollback")
     r.add_get("/v1/changes", get_changes, name="changes")

@@ -51,6 +51,7 @@ from common.manifest import Ref, Rollout, open_ref
 from common.signing import SigningKey
 from origin import paths
 from origin.history import KEEP, Entry, rollback_target
+from origin.publish import VersionRecord
 from origin.storage import Store
 
 __all__ = ["Channels", "MoveHook", "Pending", "Resigned", "RolloutSpec", "check_percent"]
@@ -194,10 +195,11 @@ class Channels:
         """Write the moved ref by compare-and-swap; None when nothing was written: the ref is
         no longer at serial ``expect``, ``still()`` turned false, or (with ``still``: a
         pending move) the ref is already where the move puts it."""
-        manifest = self._manifest_of(app, version)
+        manifest, heads = self._manifest_of(app, version)
         roll = None
         if rollout is not None:
-            roll = Rollout(rollout.version, self._manifest_of(app, rollout.version), rollout.percent)
+            rm, rh = self._manifest_of(app, rollout.version)
+            roll = Rollout(rollout.version, rm, rollout.percent, heads=rh)
         hows: list[str] = []
 
         def change(old: Ref | None) -> Ref | None:
@@ -215,9 +217,8 @@ class Channels:
                 how = "rollout" if same else "set"
             hows.append(how)
             now = int(self.clock())
-            return Ref(
-                app, channel, (old.serial if old else 0) + 1, now, now + self.ttl, version, manifest, roll
-            )
+            serial = (old.serial if old else 0) + 1
+            return Ref(app, channel, serial, now, now + self.ttl, version, manifest, roll, heads=heads)
 
         written = self._update_ref(app, channel, change)
         if written is None:
@@ -228,8 +229,8 @@ class Channels:
         self._remember(app, channel, Entry(ref.issued, version, ref.serial, how, spec))
         self.on_move(app, channel, ref.serial, how)
         # Enrichment on another replica may have rewritten the record since it was read.
-        if self._manifest_of(app, version) != manifest or (
-            roll is not None and self._manifest_of(app, roll.version) != roll.manifest
+        if self._manifest_of(app, version)[0] != manifest or (
+            roll is not None and self._manifest_of(app, roll.version)[0] != roll.manifest
         ):
             self._repoint_after(app, version, roll.version if roll else None)
         return envelope
@@ -360,10 +361,10 @@ class Channels:
             return True, written[0]
         return False, fresh[0] if fresh else None
 
-    def repoint(self, app: str, version: str, old: set[bytes], new: bytes) -> int:
+    def repoint(self, app: str, version: str, old: set[bytes], new: bytes, new_heads: bytes) -> int:
         """Move every ref of ``app`` that names ``version`` by one of the ``old`` manifests
         (as its target or its rollout) to ``new``, another manifest of the same version
-        (the enriched one); returns how many refs moved.
+        (the enriched one, whose heads object is ``new_heads``); returns how many refs moved.
 
         The serial goes up by one: the ref's body changes, and a serial is a statement
         about changes (caches and clients that compare serials see a new ref).  The
@@ -371,24 +372,30 @@ class Channels:
         moved = 0
         for channel in self.channel_names(app):
             with self._lock:
-                serial = self._repoint_one(app, channel, version, old, new)
+                serial = self._repoint_one(app, channel, version, old, new, new_heads)
             if serial is not None:
                 self.on_move(app, channel, serial, "enriched")
                 moved += 1
         return moved
 
-    def _repoint_one(self, app: str, channel: str, version: str, old: set[bytes], new: bytes) -> int | None:
+    def _repoint_one(
+        self, app: str, channel: str, version: str, old: set[bytes], new: bytes, new_heads: bytes
+    ) -> int | None:
         def change(ref: Ref | None) -> Ref | None:
             if ref is None:
                 return None
-            main = new if ref.version == version and ref.manifest in old else ref.manifest
+            main, heads = ref.manifest, ref.heads
+            if ref.version == version and ref.manifest in old:
+                main, heads = new, new_heads
             roll = ref.rollout
             if roll is not None and roll.version == version and roll.manifest in old:
-                roll = Rollout(roll.version, new, roll.percent)
+                roll = Rollout(roll.version, new, roll.percent, heads=new_heads)
             if main == ref.manifest and roll == ref.rollout:
                 return None
             now = int(self.clock())
-            return Ref(app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll)
+            return Ref(
+                app, channel, ref.serial + 1, now, now + self.ttl, ref.version, main, roll, heads=heads
+            )
 
         written = self._update_ref(app, channel, change)
         return None if written is None else written[0].serial
@@ -418,23 +425,28 @@ class Channels:
         the record meanwhile, on another replica): point it at the record's manifest."""
         for name in {version, rolled} - {None}:
             assert name is not None
-            rec = self._record(app, name)
-            mids = {bytes(m) for m in rec.get("manifests") or ()} - {rec["manifest"]}
-            self.repoint(app, name, mids, rec["manifest"])
+            rec = VersionRecord.unpack(self._blob(app, name))
+            self.repoint(
+                app, name, set(rec.all_manifests) - {rec.manifest}, rec.manifest, rec.heads_of(rec.manifest)
+            )
 
-    def _record(self, app: str, version: str) -> dict[str, Any]:
+    def _blob(self, app: str, version: str) -> bytes:
         blob = self.storage.read(paths.version_key(app, version))
         if blob is None:
             raise NotFound(f"app {app} has no version {version}")
-        rec: dict[str, Any] = wire.unpack(blob.data, what="version record")
+        return blob.data
+
+    def _record(self, app: str, version: str) -> dict[str, Any]:
+        rec: dict[str, Any] = wire.unpack(self._blob(app, version), what="version record")
         return rec
 
     def enriched(self, app: str, version: str) -> bool:
         return bool(self._record(app, version).get("enriched", False))
 
-    def _manifest_of(self, app: str, version: str) -> bytes:
-        mid: bytes = self._record(app, version)["manifest"]
-        return mid
+    def _manifest_of(self, app: str, version: str) -> tuple[bytes, bytes]:
+        """The manifest the version serves now and its heads object."""
+        rec = VersionRecord.unpack(self._blob(app, version))
+        return rec.manifest, rec.heads_of(rec.manifest)
 
     def history(self, app: str, channel: str) -> list[Entry]:
         """The channel's moves, oldest first (at most history.KEEP)."""

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common import codec
+from common import codec, pkgmeta
 from common.errors import ConfigError, Conflict, IntegrityError, NotFound
 from common.ids import sha256
 from common.manifest import Manifest, PackageEntry, open_manifest
@@ -41,7 +41,7 @@ from common.signing import SigningKey
 from origin import paths
 from origin.channels import DAY, Channels
 from origin.gclock import publish_guard
-from origin.publish import VersionRecord
+from origin.publish import VersionRecord, store_split
 from origin.storage import Store
 
 __all__ = ["MAX_DELTA_BASES", "MAX_LEVEL", "EnrichSettings", "Enricher"]
@@ -115,7 +115,9 @@ class Enricher:
                 for version, mid in targets:
                     rec = records.get(version)
                     if rec is not None and rec.manifest != mid and mid in rec.all_manifests:
-                        moved += self.channels.repoint(app, version, {mid}, rec.manifest)
+                        moved += self.channels.repoint(
+                            app, version, {mid}, rec.manifest, rec.heads_of(rec.manifest)
+                        )
         return moved
 
     # -- doing it -----------------------------------------------------------------------------
@@ -148,13 +150,20 @@ class Enricher:
                 held.check()
                 self._rewrite(vkey, dataclasses.replace(rec, enriched=True), blob.etag)
                 return None
-            envelope = dataclasses.replace(plain, packages=packages).seal(self.key)
+            enriched = dataclasses.replace(plain, packages=packages)
+            envelope = enriched.seal(self.key)
             mid = sha256(envelope)
             self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope)
-            done = dataclasses.replace(rec, manifest=mid, manifests=(*rec.all_manifests, mid), enriched=True)
+            contents = {
+                m: pkgmeta.contents_of(base) for base_rec, base in bases for m in base_rec.all_manifests
+            }
+            hid = store_split(self.storage, enriched, mid, self.key, contents)
+            done = dataclasses.replace(
+                rec, manifest=mid, manifests=(*rec.all_manifests, mid), enriched=True, heads=(*rec.heads, hid)
+            )
             held.check()
             self._rewrite(vkey, done, blob.etag)
-        moved = self.channels.repoint(app, version, set(rec.all_manifests), mid)
+        moved = self.channels.repoint(app, version, set(rec.all_manifests), mid, hid)
         log.info("enriched %s@%s: manifest %s, %d refs moved", app, version, mid.hex()[:16], moved)
         return mid
 

@@ -21,6 +21,7 @@ from common import wire
 from common.errors import ConfigError, MinicdnError, StorageUnavailable
 from common.ids import sha256
 from common.manifest import Ref, decode_manifest, decode_ref
+from common.opening import index_heads
 from origin import paths
 from origin.channels import DAY, Pending
 from origin.history import Entry
@@ -119,9 +120,14 @@ class Marker:
             if keep:
                 for mid in v.record.all_manifests:
                     out.objects |= self._names(mid, v.key)
+                for hid in v.record.heads:
+                    out.objects |= self._heads(hid, v.key)
         for ref in refs:  # what a ref names stays even if its record is gone (never deleted here)
+            named_by = paths.channel_key(app, ref.channel)
             for mid in (ref.manifest, *((ref.rollout.manifest,) if ref.rollout else ())):
-                out.objects |= self._names(mid, paths.channel_key(app, ref.channel), absent_ok=True)
+                out.objects |= self._names(mid, named_by, absent_ok=True)
+            for hid in (ref.heads, *((ref.rollout.heads,) if ref.rollout else ())):
+                out.objects |= self._heads(hid, named_by, absent_ok=True)
         return out
 
     # -- versions -------------------------------------------------------------------------------
@@ -190,6 +196,26 @@ class Marker:
             keys.update(paths.bundle_key(delta.hex()) for _, delta, _ in p.deltas)
         self.refs[mid] = frozenset(keys)
         return self.refs[mid]
+
+    def _heads(self, hid: bytes, named_by: str, *, absent_ok: bool = False) -> frozenset[str]:
+        """A heads object's key and the key of every package manifest its heads name."""
+        if hid in self.refs:
+            return self.refs[hid]
+        key = paths.manifest_key(hid.hex())
+        blob = self.store.read(key)
+        if blob is None:
+            if absent_ok:
+                return frozenset()
+            raise Damaged(f"{named_by} names heads {hid.hex()}, which are absent: gc sweeps nothing")
+        if sha256(blob.data) != hid:
+            raise Damaged(f"{key} does not hash to its id: gc sweeps nothing")
+        try:
+            heads = index_heads(blob.data)
+        except MinicdnError as exc:
+            raise Damaged(f"{key} cannot be read ({exc}): gc sweeps nothing") from exc
+        keys = {key} | {paths.manifest_key(head.manifest.hex()) for _, head in heads.values()}
+        self.refs[hid] = frozenset(keys)
+        return self.refs[hid]
 
 
 def _decode(decode: Callable[[Any], T], envelope: bytes, key: str) -> T:

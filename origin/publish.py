@@ -18,10 +18,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import wire
+from common import pkgmeta, wire
 from common.chunking import ChunkParams, cut
 from common.codec import compress
-from common.errors import Conflict
+from common.errors import Conflict, StoreError
 from common.ids import check_app, check_version, sha256
 from common.manifest import ChunkEntry, Manifest, PackageEntry
 from common.package import Layout, PackageSpec, layout
@@ -82,6 +82,14 @@ class VersionRecord:
     manifests: tuple[bytes, ...] = ()
     enriched: bool = False
     published: float = 0.0  # wall time of the publish: orders versions published in one second
+    heads: tuple[bytes, ...] = ()  # the heads object of each of ``manifests``, in that order
+
+    def heads_of(self, mid: bytes) -> bytes:
+        """The heads object of the version's manifest ``mid`` (format 2)."""
+        for m, h in zip(self.all_manifests, self.heads, strict=False):
+            if m == mid:
+                return h
+        raise StoreError(f"version record names manifest {mid.hex()} without its heads (not format 2)")
 
     @property
     def all_manifests(self) -> tuple[bytes, ...]:
@@ -100,6 +108,7 @@ class VersionRecord:
                 "manifests": list(self.all_manifests),
                 "enriched": self.enriched,
                 "published": self.published,
+                "heads": list(self.heads),
             }
         )
 
@@ -113,6 +122,7 @@ class VersionRecord:
             tuple(d.get("manifests") or ()),
             bool(d.get("enriched", False)),
             float(d.get("published", 0.0)),
+            tuple(d.get("heads") or ()),
         )
 
 
@@ -249,7 +259,8 @@ class Publisher:
         mid = sha256(envelope)
         if self.storage.put_if_absent(paths.manifest_key(mid.hex()), envelope):
             stats.new_bytes += len(envelope)
-        record = VersionRecord(mid, digest, manifest.created, (mid,), published=time.time())
+        hid = store_split(self.storage, manifest, mid, self.key, {})
+        record = VersionRecord(mid, digest, manifest.created, (mid,), published=time.time(), heads=(hid,))
         stats.still_guarded()  # LeaseLost if a sweep may have run meanwhile: no record then
         if not self.storage.put_if_absent(vkey, record.pack()):
             # Lost a race with a concurrent publish of the same version: same rules apply.
@@ -279,6 +290,19 @@ class Publisher:
             new_bytes=stats.new_bytes,
             created=created,
         )
+
+
+def store_split(
+    storage: Store, manifest: Manifest, mid: bytes, key: SigningKey, bases: dict[bytes, dict[str, bytes]]
+) -> bytes:
+    """Store format 2's package manifests and heads object of the version manifest ``mid``
+    (before any record names them); returns the heads object's id."""
+    parts = pkgmeta.split(manifest, mid, key, bases)
+    for pid, body in parts.packages.items():
+        storage.put_if_absent(paths.manifest_key(pid.hex()), body)
+    hid = sha256(parts.heads)
+    storage.put_if_absent(paths.manifest_key(hid.hex()), parts.heads)
+    return hid
 
 
 class _Work:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common import codec, dcz
+from common import codec, dcz, opening
 from common.changes import Change, ChangeLog
 from common.chunking import ChunkParams
 from common.errors import ConfigError, Conflict, NotFound
@@ -43,6 +43,7 @@ from origin.gcmark import Policy
 from origin.ingest import Limits, extract
 from origin.leases import Lease, Leases, owner_id
 from origin.metrics import OriginMetrics
+from origin.opens import Opener
 from origin.pool import die_with_parent
 from origin.publish import Publisher, PublishResult
 from origin.storage import Store
@@ -150,6 +151,7 @@ class Origin:
         self._pool: ProcessPoolExecutor | None = None
         self._publish_lock = asyncio.Lock()
         self._zstd_manifests: OrderedDict[bytes, bytes] = OrderedDict()
+        self._opener = Opener(self.storage, self._run)
         self._dcz_manifests: OrderedDict[tuple[bytes, bytes], bytes | None] = OrderedDict()
         # The operator's views (the console): a version's sizes, update costs, deep links.
         self.views = Views(storage, key, self.channels, qr.LinkTemplate(settings.qr_url), self._run)
@@ -264,6 +266,10 @@ class Origin:
         check_app(app)
         check_channel(channel)
         return await self._run(self.channels.envelope, app, channel)
+
+    async def open(self, app: str, channel: str, req: opening.OpenRequest) -> bytes:
+        """``POST .../open``'s answer (common/opening.py), from the store."""
+        return await self._opener.answer(req, await self.ref(app, channel))
 
     async def apps(self) -> list[str]:
         return await self._run(self.channels.apps)

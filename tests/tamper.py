@@ -4,8 +4,9 @@ port and, depending on ``mode``, alters what passes through."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 import msgpack
@@ -14,11 +15,22 @@ from aiohttp import web
 from tests.procs import free_port
 
 
+def flip_signature(envelope: bytes) -> bytes:
+    """A signed envelope (common.signing) with one bit of its signature flipped."""
+    env = msgpack.unpackb(envelope, raw=False)
+    sig = bytearray(env["signature"])
+    sig[0] ^= 0x01
+    env["signature"] = bytes(sig)
+    return bytes(msgpack.packb(env, use_bin_type=True))
+
+
 @dataclass
 class TamperProxy:
     upstream: str
-    mode: str = "pass"  # pass | flip-chunk | bad-ref-signature | serve-ref
+    mode: str = "pass"  # pass | flip-chunk | bad-ref-signature | serve-ref | edit-open
     ref_body: bytes = b""  # for serve-ref: the ref envelope to answer with
+    # edit-open: a function of the open answer's map (ref, heads, manifests) to the one sent
+    edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
     session: aiohttp.ClientSession | None = None
@@ -44,8 +56,6 @@ class TamperProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.rel_url.path_qs
-        if self.mode == "serve-ref" and "/channels/" in path:
-            return web.Response(body=self.ref_body, content_type="application/x-msgpack")
         assert self.session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with self.session.request(request.method, self.upstream + path, headers=headers,
@@ -56,13 +66,20 @@ class TamperProxy:
             status = up.status
         if self.mode == "flip-chunk" and status == 200:
             body = self._flip_chunks(path, body)
-        if self.mode == "bad-ref-signature" and "/channels/" in path and status == 200:
-            env = msgpack.unpackb(body, raw=False)
-            sig = bytearray(env["signature"])
-            sig[0] ^= 0x01
-            env["signature"] = bytes(sig)
-            body = msgpack.packb(env, use_bin_type=True)
+        if "/channels/" in path and path.endswith("/open") and status == 200:
+            body = self._edit_open(body)
         return web.Response(status=status, body=body, headers=out_headers)
+
+    def _edit_open(self, body: bytes) -> bytes:
+        """The open answer (common/opening.py) with its ref or anything else altered."""
+        answer = msgpack.unpackb(body, raw=False)
+        if self.mode == "bad-ref-signature":
+            answer["ref"] = flip_signature(answer["ref"])
+        elif self.mode == "serve-ref":
+            answer["ref"] = self.ref_body
+        elif self.mode == "edit-open" and self.edit is not None:
+            answer = self.edit(answer)
+        return bytes(msgpack.packb(answer, use_bin_type=True))
 
     @staticmethod
     def _flip_chunks(path: str, body: bytes) -> bytes:

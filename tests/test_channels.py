@@ -30,7 +30,7 @@ def setup(tmp_path: Path) -> tuple[Channels, FileStorage, SigningKey, Clock]:
     storage = FileStorage(tmp_path / "s")
     key = generate_keypair(tmp_path / "k")
     for v in ("1.0.0", "1.1.0"):
-        storage.put(paths.version_key("demo", v), VersionRecord(sha256(v.encode()), b"d", 0).pack())
+        storage.put(paths.version_key("demo", v), VersionRecord(sha256(v.encode()), b"d", 0, heads=(sha256(b"heads " + v.encode()),)).pack())
     clock = Clock()
     return Channels(storage, key, ttl=7 * 86400, clock=clock), storage, key, clock
 
@@ -80,7 +80,7 @@ def test_history_written_before_kinds_still_reads_and_rolls_back(
 def test_rollback_undoes_moves_one_at_a_time_and_refuses_past_the_first(
         setup: tuple[Channels, FileStorage, SigningKey, Clock]) -> None:
     ch, storage, _key, _clock = setup
-    storage.put(paths.version_key("demo", "1.2.0"), VersionRecord(sha256(b"1.2.0"), b"d", 0).pack())
+    storage.put(paths.version_key("demo", "1.2.0"), VersionRecord(sha256(b"1.2.0"), b"d", 0, heads=(sha256(b"heads 1.2.0"),)).pack())
     moves: list[tuple[str, str, int, str]] = []
     ch.on_move = lambda *m: moves.append(m)
     for v in ("1.0.0", "1.1.0", "1.2.0"):
@@ -116,7 +116,7 @@ def test_a_pending_move_waits_for_enrichment_and_an_explicit_move_cancels_it(
     assert ch.pending("demo") == {} and ch.apply_pending("demo", "1.0.0") == []
     with pytest.raises(Conflict):
         ch.plan("demo", "nightly", "1.0.0", 10)  # a rollout on a channel that serves nothing
-    enriched = VersionRecord(sha256(b"2"), b"d", 0, enriched=True)
+    enriched = VersionRecord(sha256(b"2"), b"d", 0, enriched=True, heads=(sha256(b"heads 2"),))
     storage.put(paths.version_key("demo", "2.0.0"), enriched.pack())
     assert ch.plan("demo", "release", "2.0.0", None) == 4
 
@@ -160,7 +160,8 @@ def test_a_rollback_after_enrichment_repointed_the_ref_goes_back(
     ch.move("demo", "release", "1.0.0", None)
     ch.move("demo", "release", "1.1.0", None)
     enriched = sha256(b"enriched 1.1.0")
-    assert ch.repoint("demo", "1.1.0", {sha256(b"1.1.0")}, enriched) == 1
-    assert open_ref(ch.envelope("demo", "release"), [key.public]).serial == 3
+    assert ch.repoint("demo", "1.1.0", {sha256(b"1.1.0")}, enriched, sha256(b"heads of the enriched")) == 1
+    repointed = open_ref(ch.envelope("demo", "release"), [key.public])
+    assert repointed.serial == 3 and (repointed.manifest, repointed.heads) == (enriched, sha256(b"heads of the enriched"))
     old, new = ch.rollback("demo", "release")
     assert (old.version, new.version, new.serial) == ("1.1.0", "1.0.0", 4)

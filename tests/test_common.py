@@ -157,7 +157,10 @@ def test_manifest_roundtrip_and_id(key: SigningKey) -> None:
         open_manifest(env, [key.public], sha256(env + b"x"))
     body = wire.unpack(wire.unpack(env)["payload"])
     assert body["packages"][0]["chunks"][0][0] == sha256(b"x" * 100)  # ids are 32-byte binary
-    assert body["format"] == 1 and body["preload"] == {"pages/index/index": ["sub"]}
+    assert body["format"] == 2 and body["preload"] == {"pages/index/index": ["sub"]}
+    older = dict(body, format=1)  # a format this reader does not know: refused, by name
+    with pytest.raises(SignatureError, match="format 1 is not one this reader knows"):
+        open_manifest(seal(key, older), [key.public])
 
 
 def test_manifest_reader_rejects_inconsistent_or_unsafe_bodies(key: SigningKey) -> None:
@@ -176,7 +179,7 @@ def test_manifest_reader_rejects_inconsistent_or_unsafe_bodies(key: SigningKey) 
 
 def test_ref_freshness_and_rollback() -> None:
     now = int(time.time())
-    ref = Ref("demo", "release", 5, now, now + 100, "1.0.0", sha256(b"m"))
+    ref = Ref("demo", "release", 5, now, now + 100, "1.0.0", sha256(b"m"), heads=sha256(b"h"))
     ref.check_fresh(now, None)
     ref.check_fresh(now, 5)
     with pytest.raises(RollbackRef):
@@ -187,8 +190,15 @@ def test_ref_freshness_and_rollback() -> None:
 
 def test_ref_roundtrip_and_rollout_formula(key: SigningKey) -> None:
     now = int(time.time())
-    ref = Ref("demo", "release", 1, now, now + 60, "1.0.0", sha256(b"a"), Rollout("1.1.0", sha256(b"b"), 30))
+    roll = Rollout("1.1.0", sha256(b"b"), 30, heads=sha256(b"hb"))
+    ref = Ref("demo", "release", 1, now, now + 60, "1.0.0", sha256(b"a"), roll, heads=sha256(b"ha"))
     assert open_ref(ref.seal(key), [key.public]) == ref
+    assert ref.target_of(29) == ("1.1.0", sha256(b"b"), sha256(b"hb"))
+    assert ref.target_of(30) == ref.target_of(None) == ("1.0.0", sha256(b"a"), sha256(b"ha"))
+    headless = ref.to_wire()
+    del headless["heads"]  # format 2: a ref names its version's heads
+    with pytest.raises(SignatureError):
+        open_ref(seal(key, headless), [key.public])
     inside = 0
     for i in range(200):
         uid = f"user-{i}"

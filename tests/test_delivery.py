@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from client.client import Client, ClientConfig, FetchSummary
 from common import dcz
 from common.errors import IntegrityError
-from common.manifest import MAIN_PACKAGE, Manifest, open_manifest
+from common.manifest import MAIN_PACKAGE
+from common.opening import OpenRequest, pack_request
+from common.pkgmeta import open_package
 from common.signing import PublicKey
 from tests.conftest import (
     DEMO,
@@ -123,7 +126,7 @@ async def test_every_plan_yields_byte_identical_installs(cdn: Cdn, tmp_path: Pat
     assert update.plans == {MAIN_PACKAGE: changed, NORMAL: changed, INDEPENDENT: "none"}
     assert update.plan == changed and update.version == "1.1.0"
     if changed == "delta":
-        assert update.by_kind["bundles"] < 2000 and update.requests == 4  # ref, manifest, two deltas
+        assert update.by_kind["bundles"] < 2000 and update.requests == 3  # open, two deltas
 
 
 # -- tampering ----------------------------------------------------------------------------------
@@ -228,21 +231,32 @@ def test_a_manifest_is_served_as_dcz_against_an_earlier_one(cdn: Cdn, server: st
 
 
 @pytest.mark.parametrize("server", ["origin", "edge"])
-async def test_client_asks_for_dcz_against_the_installed_manifest(cdn: Cdn, tmp_path: Path, server: str) -> None:
-    """Through the edge or from the origin directly (the same read API), the update's
-    manifest arrives as dcz against the installed one; the client decodes it, checks its id."""
+async def test_an_update_brings_changed_package_manifests_as_dcz_against_the_held_ones(
+    cdn: Cdn, tmp_path: Path, server: str
+) -> None:
+    """Through the edge or from the origin directly (the same read API), the open answer of
+    an update carries only the package manifests that changed, each as dcz against the one
+    the phone holds; the client decodes them, checks each against its head, and keeps them."""
     base = cdn.origin.url if server == "origin" else cdn.edge.url
     config = cdn.config(tmp_path / "store", edge=base)
     out = tmp_path / "app"
     await install(cdn, config, out, "v1")
-    old, new = cdn.manifest_id("1.0.0"), cdn.manifest_id("1.1.0")
-    ask = {"Accept-Encoding": "dcz, zstd", dcz.AVAILABLE_DICTIONARY: dcz.available_dictionary(bytes.fromhex(old))}
-    dcz_size = len(http("GET", f"{base}/v1/manifests/{new}", headers=ask).body)
+    [rec] = json.loads((tmp_path / "store" / "state.json").read_text())["installs"].values()
+    have = {n: (bytes.fromhex(c), bytes.fromhex(m)) for n, (c, m) in rec["metas"].items()}
+    assert set(have) == {MAIN_PACKAGE, NORMAL, INDEPENDENT}
+    ask = pack_request(OpenRequest(have=have))
+    reply = http("POST", f"{base}/v1/apps/demo/channels/v2/open", ask, {"Content-Type": "application/x-msgpack"})
+    assert reply.status == 200 and reply.headers["cache-control"] == "no-store"
+    answer = msgpack.unpackb(reply.body, raw=False)
+    assert len(answer["heads"]) == 3  # one per package held, each signed
+    # the independent subpackage did not change: its head, and no manifest
+    assert [coding for _, coding, _ in answer["manifests"]] == ["dcz", "dcz"]
     s = await install(cdn, config, out, "v2")
-    assert s.manifest == new and s.by_kind["manifest"] == dcz_size
+    assert s.manifest == cdn.manifest_id("1.1.0") and s.by_kind["open"] == len(reply.body)
     assert tree(out) == source_files(cdn.src["1.1.0"], ALL)
-    stored = (tmp_path / "store" / "manifests" / new).read_bytes()
-    assert isinstance(open_manifest(stored, [cdn.key], bytes.fromhex(new)), Manifest)
+    for pid, _, _ in answer["manifests"]:
+        stored = (tmp_path / "store" / "manifests" / pid.hex()).read_bytes()
+        assert open_package(stored, pid).name in (MAIN_PACKAGE, NORMAL)
 
 
 def test_fetch_cli_reports_the_plan_of_each_package(cdn: Cdn, tmp_path: Path) -> None:

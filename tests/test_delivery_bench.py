@@ -21,13 +21,14 @@ def test_bounded_delivery_run_installs_exactly_and_updates_by_delta(tmp_path: Pa
     # run_chain compares every install with the app's files and the edge's byte count
     # with the client's; what is left to check is the choice of plans
     assert [i.version for i in chain.installs] == versions
-    assert all(i.plan == "bundle" and i.requests == 3 and i.bytes == i.edge_bytes for i in chain.installs)
+    assert all(i.plan == "bundle" and i.requests == 2 and i.bytes == i.edge_bytes for i in chain.installs)
     assert [(u.old, u.new) for u in chain.updates] == list(itertools.pairwise(versions))
     for u in chain.updates:
-        assert u.plan == "delta" and u.requests == 3 and u.bytes == u.edge_bytes
+        assert u.plan == "delta" and u.requests == 2 and u.bytes == u.edge_bytes  # open, delta
         assert u.by_kind["bundles"] < u.chunks_bytes  # the delta beat the changed chunks
-        # the manifest came as dcz against the installed one: far smaller than its zstd form
-        assert u.manifest_bytes < 1024
+        # the open answer: the ref (~330 B), a head (~230 B), and the package manifest as dcz
+        # against the installed one (its zstd form is tens of KiB)
+        assert u.manifest_bytes < 1400
     text, _ = bench_delivery.report([chain])
     assert "| @vant/weapp |" in text
 

@@ -205,8 +205,8 @@ def _wait_enriched(url: str, app: str, count: int, timeout: float = 60) -> dict[
 
 
 def test_origin_resumes_enrichment_at_start_and_serves_bundles(tmp_path: Path) -> None:
-    """Versions published while no origin ran enrichment (and a record in the format from
-    before enrichment existed) are enriched when the origin starts; a SIGKILL while it
+    """Versions published while no origin ran enrichment (and a record with only the fields a
+    record must have) are enriched when the origin starts; a SIGKILL while it
     enriches leaves nothing half-written, and the next start finishes the work."""
     key = generate_keypair(tmp_path / "keys")
     storage = FileStorage(tmp_path / "origin" / "store")
@@ -216,8 +216,9 @@ def test_origin_resumes_enrichment_at_start_and_serves_bundles(tmp_path: Path) -
         m0 = world.publish("1.0.0", 1)
         world.publish("1.1.0", 2)
     legacy = world.record("1.0.0")
-    storage.put(paths.version_key("demo", "1.0.0"),  # as written before enrichment existed
-                wire.pack({"manifest": legacy.manifest, "digest": legacy.digest, "created": legacy.created}))
+    storage.put(paths.version_key("demo", "1.0.0"),  # the least a record holds (no "enriched")
+                wire.pack({"manifest": legacy.manifest, "digest": legacy.digest, "created": legacy.created,
+                           "heads": list(legacy.heads)}))
     world.channels.move("demo", "release", "1.0.0", None)
 
     origin = origin_service(tmp_path, TOKEN).start()

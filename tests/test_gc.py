@@ -30,6 +30,7 @@ from common import codec
 from common.errors import StorageUnavailable
 from common.ids import sha256
 from common.manifest import open_manifest
+from common.pkgmeta import decode_heads, open_head, open_package
 from common.signing import SigningKey, generate_keypair
 from loadtests.net import free_port
 from origin import paths
@@ -263,6 +264,16 @@ def whole(w: World) -> set[str]:
                         data = w.store.get(dkey)
                         assert sha256(data) == delta and len(data) == size
                         referenced.add(dkey)
+            assert len(rec.heads) == len(rec.all_manifests)  # format 2: each manifest's heads
+            for mid, hid in zip(rec.all_manifests, rec.heads, strict=True):
+                hkey = paths.manifest_key(hid.hex())
+                referenced.add(hkey)
+                for envelope in decode_heads(w.store.get(hkey)):
+                    head = open_head(envelope, [w.key.public])
+                    assert head.of == mid
+                    pkey = paths.manifest_key(head.manifest.hex())
+                    assert open_package(w.store.get(pkey), head.manifest).content == head.content
+                    referenced.add(pkey)
     return referenced
 
 
@@ -847,10 +858,12 @@ def test_the_mark_under_the_lock_reads_only_what_changed(world: World) -> None:
     again = marker.mark(w.clock())
     assert reads == [] and again.objects == first.objects
     w.channels.move("demo", "release", "1.0.0", None)  # a ref and a history change
-    newly_kept = VersionRecord.unpack(w.store.get(paths.version_key("demo", "1.0.0"))).manifest
+    kept_rec = VersionRecord.unpack(w.store.get(paths.version_key("demo", "1.0.0")))
+    newly_kept, its_heads = kept_rec.manifest, kept_rec.heads_of(kept_rec.manifest)
     reads.clear()  # (the move read through the same store, and so did the line above)
     moved = marker.mark(w.clock())
-    assert sorted(reads) == sorted(  # the ref, its history, and the manifest of what it now keeps
-        [paths.channel_key("demo", "release"), paths.history_key("demo", "release"), paths.manifest_key(newly_kept.hex())]
+    assert sorted(reads) == sorted(  # the ref, its history, the manifest and heads of what it now keeps
+        [paths.channel_key("demo", "release"), paths.history_key("demo", "release"),
+         paths.manifest_key(newly_kept.hex()), paths.manifest_key(its_heads.hex())]
     )
     assert {v.name for v in moved.kept} == {"1.0.0", "3.0.0"}

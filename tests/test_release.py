@@ -203,7 +203,8 @@ def test_pending_moves_survive_a_restart_and_a_failed_enrichment_moves_to_the_pl
     key = paths.version_key("durable", v3)
     rec = VersionRecord.unpack(storage.get(key))
     plain = rec.all_manifests[0]
-    storage.put(key, VersionRecord(plain, rec.digest, rec.created, (plain,), False, rec.published).pack())
+    undone = VersionRecord(plain, rec.digest, rec.created, (plain,), False, rec.published, rec.heads[:1])
+    storage.put(key, undone.pack())
     storage.put(paths.pending_key("durable", "release"), _pending(v3))
     _drop_a_chunk_only(storage, world.key, "durable", v3)
     world.origin.start()

@@ -276,7 +276,7 @@ def test_refs_are_resigned_once_per_ref_and_pending_moves_made_once_across_repli
         for _ in range(2)
     ]
     for v in ("1.0.0", "1.1.0"):
-        store.put(paths.version_key(APP, v), VersionRecord(sha256(v.encode()), b"d", 0, enriched=True).pack())
+        store.put(paths.version_key(APP, v), VersionRecord(sha256(v.encode()), b"d", 0, enriched=True, heads=(sha256(b"heads " + v.encode()),)).pack())
     channels = [f"c{i}" for i in range(6)]
     for c in channels:
         replicas[0].move(APP, c, "1.0.0", None)

@@ -1,0 +1,52 @@
+"""The origin's answer to ``POST /v1/apps/{app}/channels/{channel}/open`` (common/opening.py):
+composed from the ref, the heads object and the package manifests in its store, each read
+in a thread and checked against its id."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from common import opening
+from common.errors import NotFound
+from common.ids import sha256
+from origin import paths
+from origin.storage import Store
+from origin.views import remember
+
+__all__ = ["HEADS_HELD", "Opener"]
+
+HEADS_HELD = 8  # heads objects kept indexed: one of 10,000 packages is ~3 MiB
+
+Run = Callable[..., Awaitable[Any]]
+
+
+class Opener:
+    def __init__(self, storage: Store, run: Run) -> None:
+        self.storage = storage
+        self.run = run  # the origin's way to call blocking code (its thread pool)
+        self._heads: OrderedDict[bytes, opening.HeadsIndex] = OrderedDict()
+
+    async def load(self, oid: bytes) -> bytes | None:
+        blob = await self.run(self.storage.read, paths.manifest_key(oid.hex()))
+        return blob.data if blob is not None and sha256(blob.data) == oid else None
+
+    async def heads_of(self, hid: bytes) -> opening.HeadsIndex:
+        found = self._heads.get(hid)
+        if found is None:
+            data = await self.load(hid)
+            if data is None:
+                raise NotFound(f"heads {hid.hex()} are not stored")
+            found = await self.run(opening.index_heads, data)
+            remember(self._heads, hid, found, HEADS_HELD)
+        return found
+
+    async def encode(
+        self, _mid: bytes, body: bytes, _base_id: bytes | None, base: bytes | None
+    ) -> tuple[str, bytes]:
+        result: tuple[str, bytes] = await self.run(opening.encode_sync, body, base)
+        return result
+
+    async def answer(self, req: opening.OpenRequest, ref_envelope: bytes) -> bytes:
+        return await opening.compose(req, ref_envelope, self.heads_of, self.load, self.encode)
