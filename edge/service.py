@@ -24,6 +24,7 @@ import aiohttp
 from common import wire
 from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
+from common.opening import index_heads
 from common.tls import client_context
 from edge import hops
 from edge.accesslog import AccessLog
@@ -251,7 +252,10 @@ class Edge:
         the answer adds their counts up.  A peer that fails has its share warmed from here,
         through the ring."""
         if self.cluster is None:
-            return await self._warm(app, channel, version, True, authorization)
+            return {
+                **await self._warm(app, channel, version, True, authorization),
+                **await self._warm_heads(app, channel),
+            }
         if hops.current().peer:  # our share of another node's prefetch
             with hops.own_request():
                 return await self._warm(app, channel, version, False, authorization)
@@ -272,7 +276,33 @@ class Edge:
         if "workers" in mine:
             answer["workers"] = mine["workers"]
         answer["failed"] = mine.get("failed", []) + failed
-        return answer
+        return {**answer, **await self._warm_heads(app, channel)}
+
+    async def _warm_heads(self, app: str, channel: str | None) -> dict[str, int]:
+        """Load the heads objects a channel's ref names and every package manifest their
+        heads name (through the ring), so that the first open of a release is answered
+        from cache: ``{"packages": how many}`` (0 for a version prefetch: no ref)."""
+        if not channel:
+            return {"packages": 0}
+        ref = _payload((await self.refs.get(app, channel)).entry.body, "ref")
+        ids = [
+            ref.get("heads"),
+            *([ref["rollout"].get("heads")] if isinstance(ref.get("rollout"), dict) else []),
+        ]
+        package_ids: list[bytes] = []
+        for hid in (i for i in ids if isinstance(i, bytes) and len(i) == 32):
+            body = (await self.objects.load(Obj("manifest", hid))).body
+            heads = await asyncio.get_running_loop().run_in_executor(None, index_heads, body)
+            package_ids += [head.manifest for _, head in heads.values()]
+        sem = asyncio.Semaphore(PREFETCH_WINDOW)
+
+        async def one(pid: bytes) -> None:
+            async with sem:
+                await self.objects.load(Obj("manifest", pid))
+
+        unique = list(dict.fromkeys(package_ids))
+        await asyncio.gather(*(one(p) for p in unique))
+        return {"packages": len(unique)}
 
     async def _warm(
         self, app: str, channel: str | None, version: str | None, everything: bool, authorization: str

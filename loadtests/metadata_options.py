@@ -71,20 +71,20 @@ def collect(out: Path, subpackages: int) -> None:
     }
     with cdn(work / "cdn") as (origin, _edge):
         for ver, revs in revisions.items():
-            app = build_subpackage_app(
+            folder = build_subpackage_app(
                 work / "apps" / ver, {"@vant/weapp": lib}, subpackages,
                 app_name=APP, revisions=revs, data_dir=data,
             )
-            publish(origin.url, APP, ver, app)
+            publish(origin.url, APP, ver, folder)
         other = build_app(work / "apps" / OTHER, {"@vant/weapp": lib}, pages=3, data_dir=data, app_name=OTHER)
         publish(origin.url, OTHER, "1.0.0", other)
         wait_enriched(origin.url, APP, len(revisions))
         wait_enriched(origin.url, OTHER, 1)
-        for app in (APP, OTHER):
-            info = json.loads(_request("GET", f"{origin.url}/v1/apps/{app}"))
-            for v in info["versions"]:
-                envelope = _request("GET", f"{origin.url}/v1/manifests/{v['manifest']}")
-                (out / f"{app}@{v['version']}.manifest").write_bytes(envelope)
+        for name in (APP, OTHER):
+            info = json.loads(_request("GET", f"{origin.url}/v1/apps/{name}"))
+            for entry in info["versions"]:
+                envelope = _request("GET", f"{origin.url}/v1/manifests/{entry['manifest']}")
+                (out / f"{name}@{entry['version']}.manifest").write_bytes(envelope)
     shutil.rmtree(work)
 
 

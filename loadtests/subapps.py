@@ -14,9 +14,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from loadtests.data import _page, build_app
+from loadtests.data import _library_files, _page, build_app, ensure_data, packages
 
-__all__ = ["FILES_PER_SUB", "build_subpackage_app", "sub_root"]
+__all__ = ["FILES_PER_SUB", "build_manyfile_app", "build_subpackage_app", "sub_root"]
 
 FILES_PER_SUB = 5
 
@@ -64,4 +64,35 @@ def build_subpackage_app(
             target = dest / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(body)
+    return dest
+
+
+def build_manyfile_app(
+    dest: Path,
+    main_lib: str,
+    sub_libs: list[str],
+    *,
+    app_name: str = "manyfile",
+    data_dir: Path | None = None,
+) -> Path:
+    """An app of many files in a few subpackages, from ``make data`` packages: the main
+    package is ``build_app`` with ``@vant/weapp`` at ``main_lib``; subpackage ``lib/wK``
+    (one per entry of ``sub_libs``) holds a page and ``weui-miniprogram`` at that version
+    under its own miniprogram_npm/.  A new version changes exactly the packages whose
+    library version changes."""
+    data_dir = data_dir if data_dir is not None else ensure_data()
+    build_app(dest, {"@vant/weapp": main_lib}, pages=3, data_dir=data_dir, app_name=app_name)
+    index = {(p.name, p.version): p for p in packages()}
+    app_json = json.loads((dest / "app.json").read_text())
+    app_json["subpackages"] = []
+    for k, version in enumerate(sub_libs):
+        root = f"lib/w{k}"
+        npm_name, lib = _library_files(data_dir / index[("weui-miniprogram", version)].file)
+        files = {f"{root}/miniprogram_npm/{npm_name}/{path}": body for path, body in lib.items()}
+        files.update({f"{root}/{path}": body for path, body in _page(100 + k, app_name, {}, 0).items()})
+        for path, body in files.items():
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            (dest / path).write_bytes(body)
+        app_json["subpackages"].append({"root": root, "pages": [f"pages/p{100 + k}/index"]})
+    (dest / "app.json").write_text(json.dumps(app_json, indent=2) + "\n")
     return dest

@@ -97,7 +97,7 @@ __all__ = ["apps", "channel", "origin", "publish"]
 @option(
     "--max-files",
     type=click.IntRange(1),
-    default=20000,
+    default=60000,
     help="Most files in one archive (and most directories).",
 )
 @option(

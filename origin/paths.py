@@ -6,11 +6,15 @@ the storage root; the filesystem backend maps it 1:1, an object store uses it as
     objects/
       chunks/<h0h1>/<h2h3>/<hex>     one zstd frame per chunk (id = sha256 of raw bytes)
       bundles/<h0h1>/<h2h3>/<hex>    a bundle or delta (id = sha256 of stored bytes)
-      manifests/<h0h1>/<hex>         a signed manifest envelope (id = sha256 of it)
+      manifests/<h0h1>/<hex>         metadata by the sha256 of its bytes: a signed version
+                                     manifest envelope, a heads object, a package manifest
+                                     (format 2, common/pkgmeta.py)
     apps/<app>/
-      versions/<version>             msgpack {manifest, manifests, enriched, digest, created,
-                                     published}: the version exists once this record does
-                                     (written last); enrichment rewrites it (origin/enrich.py)
+      versions/<version>             msgpack {manifest, manifests, heads, enriched, digest,
+                                     created, published}: the version exists once this record
+                                     does (written last, after the objects it names; heads[i]
+                                     is the heads object of manifests[i]); enrichment rewrites
+                                     it (origin/enrich.py)
       channels/<channel>             the current signed ref envelope
       history/<channel>              msgpack [[unix time, version, serial, kind, rollout],
                                      ...]: every move (origin/history.py), for rollback

@@ -86,6 +86,15 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
 
 
+def packages_of(origin: str, app: str) -> int:
+    """How many packages the version ``app``'s release serves has (its heads object's length)."""
+    from common import wire
+    from common.pkgmeta import decode_heads
+
+    ref = wire.unpack(wire.unpack(http("GET", f"{origin}/v1/apps/{app}/channels/release").body)["payload"])
+    return len(decode_heads(http("GET", f"{origin}/v1/manifests/{ref['heads'].hex()}").body))
+
+
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

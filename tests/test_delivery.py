@@ -275,3 +275,32 @@ def test_fetch_cli_reports_the_plan_of_each_package(cdn: Cdn, tmp_path: Path) ->
     assert update["plan"] == "delta" and update["plans"] == {MAIN_PACKAGE: "delta", NORMAL: "delta"}
     assert fetch("v2")["plan"] == "none"
 
+
+
+@pytest.mark.parametrize("server", ["origin", "edge"])
+def test_a_bad_open_request_gets_a_json_error_never_a_500(cdn: Cdn, server: str) -> None:
+    """The open endpoint's hostile input, on both servers: each answer a JSON error with a
+    fitting 4xx, and the server still answers a good request afterwards."""
+    base = cdn.origin.url if server == "origin" else cdn.edge.url
+    url = f"{base}/v1/apps/demo/channels/v1/open"
+    msgpack_type = {"Content-Type": "application/x-msgpack"}
+    cases = [
+        (url, b"\xc1", 400, "bad_request"),  # not msgpack
+        (url, msgpack.packb([1, 2]), 400, "bad_request"),  # not a map
+        (url, msgpack.packb({"packages": ["../../etc"]}), 400, "bad_request"),
+        (url, msgpack.packb({"bucket": 100}), 400, "bad_request"),
+        (url, msgpack.packb({"have": [["x", b"short", b"y" * 32]]}, use_bin_type=True), 400, "bad_request"),
+        (url, b"\x90" * (300 << 10), 413, "too_large"),
+        (url, msgpack.packb({"packages": ["nope"]}), 404, "unknown_package"),
+        (f"{base}/v1/apps/demo/channels/nowhere/open", b"\x80", 404, "not_found"),
+        (f"{base}/v1/apps/NOT-AN-APP/channels/v1/open", b"\x80", 400, None),
+    ]
+    for target, body, status, code in cases:
+        r = http("POST", target, body, msgpack_type)
+        assert r.status == status, (body[:40], r.status, r.body[:200])
+        error = json.loads(r.body)
+        assert code is None or error["error"] == code, error
+    r = http("GET", url)
+    assert r.status == 405 and "POST" in r.headers["allow"]
+    good = http("POST", url, pack_request(OpenRequest()), msgpack_type)
+    assert good.status == 200 and len(msgpack.unpackb(good.body, raw=False)["heads"]) == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TOKEN, Reply, auth, http
+from tests.conftest import TOKEN, Reply, auth, http, packages_of
 from tests.edge_support import (
     App,
     chunk_files,
@@ -116,10 +116,14 @@ def test_prefetch_warms_each_chunk_on_its_owner_so_next_installs_are_all_hits(
     manifests = metric(origin.url, "minicdn_origin_requests_total", 'route="manifest"')
     r = http("POST", f"{a.url}/v1/admin/prefetch", body, auth(TOKEN))
     assert r.status == 200, r.body
-    assert r.json() == {"manifests": 1, "chunks": len(app.chunks), "cached": held, "nodes": 3, "failed": []}
+    packages = packages_of(origin.url, "warm")
+    warmed = {"manifests": 1, "chunks": len(app.chunks), "cached": held, "nodes": 3, "failed": [], "packages": packages}
+    assert r.json() == warmed
     assert origin_chunks(origin) - before == len(app.chunks) - held
-    # Every member loaded the manifest through the ring: its owner asked the origin once.
-    assert metric(origin.url, "minicdn_origin_requests_total", 'route="manifest"') == manifests + 1
+    # Every member loaded the manifest through the ring: its owner asked the origin once;
+    # so were the heads object and each package manifest, by the node asked (and read by
+    # packages_of above).
+    assert metric(origin.url, "minicdn_origin_requests_total", 'route="manifest"') == manifests + 1 + 1 + packages + 1
     assert sum(metric(n.url, "minicdn_edge_peer_errors_total") for n in trio) == 0
     eventually(lambda: all(cid in chunk_files(owner_of(trio, cid)) for cid in app.chunks),
                what="each chunk on its owner's disk")

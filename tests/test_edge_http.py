@@ -16,7 +16,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.conftest import TOKEN, auth, http
+from tests.conftest import TOKEN, auth, http, packages_of
 from tests.edge_support import (
     App,
     batch_items,
@@ -191,7 +191,8 @@ def test_admin_calls_need_the_token_prefetch_warms_and_purge_drops_refs(
         assert http("POST", f"{svc.url}/v1/admin/prefetch", body).status == 401
         assert http("POST", f"{svc.url}/v1/admin/prefetch", body, auth("wrong")).status == 401
         r = http("POST", f"{svc.url}/v1/admin/prefetch", body, auth(TOKEN))
-        assert r.status == 200 and json.loads(r.body) == {"manifests": 1, "chunks": len(apps["demo"].chunks), "cached": 0}
+        warmed = {"manifests": 1, "chunks": len(apps["demo"].chunks), "cached": 0, "packages": packages_of(origin.url, "demo")}
+        assert r.status == 200 and json.loads(r.body) == warmed
         misses = metric(svc.url, "minicdn_edge_misses_total")
         for cid in apps["demo"].chunks:
             verify_chunk(cid, get_chunk(svc.url, cid))
