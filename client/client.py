@@ -34,7 +34,7 @@ from common.errors import BadRequest, IntegrityError, NotFound, UnknownPackage
 from common.ids import check_app, check_channel
 from common.manifest import MAIN_PACKAGE, Manifest, Ref, open_manifest, open_ref, rollout_bucket
 from common.opening import OpenRequest, pack_request
-from common.pkgmeta import open_package
+from common.pkgmeta import open_package, owner_of
 from common.tls import client_context
 
 __all__ = ["Client", "ClientConfig", "FetchSummary", "Progress", "select_packages"]
@@ -71,6 +71,26 @@ def select_packages(
     if not chosen or any(not by_name[n].independent for n in chosen):
         chosen.append(MAIN_PACKAGE)
     return sorted(set(chosen), key=lambda n: (n != MAIN_PACKAGE, n))
+
+
+def complete(manifest: Manifest, wanted: list[str], page: str | None) -> None:
+    """IntegrityError unless the open answer holds every package the install needs: each
+    asked for by name, the package holding ``page`` (one of whose files is the page) and
+    those its preload rule names, and the main package when a chosen one depends on it.
+    (A package the phone holds and the edge left out cannot be told from one the version
+    dropped: it is not installed, and comes back when it is opened.)"""
+    names = {p.name for p in manifest.packages}
+    needed = list(wanted)
+    if page is not None:
+        owner = owner_of(page, names)
+        if owner not in names or not any(f.startswith(page + ".") for f, _ in manifest.package(owner).files):
+            raise IntegrityError(f"the edge sent no package holding page {page!r}")
+        needed += [owner, *manifest.preload.get(page, ())]
+    if not needed or any(n in names and not manifest.package(n).independent for n in needed):
+        needed.append(MAIN_PACKAGE)
+    for name in needed:
+        if name not in names:
+            raise IntegrityError(f"the edge sent no head for package {name!r}")
 
 
 @dataclass(frozen=True)
@@ -223,15 +243,18 @@ class Client:
         before = await asyncio.to_thread(self.state.installed, out)
         if before is not None and before.app != app:
             before = None
-        have = before.have() if before is not None else {}
+        claimed = before.have() if before is not None else {}
+        bodies = await asyncio.to_thread(lambda: {m: self.store.get_manifest(m) for _, m in claimed.values()})
+        # a manifest the store lost (or holds corrupt) is not offered: the edge sends it anew
+        have = {n: v for n, v in claimed.items() if bodies.get(v[1]) is not None}
         dictionary = None if have else await asyncio.to_thread(self._dictionary, app)
+        if dictionary is not None:
+            bodies[dictionary] = await asyncio.to_thread(self.store.get_manifest, dictionary)
         bucket = None if user is None else rollout_bucket(app, user)
         page = open_page.strip("/") if open_page is not None else None
         wanted = [n.strip("/") or MAIN_PACKAGE for n in packages]
         req = OpenRequest(tuple(wanted), page or None, bucket, have, dictionary)
         highest = self.state.highest_serial(app, channel)
-        wanted_ids = [m for _, m in have.values()] + ([dictionary] if dictionary else [])
-        bodies = await asyncio.to_thread(lambda: {m: self.store.get_manifest(m) for m in wanted_ids})
         held = bodies.get
 
         def check(body: bytes, _enc: str | None) -> Opened:
@@ -263,10 +286,8 @@ class Client:
         await asyncio.to_thread(self.state.saw_serial, app, channel, opened.ref.serial)
         for pid, raw in opened.received.items():
             await asyncio.to_thread(self.store.put_manifest, pid, raw)
-        missing = [n for n in wanted if n not in opened.heads]
-        if missing:
-            raise IntegrityError(f"the edge sent no head for package {missing[0]!r}")
         manifest = opened.manifest()
+        complete(manifest, wanted, page)
         chosen = select_packages(manifest, wanted, page, before.packages if before else ())
         return Target(manifest, opened.mid, tuple(chosen), out, before, opened), opened.ref
 

@@ -30,7 +30,7 @@ from common import codec, dcz, wire
 from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, TooLarge, UnknownPackage
 from common.manifest import MAIN_PACKAGE, Ref, decode_ref
 from common.paths import check_relpath
-from common.pkgmeta import Head, decode_head, decode_heads, decode_package, owner_of
+from common.pkgmeta import FORMAT, Head, decode_head, decode_heads, decode_package, owner_of
 
 __all__ = [
     "MAX_ANSWER",
@@ -50,6 +50,8 @@ MAX_NAMES = 1024  # packages a request may name or hold
 MAX_ANSWER = 64 << 20
 CODINGS = ("identity", "zstd", "dcz")
 MIN_DCZ = 8  # bytes: a dictionary must be at least this long (common.dcz)
+MAX_DICTIONARY = 4 << 20  # bytes: a package manifest of ~40,000 files
+MAX_DCZ = 16  # dcz encodes one answer may ask for (each a level-19 encode); the rest: zstd
 
 # name → (head envelope, its head decoded, unverified)
 HeadsIndex = dict[str, tuple[bytes, Head]]
@@ -80,8 +82,8 @@ def pack_request(req: OpenRequest) -> bytes:
 def _name(v: Any) -> str:
     if not isinstance(v, str):
         raise BadRequest("open: a package name must be a string")
-    if v == MAIN_PACKAGE:
-        return v
+    if v.strip("/") in ("", MAIN_PACKAGE):  # "" and "/" name the main package, as --package does
+        return MAIN_PACKAGE
     try:
         return check_relpath(v.strip("/"))
     except MinicdnError as exc:
@@ -196,6 +198,7 @@ async def compose(
         chosen.append(MAIN_PACKAGE)
     names = sorted(set(chosen), key=lambda n: (n != MAIN_PACKAGE, n.encode()))
     out_heads, out_manifests = [], []
+    dictionaries = MAX_DCZ
     for name in names:
         envelope, head = heads[name]
         out_heads.append(envelope)
@@ -204,12 +207,30 @@ async def compose(
             continue
         body = metas.get(name) or await _load(load, head.manifest)
         base_id = held[1] if held is not None else req.dictionary
-        base = await load(base_id) if base_id is not None and base_id != head.manifest else None
-        if base is None or len(base) < MIN_DCZ:
-            base_id = base = None
-        coding, data = await encode(head.manifest, body, base_id, base)
+        base = None
+        if base_id is not None and base_id != head.manifest and dictionaries > 0:
+            dictionaries -= 1
+            base = await load(base_id)
+            # only a package manifest (of this package, when the phone says it holds one)
+            if base is not None and not _dictionary_for(base, name if held is not None else None):
+                base = None
+        coding, data = await encode(head.manifest, body, base_id if base is not None else None, base)
         out_manifests.append([head.manifest, coding, data])
     return wire.pack({"ref": ref_envelope, "heads": out_heads, "manifests": out_manifests})
+
+
+def _dictionary_for(base: bytes, name: str | None) -> bool:
+    """Whether ``base`` may be a dcz dictionary: a package manifest of at most
+    MAX_DICTIONARY bytes, named ``name`` when given.  Anything else (a heads object, a
+    version manifest, another package's manifest) would only let a request make the
+    server compress against large objects of its choosing."""
+    if not MIN_DCZ <= len(base) <= MAX_DICTIONARY:
+        return False
+    try:
+        d = wire.unpack(base, what="dictionary")
+    except BadRequest:
+        return False
+    return isinstance(d, dict) and d.get("format") == FORMAT and (name is None or d.get("name") == name)
 
 
 async def _load(load: Load, oid: bytes) -> bytes:

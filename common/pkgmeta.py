@@ -14,9 +14,10 @@ packages it opens, and nothing of the packages it does not.
 
 A phone verifies the ref (signature, expiry, serial), then each head (signature, ``of``
 equal to the manifest the ref names for it, the name it asked for), then each package
-manifest (SHA-256 equal to the head's ``manifest``, content digest equal to the head's
-``content``).  It pays one ref and one head per package it holds, plus the package
-manifests whose content changed: flat in the number of packages of the app.
+manifest (SHA-256 equal to the head's ``manifest``; content digest, of files, chunks
+and preload rules, equal to the head's ``content``).  It pays one ref and one head per
+package it holds, plus the package manifests whose content changed: flat in the number
+of packages of the app.
 
 Encoding is canonical msgpack (``common.wire``); every decoder here checks types, sizes and
 invariants, as ``common.manifest`` does.  Pure: no I/O.
@@ -59,12 +60,19 @@ MAX_HEADS = 1 << 20  # heads in one heads object (the origin's own limit is far 
 MAX_PRELOAD_NAMES = 1024  # packages one page's preload rule may name
 
 
-def content_digest(files: Sequence[tuple[str, int]], chunks: Sequence[ChunkEntry]) -> bytes:
-    """SHA-256 of ``{"files": [[path, size]...], "chunks": [[id, raw, stored]...]}``: what
-    makes two versions of a package "the same content" (bundle, deltas and preload aside)."""
+def content_digest(
+    files: Sequence[tuple[str, int]],
+    chunks: Sequence[ChunkEntry],
+    preload: dict[str, tuple[str, ...]] | None = None,
+) -> bytes:
+    """SHA-256 of ``{"files": [[path, size]...], "chunks": [[id, raw, stored]...],
+    "preload": {page: [name...]}}``: what makes two versions of a package "the same"
+    (bundle and deltas aside).  The preload rules count: a phone that holds a package of
+    the same content uses its own copy of them."""
     body = {
         "files": [[p, s] for p, s in files],
         "chunks": [[c.id, c.raw_size, c.stored_size] for c in chunks],
+        "preload": {page: list(names) for page, names in (preload or {}).items()},
     }
     return sha256(wire.pack(body))
 
@@ -82,7 +90,7 @@ class PackageMeta:
 
     @property
     def content(self) -> bytes:
-        return content_digest(self.files, self.chunks)
+        return content_digest(self.files, self.chunks, self.preload)
 
     @property
     def raw_size(self) -> int:
@@ -152,10 +160,7 @@ def split(
     ``bases``: for every version manifest a delta of ``manifest`` is listed from, the
     content digest of each of its packages (a delta is listed by the content it applies
     to).  Deterministic: the same arguments give the same bytes (Ed25519 is)."""
-    names = {p.name for p in manifest.packages}
-    rules: dict[str, dict[str, tuple[str, ...]]] = {}
-    for page, wanted in manifest.preload.items():
-        rules.setdefault(owner_of(page, names), {})[page] = wanted
+    rules = preload_by_package(manifest)
     heads: list[tuple[bytes, bytes]] = []
     packages: dict[bytes, bytes] = {}
     for p in manifest.packages:
@@ -174,7 +179,7 @@ def split(
         ).pack()
         pid = sha256(meta)
         packages[pid] = meta
-        head = Head(mid, p.name, p.independent, content_digest(p.files, p.chunks), pid)
+        head = Head(mid, p.name, p.independent, content_digest(p.files, p.chunks, rules.get(p.name)), pid)
         heads.append((p.name.encode(), head.seal(key)))
     heads.sort()
     return Split(pack_heads([h for _, h in heads]), packages)
@@ -182,7 +187,17 @@ def split(
 
 def contents_of(manifest: Manifest) -> dict[str, bytes]:
     """name → content digest of each package of a version manifest (``split``'s ``bases``)."""
-    return {p.name: content_digest(p.files, p.chunks) for p in manifest.packages}
+    rules = preload_by_package(manifest)
+    return {p.name: content_digest(p.files, p.chunks, rules.get(p.name)) for p in manifest.packages}
+
+
+def preload_by_package(manifest: Manifest) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The version's preload rules, each with the package of its page."""
+    names = {p.name for p in manifest.packages}
+    rules: dict[str, dict[str, tuple[str, ...]]] = {}
+    for page, wanted in manifest.preload.items():
+        rules.setdefault(owner_of(page, names), {})[page] = wanted
+    return rules
 
 
 # ---- strict decoding -------------------------------------------------------------------

@@ -219,8 +219,9 @@ async def post_open(request: web.Request) -> web.Response:
         return None if entry is None else entry.body
 
     async def heads_of(hid: bytes) -> opening.HeadsIndex:
-        found = heads.get(hid)
+        found = heads.pop(hid, None)
         if found is not None:
+            heads[hid] = found  # the most recently used last: the first is dropped
             return found
         entry = await edge.objects.load(Obj("manifest", hid))
         made: opening.HeadsIndex = await _off_loop(opening.index_heads, entry.body)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from common import wire
-from common.errors import BadRequest, Conflict, NotFound
+from common.errors import BadRequest, Conflict, NotFound, SignatureError
 from common.ids import check_channel, check_version, sha256
 from common.manifest import Ref, Rollout, open_ref
 from common.signing import SigningKey
@@ -338,8 +338,12 @@ class Channels:
         count, soonest = 0, float("inf")
         for app in self.apps():
             for channel in self.channel_names(app):
-                with self._lock:
-                    resigned, ref = self._resign(app, channel)
+                try:
+                    with self._lock:
+                        resigned, ref = self._resign(app, channel)
+                except SignatureError as exc:  # e.g. a ref of a format this origin does not read
+                    log.error("ref %s/%s cannot be re-signed: %s", app, channel, exc.message)
+                    continue
                 count += resigned
                 if ref is not None:
                     soonest = min(soonest, ref.expires)

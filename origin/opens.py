@@ -15,9 +15,10 @@ from origin import paths
 from origin.storage import Store
 from origin.views import remember
 
-__all__ = ["HEADS_HELD", "Opener"]
+__all__ = ["ENCODINGS_HELD", "HEADS_HELD", "Opener"]
 
 HEADS_HELD = 8  # heads objects kept indexed: one of 10,000 packages is ~3 MiB
+ENCODINGS_HELD = 256  # encoded package manifests kept, by (manifest, dictionary)
 
 Run = Callable[..., Awaitable[Any]]
 
@@ -27,6 +28,7 @@ class Opener:
         self.storage = storage
         self.run = run  # the origin's way to call blocking code (its thread pool)
         self._heads: OrderedDict[bytes, opening.HeadsIndex] = OrderedDict()
+        self._encoded: OrderedDict[tuple[bytes, bytes | None], tuple[str, bytes]] = OrderedDict()
 
     async def load(self, oid: bytes) -> bytes | None:
         blob = await self.run(self.storage.read, paths.manifest_key(oid.hex()))
@@ -34,7 +36,9 @@ class Opener:
 
     async def heads_of(self, hid: bytes) -> opening.HeadsIndex:
         found = self._heads.get(hid)
-        if found is None:
+        if found is not None:
+            self._heads.move_to_end(hid)
+        else:
             data = await self.load(hid)
             if data is None:
                 raise NotFound(f"heads {hid.hex()} are not stored")
@@ -43,9 +47,15 @@ class Opener:
         return found
 
     async def encode(
-        self, _mid: bytes, body: bytes, _base_id: bytes | None, base: bytes | None
+        self, mid: bytes, body: bytes, base_id: bytes | None, base: bytes | None
     ) -> tuple[str, bytes]:
+        """The smallest encoding, made once per (manifest, dictionary) pair (bounded LRU)."""
+        found = self._encoded.get((mid, base_id))
+        if found is not None:
+            self._encoded.move_to_end((mid, base_id))
+            return found
         result: tuple[str, bytes] = await self.run(opening.encode_sync, body, base)
+        remember(self._encoded, (mid, base_id), result, ENCODINGS_HELD)
         return result
 
     async def answer(self, req: opening.OpenRequest, ref_envelope: bytes) -> bytes:

@@ -10,7 +10,7 @@ from common import wire
 from common.errors import BadRequest, Conflict, NotFound
 from common.ids import sha256
 from common.manifest import Ref, open_ref
-from common.signing import SigningKey, generate_keypair
+from common.signing import SigningKey, generate_keypair, seal
 from origin import paths
 from origin.channels import Channels, Pending, RolloutSpec
 from origin.publish import VersionRecord
@@ -165,3 +165,20 @@ def test_a_rollback_after_enrichment_repointed_the_ref_goes_back(
     assert repointed.serial == 3 and (repointed.manifest, repointed.heads) == (enriched, sha256(b"heads of the enriched"))
     old, new = ch.rollback("demo", "release")
     assert (old.version, new.version, new.serial) == ("1.1.0", "1.0.0", 4)
+
+
+def test_a_ref_this_origin_cannot_read_does_not_stop_the_others_being_resigned(
+    setup: tuple[Channels, FileStorage, SigningKey, Clock],
+) -> None:
+    """A ref written in a format this origin does not read (format 1, say) is logged and
+    passed over; every other ref is still re-signed (one such ref stopped every pass: the
+    review of issue 16 found it)."""
+    ch, storage, key, clock = setup
+    ch.move("demo", "alpha", "1.0.0", None)
+    ch.move("demo", "beta", "1.0.0", None)
+    old = wire.unpack(wire.unpack(ch.envelope("demo", "alpha"))["payload"])
+    del old["heads"]
+    storage.put(paths.channel_key("demo", "alpha"), seal(key, {**old, "format": 1}))
+    clock.now += 5 * 86400  # past half of the 7-day ttl
+    assert ch.resign_due().resigned == 1
+    assert open_ref(ch.envelope("demo", "beta"), [key.public]).expires > clock.now + 86400

@@ -22,6 +22,7 @@ import pytest
 from client.client import Client, ClientConfig
 from common.errors import ExpiredRef, IntegrityError, RollbackRef, SignatureError
 from common.manifest import Ref, in_rollout, open_ref
+from common.pkgmeta import decode_heads
 from common.signing import PublicKey, SigningKey
 from tests.conftest import (
     DEMO,
@@ -199,7 +200,9 @@ async def _install(
         return await c.install("demo", out, channel=channel)
 
 
-@pytest.mark.parametrize("mode", ["flip-chunk", "bad-ref-signature", "expired-ref", "replayed-ref"])
+@pytest.mark.parametrize(
+    "mode", ["flip-chunk", "bad-ref-signature", "expired-ref", "replayed-ref", "foreign-heads", "endless-open"]
+)
 async def test_tampering_is_refused_and_the_previous_install_is_intact(
     cdn: Cdn, proxy: TamperProxy, tmp_path: Path, mode: str
 ) -> None:
@@ -220,6 +223,20 @@ async def test_tampering_is_refused_and_the_previous_install_is_intact(
         channel = "flip"
     elif mode == "bad-ref-signature":
         proxy.mode, expected, channel = "bad-ref-signature", SignatureError, "release"
+    elif mode == "foreign-heads":  # mix-and-match: release's heads under another version's ref
+        release = open_ref(http("GET", f"{cdn.origin.url}/v1/apps/demo/channels/release").body,
+                           [PublicKey.load(cdn.public_key)])
+        heads = decode_heads(http("GET", f"{cdn.origin.url}/v1/manifests/{release.heads.hex()}").body)
+        v = tmp_path / "v"
+        shutil.copytree(DEMO, v)
+        (v / "app.js").write_bytes((v / "app.js").read_bytes() + b"\n// mix\n")
+        publish(cdn.origin.url, "demo", "2.0.0-mix", tar_gz_of(v))
+        assert set_channel(cdn.origin.url, "demo", "mix", {"version": "2.0.0-mix"}).status == 200
+        proxy.mode, expected, channel = "edit-open", IntegrityError, "mix"
+        proxy.edit = lambda answer: {**answer, "heads": heads, "manifests": []}
+    elif mode == "endless-open":  # an answer past any bound: refused, never held whole
+        proxy.mode, expected, channel = "edit-open", IntegrityError, "release"
+        proxy.edit = lambda answer: {**answer, "padding": b"\0" * (65 << 20)}
     elif mode == "expired-ref":
         old = open_ref(
             http("GET", f"{cdn.edges[0].url}/v1/apps/demo/channels/release").body,

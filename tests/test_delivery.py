@@ -304,3 +304,15 @@ def test_a_bad_open_request_gets_a_json_error_never_a_500(cdn: Cdn, server: str)
     assert r.status == 405 and "POST" in r.headers["allow"]
     good = http("POST", url, pack_request(OpenRequest()), msgpack_type)
     assert good.status == 200 and len(msgpack.unpackb(good.body, raw=False)["heads"]) == 1
+
+
+async def test_a_phone_whose_store_lost_a_held_manifest_still_updates(cdn: Cdn, tmp_path: Path) -> None:
+    """The state says a package is held, the store no longer has its manifest: the phone
+    does not offer it (the edge could neither skip it nor use it as a dictionary), and the
+    update goes through (it failed on every edge: the review of issue 16 found it)."""
+    config, out = cdn.config(tmp_path / "store"), tmp_path / "app"
+    await install(cdn, config, out, "v1")
+    for held in (tmp_path / "store" / "manifests").iterdir():
+        held.write_bytes(b"corrupt")  # lost or damaged: get_manifest refuses it either way
+    s = await install(cdn, config, out, "v2")
+    assert s.version == "1.1.0" and tree(out) == source_files(cdn.src["1.1.0"], ALL)

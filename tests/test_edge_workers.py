@@ -20,7 +20,7 @@ import pytest
 
 from common import wire
 from loadtests.net import scrape, total
-from tests.conftest import auth, wait_enriched
+from tests.conftest import auth, packages_of, wait_enriched
 from tests.conftest import http as call
 from tests.edge_support import App, cache_dir, chunk_files, edge, eventually, publish_app, random_app
 from tests.procs import Service, edge_service, metric, origin_chunks
@@ -226,7 +226,8 @@ def test_prefetch_warms_every_owners_disk_and_purge_reaches_every_workers_memory
     r = call("POST", f"{node.url}/v1/admin/prefetch", body, auth())
     assert r.status == 200, r.body
     n = len(app.chunks)
-    assert r.json() == {"manifests": 1, "chunks": n, "cached": 0, "workers": 2, "failed": []}
+    packages = packages_of(origin.url, app.name)
+    assert r.json() == {"manifests": 1, "chunks": n, "cached": 0, "workers": 2, "failed": [], "packages": packages}
     assert origin_chunks(origin) - before == n  # each chunk fetched once, by its owner
     eventually(lambda: set(chunk_files(node)) >= set(app.chunks), what="every chunk on disk")
     with ThreadPoolExecutor(16) as pool:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.opened import verify
+from client.opened import MAX_PACKAGE_MANIFEST, verify
 from common import codec, wire
 from common.errors import BadRequest, IntegrityError, RollbackRef, SignatureError, TooLarge, UnknownPackage
 from common.ids import sha256
@@ -32,6 +32,7 @@ from common.opening import (
 from common.pkgmeta import (
     PackageMeta,
     content_digest,
+    contents_of,
     decode_package,
     open_head,
     open_package,
@@ -123,7 +124,7 @@ def test_split_gives_one_signed_head_per_package_bound_to_its_version(key: Signi
         head = open_head(envelope, [key.public])
         assert head.of == w.mid and head.name == name
         meta = open_package(w.objects[head.manifest], head.manifest)
-        assert meta.content == head.content == content_digest(meta.files, meta.chunks)
+        assert meta.content == head.content == content_digest(meta.files, meta.chunks, meta.preload)
     # a preload rule lives with the package of its page
     a = open_package(w.objects[heads["sub/a"][1].manifest], heads["sub/a"][1].manifest)
     assert a.preload == {"sub/a/p/index": ("sub/b",)}
@@ -139,10 +140,11 @@ def test_deltas_are_listed_by_the_content_they_apply_to(key: SigningKey) -> None
                                                  PackageEntry(p.name, p.independent, p.files, p.chunks,
                                                               (sha256(b"bundle"), 30), (delta,))
                                                  for p in new.packages), new.preload)
-    parts = split(withdelta, sha256(withdelta.seal(key)), key, {old_mid: {p.name: content_digest(p.files, p.chunks) for p in old.packages}})
+    parts = split(withdelta, sha256(withdelta.seal(key)), key, {old_mid: contents_of(old)})
     metas = [decode_package(wire.unpack(b)) for b in parts.packages.values()]
     a = next(m for m in metas if m.name == "sub/a")
-    assert a.deltas == ((content_digest(old.package("sub/a").files, old.package("sub/a").chunks), sha256(b"delta"), 12),)
+    assert a.deltas == ((contents_of(old)["sub/a"], sha256(b"delta"), 12),)
+    assert contents_of(old)["sub/a"] != content_digest(old.package("sub/a").files, old.package("sub/a").chunks)
     with pytest.raises(ValueError):  # a delta from a manifest whose contents are not given
         split(withdelta, sha256(b"x"), key, {})
 
@@ -189,7 +191,7 @@ def test_package_manifests_round_trip(files: dict[str, int], with_bundle: bool) 
     )
     body = meta.pack()
     assert open_package(body, sha256(body)) == meta
-    assert meta.content == content_digest(meta.files, meta.chunks)
+    assert meta.content == content_digest(meta.files, meta.chunks, meta.preload)
 
 
 def test_owner_of_a_page_is_its_deepest_root() -> None:
@@ -281,6 +283,9 @@ def test_what_the_phone_holds_unchanged_costs_a_head_and_no_manifest(key: Signin
     assert opened.metas["sub/a"].content != first.metas["sub/a"].content
 
 
+BOMB = codec.compress(b"\0" * (MAX_PACKAGE_MANIFEST + 1), 1)  # declares 64 MiB + 1 in a few KiB
+
+
 def _edited(w: World, req: OpenRequest, edit: Any) -> bytes:
     answer = msgpack.unpackb(asyncio.run(w.answer(req)), raw=False)
     return bytes(msgpack.packb(edit(answer), use_bin_type=True))
@@ -307,6 +312,8 @@ def test_mix_and_match_tampering_and_replays_are_refused(key: SigningKey) -> Non
         (lambda a: {**a, "manifests": [[m[0], "zstd", b"\x28\xb5\x2f\xfd" + b"\0" * 9] for m in a["manifests"]]},
          IntegrityError),
         (lambda a: [a], IntegrityError),
+        # a decompression bomb: a zstd frame declaring more than a package manifest may be
+        (lambda a: {**a, "manifests": [[m[0], "zstd", BOMB] for m in a["manifests"]]}, IntegrityError),
     ]
     for edit, error in cases:
         with pytest.raises(error):
@@ -339,3 +346,96 @@ def test_a_signed_ref_that_is_not_format_2_is_refused(key: SigningKey) -> None:
     w.ref = seal(key, {**body, "format": 1})
     with pytest.raises(BadRequest):  # the server cannot route it
         asyncio.run(w.answer(OpenRequest()))
+
+
+def test_a_changed_preload_rule_is_a_changed_package(key: SigningKey) -> None:
+    """The same files with other preload rules: the phone is sent the new package manifest
+    (it would otherwise go on with its old rules: the review found it)."""
+    v1 = World(key, _version("1.0.0"))
+    m2 = _version("1.0.1")
+    v2 = World(key, Manifest(m2.app, m2.version, m2.created, m2.packages, {}), serial=8)  # the rule dropped
+    first = v1.open(OpenRequest(packages=("sub/a",)))
+    have = {n: (first.heads[n].content, first.meta_ids[n]) for n in first.heads}
+    opened = v2.open(OpenRequest(page="sub/a/p/index", have=have), held=dict(first.received))
+    assert opened.metas["sub/a"].preload == {} and set(opened.heads) == {MAIN_PACKAGE, "sub/a"}
+    assert opened.meta_ids["sub/a"] != first.meta_ids["sub/a"]  # sent anew
+
+
+def test_the_phone_refuses_an_answer_that_leaves_out_a_package_it_needs(key: SigningKey) -> None:
+    """An edge that drops heads: the page's package, the main package a normal one needs,
+    a package the page's preload rule names — each an IntegrityError (the next edge is
+    tried), never a crash or a silent partial install (the review found all three)."""
+    from client.client import complete
+
+    w = World(key, _version("1.0.0"))
+    page = "sub/a/p/index"
+    req = OpenRequest(page=page)
+
+    def without(*names: str) -> Any:
+        def edit(a: dict[str, Any]) -> dict[str, Any]:
+            kept = [h for h in a["heads"] if wire.unpack(wire.unpack(h)["payload"])["name"] not in names]
+            ids = {wire.unpack(wire.unpack(h)["payload"])["manifest"] for h in kept}
+            return {**a, "heads": kept, "manifests": [m for m in a["manifests"] if m[0] in ids]}
+
+        return w.verify(_edited(w, req, edit), req, {})
+
+    complete(without().manifest(), [], page)  # all there
+    for dropped in ("sub/a", MAIN_PACKAGE, "sub/b"):
+        with pytest.raises(IntegrityError):
+            complete(without(dropped).manifest(), [], page)
+    with pytest.raises(IntegrityError):
+        complete(without("sub/b").manifest(), ["sub/b"], None)
+
+
+def test_only_a_package_manifest_may_be_a_dictionary(key: SigningKey) -> None:
+    v1, v2 = World(key, _version("1.0.0")), World(key, _version("1.0.1", b"!"), serial=8)
+    first = v1.open(OpenRequest(packages=("sub/a",)))
+    v2.objects.update(v1.objects)
+    a_id, main_id = first.meta_ids["sub/a"], first.meta_ids[MAIN_PACKAGE]
+
+    def coding(req: OpenRequest) -> str:  # of sub/a's manifest (the main package's comes first)
+        return str(msgpack.unpackb(asyncio.run(v2.answer(req)), raw=False)["manifests"][-1][1])
+
+    held = {"sub/a": (first.heads["sub/a"].content, a_id)}
+    assert coding(OpenRequest(packages=("sub/a",), have=held)) == "dcz"  # its own: yes
+    other = {"sub/a": (first.heads["sub/a"].content, main_id)}  # another package's manifest
+    assert coding(OpenRequest(packages=("sub/a",), have=other)) != "dcz"
+    assert coding(OpenRequest(packages=("sub/a",), dictionary=v1.hid)) != "dcz"  # a heads object
+    assert coding(OpenRequest(packages=("sub/a",), dictionary=a_id)) == "dcz"  # any package manifest
+    assert parse_request(msgpack.packb({"packages": ["", "/", "__APP__"]})).packages == (MAIN_PACKAGE,)
+
+
+def test_the_origin_keeps_the_heads_it_used_last(key: SigningKey, tmp_path: Path) -> None:
+    """The origin's index of heads objects is an LRU: one used all along stays while nine
+    others pass through (it was first-in-first-out: each pass re-read and re-indexed it)."""
+    from origin import paths
+    from origin.opens import HEADS_HELD, Opener
+    from origin.storage import FileStorage
+
+    storage = FileStorage(tmp_path / "store")
+    worlds = [World(key, _version(f"1.0.{i}", bytes([i]))) for i in range(HEADS_HELD + 1)]
+    for w in worlds:
+        storage.put(paths.manifest_key(w.hid.hex()), w.objects[w.hid])
+    reads: list[str] = []
+    real = storage.read
+
+    def counted(k: str) -> Any:
+        reads.append(k)
+        return real(k)
+
+    storage.read = counted  # type: ignore[method-assign,assignment]
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    opener = Opener(storage, run)
+
+    async def go() -> None:
+        hot = worlds[0].hid
+        for w in worlds:
+            await opener.heads_of(hot)
+            await opener.heads_of(w.hid)
+        await opener.heads_of(hot)
+
+    asyncio.run(go())
+    assert reads.count(paths.manifest_key(worlds[0].hid.hex())) == 1
