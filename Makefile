@@ -52,9 +52,11 @@ bench-edge: $(STAMP) data
 	$(PY) -m loadtests.bench_miss
 
 ## make bench-open: time to installed over an 80 ms RTT, 20 Mbit/s link (a network namespace, tc tbf, a
-## delaying proxy; root), a cold open and an update, against nginx serving the one solid archive
+## delaying proxy; root), a cold open and an update, against nginx serving the one solid archive; then the
+## install work of an app of thousands of files against zstd -d | tar -x + sync
 bench-open: $(STAMP) data
 	$(PY) -m loadtests.bench_open
+	$(PY) -m loadtests.bench_install
 
 ## make bench-delivery: bytes and requests of installs and updates through a real edge, against zstd -19 and --patch-from
 bench-delivery: $(STAMP) data

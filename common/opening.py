@@ -30,7 +30,7 @@ from common import codec, dcz, wire
 from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, TooLarge, UnknownPackage
 from common.manifest import MAIN_PACKAGE, Ref, decode_ref
 from common.paths import check_relpath
-from common.pkgmeta import FORMAT, Head, decode_head, decode_heads, decode_package, owner_of
+from common.pkgmeta import FORMAT, Head, decode_head, decode_heads, owner_of
 
 __all__ = [
     "MAX_ANSWER",
@@ -48,10 +48,13 @@ __all__ = [
 MAX_REQUEST = 256 << 10
 MAX_NAMES = 1024  # packages a request may name or hold
 MAX_ANSWER = 64 << 20
+# heads an answer may carry: what a request can name (packages, holds, a page's owner and
+# its preload rule, the main package) is far below; each costs the phone a signature check
+MAX_HEADS_SENT = 4 * MAX_NAMES
 CODINGS = ("identity", "zstd", "dcz")
 MIN_DCZ = 8  # bytes: a dictionary must be at least this long (common.dcz)
 MAX_DICTIONARY = 4 << 20  # bytes: a package manifest of ~40,000 files
-MAX_DCZ = 16  # dcz encodes one answer may ask for (each a level-19 encode); the rest: zstd
+MAX_DCZ = 8  # dictionaries one answer may use (each read, checked, a level-19 encode); the rest: zstd
 
 # name → (head envelope, its head decoded, unverified)
 HeadsIndex = dict[str, tuple[bytes, Head]]
@@ -191,8 +194,7 @@ async def compose(
         chosen.append(owner)
         body = await _load(load, heads[owner][1].manifest)
         metas[owner] = body
-        rules = decode_package(wire.unpack(body, what="package manifest")).preload
-        chosen += [n for n in rules.get(req.page, ()) if n in heads]
+        chosen += [n for n in _preload_of(body, req.page) if n in heads]
     chosen += [n for n in have if n in heads]
     if not chosen or any(not heads[n][1].independent for n in chosen):
         chosen.append(MAIN_PACKAGE)
@@ -217,6 +219,15 @@ async def compose(
         coding, data = await encode(head.manifest, body, base_id if base is not None else None, base)
         out_manifests.append([head.manifest, coding, data])
     return wire.pack({"ref": ref_envelope, "heads": out_heads, "manifests": out_manifests})
+
+
+def _preload_of(body: bytes, page: str) -> list[str]:
+    """The names a package manifest's preload rule for ``page`` gives (only that field is
+    read: the phone checks the whole manifest; a server need not, per request)."""
+    doc = wire.unpack(body, what="package manifest")
+    rules = doc.get("preload") if isinstance(doc, dict) else None
+    names = rules.get(page) if isinstance(rules, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def _dictionary_for(base: bytes, name: str | None) -> bool:
@@ -273,6 +284,8 @@ def read_answer(data: bytes) -> Answer:
     heads, manifests = d.get("heads"), d.get("manifests")
     if not isinstance(heads, list) or not all(isinstance(h, bytes) for h in heads):
         raise IntegrityError("open: 'heads' is not a list of envelopes")
+    if len(heads) > MAX_HEADS_SENT:  # each costs the phone a signature check
+        raise IntegrityError(f"open: more than {MAX_HEADS_SENT} heads")
     if not isinstance(manifests, list):
         raise IntegrityError("open: 'manifests' is not a list")
     items = []

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from common import wire
 from common.errors import BadRequest, Conflict, NotFound, SignatureError
@@ -429,27 +429,22 @@ class Channels:
         the record meanwhile, on another replica): point it at the record's manifest."""
         for name in {version, rolled} - {None}:
             assert name is not None
-            rec = VersionRecord.unpack(self._blob(app, name))
-            self.repoint(
-                app, name, set(rec.all_manifests) - {rec.manifest}, rec.manifest, rec.heads_of(rec.manifest)
-            )
+            rec = self._record(app, name)
+            older = set(rec.all_manifests) - {rec.manifest}
+            self.repoint(app, name, older, rec.manifest, rec.heads_of(rec.manifest))
 
-    def _blob(self, app: str, version: str) -> bytes:
+    def _record(self, app: str, version: str) -> VersionRecord:
         blob = self.storage.read(paths.version_key(app, version))
         if blob is None:
             raise NotFound(f"app {app} has no version {version}")
-        return blob.data
-
-    def _record(self, app: str, version: str) -> dict[str, Any]:
-        rec: dict[str, Any] = wire.unpack(self._blob(app, version), what="version record")
-        return rec
+        return VersionRecord.unpack(blob.data)
 
     def enriched(self, app: str, version: str) -> bool:
-        return bool(self._record(app, version).get("enriched", False))
+        return self._record(app, version).enriched
 
     def _manifest_of(self, app: str, version: str) -> tuple[bytes, bytes]:
         """The manifest the version serves now and its heads object."""
-        rec = VersionRecord.unpack(self._blob(app, version))
+        rec = self._record(app, version)
         return rec.manifest, rec.heads_of(rec.manifest)
 
     def history(self, app: str, channel: str) -> list[Entry]:

@@ -312,6 +312,8 @@ def test_mix_and_match_tampering_and_replays_are_refused(key: SigningKey) -> Non
         (lambda a: {**a, "manifests": [[m[0], "zstd", b"\x28\xb5\x2f\xfd" + b"\0" * 9] for m in a["manifests"]]},
          IntegrityError),
         (lambda a: [a], IntegrityError),
+        # more heads than any request can ask for: refused before a signature is checked
+        (lambda a: {**a, "heads": [b"x"] * 4097}, IntegrityError),
         # a decompression bomb: a zstd frame declaring more than a package manifest may be
         (lambda a: {**a, "manifests": [[m[0], "zstd", BOMB] for m in a["manifests"]]}, IntegrityError),
     ]
