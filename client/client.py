@@ -303,15 +303,18 @@ class Client:
         return None
 
     def _collect(self) -> int:
-        """Drop the chunks no recorded install references (blocking: run in a thread)."""
+        """Drop the package manifests and chunks no recorded install references (blocking:
+        run in a thread); returns the bytes freed."""
         referenced: set[bytes] = set()
+        manifests: set[bytes] = set()
         for inst in self.state.installs():
             for name in inst.packages:
                 _content, mid = inst.metas.get(name, ("", ""))
                 raw = self.store.get_manifest(bytes.fromhex(mid)) if mid else None
                 if raw is not None:
+                    manifests.add(bytes.fromhex(mid))
                     referenced |= {c.id for c in open_package(raw, bytes.fromhex(mid)).chunks}
-        return self.store.collect(referenced)
+        return self.store.collect_manifests(manifests) + self.store.collect(referenced)
 
 
 def _open_store(config: ClientConfig) -> tuple[LocalStore, State]:

@@ -60,6 +60,18 @@ class LocalStore:
             return None
         return envelope if sha256(envelope) == mid else None
 
+    def collect_manifests(self, referenced: Iterable[bytes]) -> int:
+        """Drop every stored manifest not in ``referenced`` (what the installs hold: the
+        package manifests of their packages); returns the bytes freed."""
+        keep = {m.hex() for m in referenced}
+        folder = self.root / "manifests"
+        freed = 0
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if p.name not in keep and p.is_file():
+                freed += p.stat().st_size
+                p.unlink(missing_ok=True)
+        return freed
+
     def size(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "chunks").glob("*/*") if p.is_file())
 

@@ -316,3 +316,15 @@ async def test_a_phone_whose_store_lost_a_held_manifest_still_updates(cdn: Cdn, 
         held.write_bytes(b"corrupt")  # lost or damaged: get_manifest refuses it either way
     s = await install(cdn, config, out, "v2")
     assert s.version == "1.1.0" and tree(out) == source_files(cdn.src["1.1.0"], ALL)
+
+
+async def test_the_store_keeps_only_the_package_manifests_its_installs_hold(cdn: Cdn, tmp_path: Path) -> None:
+    """Each update brings the manifests of the packages that changed; those they replace
+    are dropped when the store is collected (they piled up for good before)."""
+    config, out = cdn.config(tmp_path / "store"), tmp_path / "app"
+    await install(cdn, config, out, "v1")
+    await install(cdn, config, out, "v2")
+    [rec] = json.loads((tmp_path / "store" / "state.json").read_text())["installs"].values()
+    held = {m for _, m in rec["metas"].values()}
+    assert {p.name for p in (tmp_path / "store" / "manifests").iterdir()} == held
+    assert len(held) == 3
