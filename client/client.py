@@ -47,50 +47,33 @@ def select_packages(
 ) -> list[str]:
     """Which packages an install holds (DESIGN.md, ``minicdn fetch``): the main package,
     unless only independent subpackages are asked for; plus each ``--package``; plus the
-    package of ``open_page`` and what its preloadRule names; plus what is installed already."""
+    package of ``open_page`` and what its preloadRule names; plus what is installed already.
+
+    ``manifest`` holds the packages an open answer sent heads for, and the server chose
+    them by these same rules: a package they need that it lacks is the edge's fault, an
+    IntegrityError (the next edge is tried), as is a page none of its packages holds (one
+    of the owner's files is the page).  A package the user names that the version lacks
+    never gets here: the edge answers 404 ``unknown_package``.  (A package the phone holds
+    and the edge left out cannot be told from one the version dropped: it is not
+    installed, and comes back when it is opened.)"""
     by_name = {p.name: p for p in manifest.packages}
 
-    def known(name: str) -> str:
-        name = name.strip("/") or MAIN_PACKAGE
+    def sent(name: str) -> str:
         if name not in by_name:
-            raise BadRequest(
-                f"{manifest.app}@{manifest.version} has no package {name!r}; "
-                f"it has {', '.join(sorted(by_name))}"
-            )
+            raise IntegrityError(f"the edge sent no head for package {name!r}")
         return name
 
-    chosen = [known(n) for n in requested]
+    chosen = [sent(n.strip("/") or MAIN_PACKAGE) for n in requested]
     if open_page is not None:
         page = open_page.strip("/")
-        owner = next(
-            (p.name for p in manifest.packages if p.name != MAIN_PACKAGE and page.startswith(p.name + "/")),
-            MAIN_PACKAGE,
-        )
-        chosen += [owner, *(known(n) for n in manifest.preload.get(page, ()))]
+        owner = owner_of(page, set(by_name))
+        if owner not in by_name or not any(f.startswith(page + ".") for f, _ in by_name[owner].files):
+            raise IntegrityError(f"the edge sent no package holding page {page!r}")
+        chosen += [owner, *(sent(n) for n in manifest.preload.get(page, ()))]
     chosen += [n for n in installed if n in by_name]
     if not chosen or any(not by_name[n].independent for n in chosen):
-        chosen.append(MAIN_PACKAGE)
+        chosen.append(sent(MAIN_PACKAGE))
     return sorted(set(chosen), key=lambda n: (n != MAIN_PACKAGE, n))
-
-
-def complete(manifest: Manifest, wanted: list[str], page: str | None) -> None:
-    """IntegrityError unless the open answer holds every package the install needs: each
-    asked for by name, the package holding ``page`` (one of whose files is the page) and
-    those its preload rule names, and the main package when a chosen one depends on it.
-    (A package the phone holds and the edge left out cannot be told from one the version
-    dropped: it is not installed, and comes back when it is opened.)"""
-    names = {p.name for p in manifest.packages}
-    needed = list(wanted)
-    if page is not None:
-        owner = owner_of(page, names)
-        if owner not in names or not any(f.startswith(page + ".") for f, _ in manifest.package(owner).files):
-            raise IntegrityError(f"the edge sent no package holding page {page!r}")
-        needed += [owner, *manifest.preload.get(page, ())]
-    if not needed or any(n in names and not manifest.package(n).independent for n in needed):
-        needed.append(MAIN_PACKAGE)
-    for name in needed:
-        if name not in names:
-            raise IntegrityError(f"the edge sent no head for package {name!r}")
 
 
 @dataclass(frozen=True)
@@ -247,9 +230,10 @@ class Client:
         bodies = await asyncio.to_thread(lambda: {m: self.store.get_manifest(m) for _, m in claimed.values()})
         # a manifest the store lost (or holds corrupt) is not offered: the edge sends it anew
         have = {n: v for n, v in claimed.items() if bodies.get(v[1]) is not None}
-        dictionary = None if have else await asyncio.to_thread(self._dictionary, app)
-        if dictionary is not None:
-            bodies[dictionary] = await asyncio.to_thread(self.store.get_manifest, dictionary)
+        found = None if have else await asyncio.to_thread(self._dictionary, app)
+        dictionary = None
+        if found is not None:
+            dictionary, bodies[found[0]] = found
         bucket = None if user is None else rollout_bucket(app, user)
         page = open_page.strip("/") if open_page is not None else None
         wanted = [n.strip("/") or MAIN_PACKAGE for n in packages]
@@ -279,7 +263,7 @@ class Client:
                 headers={"Content-Type": "application/x-msgpack"},
                 data=pack_request(req),
             )
-        except UnknownPackage as exc:  # the user's mistake, as a package unknown to select_packages
+        except UnknownPackage as exc:  # the user's mistake: a usage error
             raise BadRequest(exc.message) from exc
         except NotFound as exc:
             raise NotFound(f"no channel {channel!r} of app {app!r} (or no such app): {exc.message}") from exc
@@ -287,19 +271,19 @@ class Client:
         for pid, raw in opened.received.items():
             await asyncio.to_thread(self.store.put_manifest, pid, raw)
         manifest = opened.manifest()
-        complete(manifest, wanted, page)
         chosen = select_packages(manifest, wanted, page, before.packages if before else ())
         return Target(manifest, opened.mid, tuple(chosen), out, before, opened), opened.ref
 
-    def _dictionary(self, app: str) -> bytes | None:
+    def _dictionary(self, app: str) -> tuple[bytes, bytes] | None:
         """A package manifest of another app this phone holds (the main package of its first
-        install of one): a dcz dictionary for a first open of ``app``, which may share a
-        library with it."""
+        install of one), its id and bytes: a dcz dictionary for a first open of ``app``,
+        which may share a library with it."""
         for inst in self.state.installs():
             if inst.app != app and MAIN_PACKAGE in inst.metas:
                 mid = bytes.fromhex(inst.metas[MAIN_PACKAGE][1])
-                if self.store.get_manifest(mid) is not None:
-                    return mid
+                body = self.store.get_manifest(mid)
+                if body is not None:
+                    return mid, body
         return None
 
     def _collect(self) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common import codec, dcz, wire
+from common import codec, dcz, signing, wire
 from common.errors import BadRequest, IntegrityError, MinicdnError, NotFound, TooLarge, UnknownPackage
 from common.manifest import MAIN_PACKAGE, Ref, decode_ref
 from common.paths import check_relpath
@@ -151,20 +151,14 @@ def index_heads(data: bytes) -> HeadsIndex:
     """A heads object, indexed by name (signatures unchecked: the phone checks them)."""
     out: HeadsIndex = {}
     for envelope in decode_heads(data):
-        env = wire.unpack(envelope, what="head")
-        if not isinstance(env, dict) or not isinstance(env.get("payload"), bytes):
-            raise BadRequest("heads: an entry is not a signed envelope")
-        head = decode_head(wire.unpack(env["payload"], what="head"))
+        head = decode_head(signing.payload_of(envelope, what="head"))
         out[head.name] = (envelope, head)
     return out
 
 
 def ref_of(envelope: bytes) -> Ref:
     """A ref envelope's body, decoded but not verified (for routing only)."""
-    env = wire.unpack(envelope, what="ref")
-    if not isinstance(env, dict) or not isinstance(env.get("payload"), bytes):
-        raise BadRequest("ref: not a signed envelope")
-    return decode_ref(wire.unpack(env["payload"], what="ref"))
+    return decode_ref(signing.payload_of(envelope, what="ref"))
 
 
 Load = Callable[[bytes], Awaitable[bytes | None]]  # a manifest-kind object by id, or None

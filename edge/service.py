@@ -21,10 +21,10 @@ from typing import Any
 
 import aiohttp
 
-from common import wire
 from common.errors import BadRequest, ConfigError, IntegrityError, MinicdnError, NotFound, UpstreamError
 from common.manifest import decode_manifest
 from common.opening import index_heads
+from common.signing import payload_of
 from common.tls import client_context
 from edge import hops
 from edge.accesslog import AccessLog
@@ -469,7 +469,6 @@ async def _fan_out(
 def _payload(envelope: bytes, what: str) -> Any:
     """The body inside a signed envelope, unverified (the edge has no key; clients verify)."""
     try:
-        env = wire.unpack(envelope, what=what)
-        return wire.unpack(env["payload"], what=what)
-    except (BadRequest, KeyError, TypeError) as exc:
+        return payload_of(envelope, what=what)
+    except BadRequest as exc:
         raise IntegrityError(f"{what} is not a readable envelope") from exc

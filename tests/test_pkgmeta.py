@@ -367,7 +367,7 @@ def test_the_phone_refuses_an_answer_that_leaves_out_a_package_it_needs(key: Sig
     """An edge that drops heads: the page's package, the main package a normal one needs,
     a package the page's preload rule names — each an IntegrityError (the next edge is
     tried), never a crash or a silent partial install (the review found all three)."""
-    from client.client import complete
+    from client.client import select_packages
 
     w = World(key, _version("1.0.0"))
     page = "sub/a/p/index"
@@ -381,12 +381,12 @@ def test_the_phone_refuses_an_answer_that_leaves_out_a_package_it_needs(key: Sig
 
         return w.verify(_edited(w, req, edit), req, {})
 
-    complete(without().manifest(), [], page)  # all there
+    select_packages(without().manifest(), [], page)  # all there
     for dropped in ("sub/a", MAIN_PACKAGE, "sub/b"):
         with pytest.raises(IntegrityError):
-            complete(without(dropped).manifest(), [], page)
+            select_packages(without(dropped).manifest(), [], page)
     with pytest.raises(IntegrityError):
-        complete(without("sub/b").manifest(), ["sub/b"], None)
+        select_packages(without("sub/b").manifest(), ["sub/b"], None)
 
 
 def test_only_a_package_manifest_may_be_a_dictionary(key: SigningKey) -> None:
